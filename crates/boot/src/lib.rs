@@ -1,0 +1,1 @@
+//! kiln boot stage (see the crate's documentation once it lands).

@@ -1,0 +1,1 @@
+//! kiln cache stage (see the crate's documentation once it lands).

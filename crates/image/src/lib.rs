@@ -1,0 +1,1 @@
+//! kiln image stage (see the crate's documentation once it lands).

@@ -1,0 +1,1 @@
+//! kiln initrd stage (see the crate's documentation once it lands).

@@ -1,0 +1,1 @@
+//! kiln inputs stage (see the crate's documentation once it lands).

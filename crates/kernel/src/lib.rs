@@ -1,0 +1,1 @@
+//! kiln kernel stage (see the crate's documentation once it lands).

@@ -1,0 +1,1 @@
+//! kiln kiln stage (see the crate's documentation once it lands).
