@@ -113,6 +113,30 @@ pub fn helper_result(child: Child) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Read a running helper's `RESULT ...` line without waiting for it to exit.
+pub fn read_result(child: &mut Child) -> Vec<(String, String)> {
+    use std::io::BufRead;
+    let out = child.stdout.as_mut().unwrap();
+    let mut r = std::io::BufReader::new(out);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "helper ended without RESULT"
+        );
+        if let Some(rest) = line.trim_end().strip_prefix("RESULT ") {
+            return rest
+                .split(' ')
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap();
+                    (k.to_owned(), v.to_owned())
+                })
+                .collect();
+        }
+    }
+}
+
 pub fn get(r: &[(String, String)], k: &str) -> String {
     r.iter()
         .find(|(a, _)| a == k)
