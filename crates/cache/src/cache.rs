@@ -385,11 +385,15 @@ impl Cache {
         meta: SlotMeta,
         built: bool,
     ) -> Result<Pinned> {
+        let mut tries = 0;
         let (pin_name, pin_fd) = loop {
             let name = format!("{PIN}{}-{}-{}-{key}", owner.pid, owner.start, next_seq());
+            tries += 1;
             match fsx::make_dir(self.fd(), &name, 0o755) {
                 Ok(fd) => break (name, fd),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                // NotFound: gc removed it at once, so the owner has just exited.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 10_000 => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 100 => continue,
                 Err(e) => return Err(CacheError::io(self.path.join(&name), "mkdir", e)),
             }
         };
@@ -434,7 +438,7 @@ impl Cache {
 
     /// Take the exclusive build lock of `key`; if someone holds it, say whom we wait
     /// for and wait. Returns the lock and the PID waited for.
-    fn lock_build(&self, key: &Key) -> Result<(File, Option<u32>)> {
+    fn lock_build(&self, key: &Key) -> Result<(BuildLock, Option<u32>)> {
         let name = format!("{LOCK}{key}");
         let path = self.path.join(&name);
         let mut waited = None;
@@ -461,7 +465,15 @@ impl Cache {
             match f.try_lock() {
                 Ok(()) => {}
                 Err(std::fs::TryLockError::WouldBlock) => {
-                    let holder = read_holder(&f);
+                    // The holder writes its PID just after locking; give it a moment.
+                    let mut holder = read_holder(&f);
+                    for _ in 0..100 {
+                        if holder.is_some() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                        holder = read_holder(&f);
+                    }
                     match holder {
                         Some(pid) => tracing::info!("waiting for PID {pid} building {key}"),
                         None => tracing::info!("waiting for another process building {key}"),
@@ -482,7 +494,7 @@ impl Cache {
             let line = format!("{} {me}\n", std::process::id());
             let _ = f.set_len(0);
             let _ = f.write_all_at(line.as_bytes(), 0);
-            return Ok((f, waited));
+            return Ok((BuildLock(f), waited));
         }
     }
 
@@ -493,7 +505,15 @@ impl Cache {
             let name = format!("{TMP}{key}-{}-{}", std::process::id(), next_seq());
             let fd = match fsx::make_dir(self.fd(), &name, 0o700) {
                 Ok(fd) => fd,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                // NotFound: a racing gc took it for debris before we locked it.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::AlreadyExists | io::ErrorKind::NotFound
+                    ) =>
+                {
+                    continue;
+                }
                 Err(e) => return Err(CacheError::io(self.path.join(&name), "mkdir", e)),
             };
             let f = File::from(fd);
@@ -730,6 +750,16 @@ pub(crate) fn read_holder(f: &File) -> Option<u32> {
     let n = f.read_at(&mut buf, 0).ok()?;
     let text = std::str::from_utf8(&buf[..n]).ok()?;
     text.split_ascii_whitespace().next()?.parse().ok()
+}
+
+/// The held build lock; its PID record is cleared on release so a later waiter never
+/// names a builder that has finished.
+struct BuildLock(File);
+
+impl Drop for BuildLock {
+    fn drop(&mut self) {
+        let _ = self.0.set_len(0);
+    }
 }
 
 enum Probe {
