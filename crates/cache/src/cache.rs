@@ -562,9 +562,21 @@ impl Cache {
             }
         };
         fault("before-publish");
-        self.publish(key, &tmp_name)?;
+        let replaced = match self.publish(key, &tmp_name) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = fsx::remove_tree(self.fd(), pinned.pin_name());
+                let _ = fsx::remove_tree(self.fd(), &tmp_name);
+                return Err(e);
+            }
+        };
         fault("after-publish");
+        // Let readers at the new slot before clearing away the old one.
         drop(tmp);
+        if replaced {
+            // After RENAME_EXCHANGE `tmp_name` names the old slot.
+            self.discard(&tmp_name);
+        }
         Ok(pinned)
     }
 
@@ -642,18 +654,19 @@ impl Cache {
     /// Make the private directory the slot of `key` with one rename. If a slot is
     /// already there (forced rebuild, or a broken slot) swap them atomically with
     /// `RENAME_EXCHANGE` and delete the old one once no reader is pinning from it.
-    fn publish(&self, key: &Key, tmp_name: &str) -> Result<()> {
+    /// Returns true when an old slot was swapped out to `tmp_name` (to be discarded).
+    fn publish(&self, key: &Key, tmp_name: &str) -> Result<bool> {
         let slot_name = format!("{SLOT}{key}");
         let slot_path = self.path.join(&slot_name);
         let d = self.fd();
         match rustix::fs::renameat_with(d, tmp_name, d, &slot_name, RenameFlags::NOREPLACE) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(false),
             Err(Errno::EXIST) | Err(Errno::NOTEMPTY) => {}
             Err(Errno::INVAL) => {
                 // No RENAME_NOREPLACE here; we hold the build lock, and renaming a
                 // directory over a non-empty one fails anyway.
                 match rustix::fs::renameat(d, tmp_name, d, &slot_name) {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => return Ok(false),
                     Err(Errno::EXIST) | Err(Errno::NOTEMPTY) => {}
                     Err(e) => return Err(CacheError::io(&slot_path, "rename", e)),
                 }
@@ -663,9 +676,7 @@ impl Cache {
         match rustix::fs::renameat_with(d, tmp_name, d, &slot_name, RenameFlags::EXCHANGE) {
             Ok(()) => {
                 fault("after-exchange");
-                // `tmp_name` now names the old slot.
-                self.discard(tmp_name);
-                Ok(())
+                Ok(true)
             }
             Err(Errno::INVAL) => {
                 // No RENAME_EXCHANGE (e.g. some overlayfs): move the old slot aside
@@ -682,7 +693,7 @@ impl Cache {
                 rustix::fs::renameat(d, tmp_name, d, &slot_name)
                     .map_err(|e| CacheError::io(&slot_path, "rename", e))?;
                 let _ = fsx::remove_tree(d, &trash);
-                Ok(())
+                Ok(false)
             }
             Err(e) => Err(CacheError::io(&slot_path, "rename", e)),
         }
