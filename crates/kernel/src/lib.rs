@@ -456,7 +456,7 @@ fn tokens(s: &str) -> Vec<Tok<'_>> {
                 i += 1;
             }
             match s[start..i].parse::<u64>() {
-                Ok(n) if n <= (1u64 << 62) - 1 => out.push(Tok::Num(n)),
+                Ok(n) if n < (1u64 << 62) => out.push(Tok::Num(n)),
                 // OCaml int overflow: the run becomes a string.
                 _ => out.push(Tok::Str(&b[start..i])),
             }
