@@ -32,6 +32,7 @@ mod layout;
 mod plan;
 mod xattr;
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -484,7 +485,7 @@ fn write_metadata(
     };
 
     // Inode table contents for inodes 1..=max_ino (1 and 3..=10 stay zero).
-    let mut itable = vec![0u8; (max_ino * INODE_SIZE) as usize];
+    let mut itable = vec![0u8; (max_ino * INODE_SIZE).next_multiple_of(BLOCK) as usize];
     for (i, n) in plan.nodes.iter().enumerate() {
         let at = ((u64::from(ino_of(i)) - 1) * INODE_SIZE) as usize;
         encode_inode(n, &mut itable[at..at + INODE_SIZE as usize]);
@@ -500,29 +501,27 @@ fn write_metadata(
             // group's first block.
             let at = if grp == 0 { 1024 } else { 0 };
             blk[at..at + 1024].copy_from_slice(&sb);
-            w.put(start, blk)?;
-            w.put(start + 1, gdt.clone())?;
+            w.put(start, Cow::Owned(blk))?;
+            w.put(start + 1, Cow::Borrowed(&gdt))?;
         }
         let data_used = g.overhead(grp) + plan.used_per_group[grp as usize];
         let mut bb = vec![0u8; bs];
         set_bits(&mut bb, 0, data_used);
         set_bits(&mut bb, g.group_blocks(grp), BLOCKS_PER_GROUP);
-        w.put(g.block_bitmap(grp), bb)?;
+        w.put(g.block_bitmap(grp), Cow::Owned(bb))?;
         let mut ib = vec![0u8; bs];
         set_bits(&mut ib, 0, used_inodes(grp));
         set_bits(&mut ib, ipg, BLOCKS_PER_GROUP);
-        w.put(g.inode_bitmap(grp), ib)?;
+        w.put(g.inode_bitmap(grp), Cow::Owned(ib))?;
         let used = used_inodes(grp);
         if used > 0 {
             let a = (grp * ipg * INODE_SIZE) as usize;
-            let e = ((grp * ipg + used) * INODE_SIZE) as usize;
-            let mut t = itable[a..e].to_vec();
-            t.resize(t.len().next_multiple_of(bs), 0);
-            w.put(g.inode_table(grp), t)?;
+            let e = ((grp * ipg + used) * INODE_SIZE).next_multiple_of(BLOCK) as usize;
+            w.put(g.inode_table(grp), Cow::Borrowed(&itable[a..e]))?;
         }
     }
     for (&blk, bytes) in &plan.meta {
-        w.put(blk, bytes.clone())?;
+        w.put(blk, Cow::Borrowed(bytes))?;
     }
     w.flush()?;
     Ok(counts)
@@ -534,44 +533,70 @@ fn set_bits(b: &mut [u8], from: u64, to: u64) {
     }
 }
 
-/// Joins writes to consecutive blocks into one `pwrite` (blocks must come in ascending
-/// order per run; out-of-order blocks simply start a new write).
-struct Coalescer<'f> {
+/// Joins writes to consecutive blocks into one `pwritev` (no copying): a write that does
+/// not continue the previous one starts a new batch.
+struct Coalescer<'f, 'a> {
     out: &'f File,
     start: u64,
-    buf: Vec<u8>,
+    blocks: u64,
+    items: Vec<Cow<'a, [u8]>>,
 }
 
-impl<'f> Coalescer<'f> {
-    const MAX: usize = 16 << 20;
+impl<'f, 'a> Coalescer<'f, 'a> {
+    /// Linux's IOV_MAX.
+    const MAX_ITEMS: usize = 1024;
 
     fn new(out: &'f File) -> Self {
         Coalescer {
             out,
             start: 0,
-            buf: Vec::new(),
+            blocks: 0,
+            items: Vec::new(),
         }
     }
 
-    fn put(&mut self, block: u64, bytes: Vec<u8>) -> io::Result<()> {
-        let contiguous = self.start + (self.buf.len() as u64) / BLOCK == block;
-        if !contiguous || self.buf.len() + bytes.len() > Self::MAX {
+    /// Queue `bytes` (a whole number of blocks) for block `block`.
+    fn put(&mut self, block: u64, bytes: Cow<'a, [u8]>) -> io::Result<()> {
+        if self.start + self.blocks != block || self.items.len() == Self::MAX_ITEMS {
             self.flush()?;
-        }
-        if self.buf.is_empty() {
             self.start = block;
-            self.buf = bytes;
-        } else {
-            self.buf.extend_from_slice(&bytes);
         }
+        self.blocks += (bytes.len() as u64).div_ceil(BLOCK);
+        self.items.push(bytes);
         Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if !self.buf.is_empty() {
-            self.out.write_all_at(&self.buf, self.start * BLOCK)?;
-            self.buf.clear();
+        let mut off = self.start * BLOCK;
+        let slices: Vec<io::IoSlice<'_>> = self.items.iter().map(|b| io::IoSlice::new(b)).collect();
+        let total: usize = self.items.iter().map(|b| b.len()).sum();
+        let done = if slices.is_empty() {
+            0
+        } else {
+            loop {
+                match rustix::io::pwritev(self.out, &slices, off) {
+                    Ok(n) => break n,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        if done < total {
+            // A short write: finish item by item.
+            let mut skip = done;
+            off += done as u64;
+            for b in &self.items {
+                if skip >= b.len() {
+                    skip -= b.len();
+                    continue;
+                }
+                self.out.write_all_at(&b[skip..], off)?;
+                off += (b.len() - skip) as u64;
+                skip = 0;
+            }
         }
+        self.items.clear();
+        self.blocks = 0;
         Ok(())
     }
 }
