@@ -230,29 +230,34 @@ pub fn detect_compression(head: &[u8]) -> Compression {
     }
 }
 
+/// What a decompressed sample says about a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Kind(InputKind),
+    /// A newc cpio archive (refused, as supermin does).
+    Cpio,
+    Unknown,
+}
+
 /// The type of decompressed content whose first bytes are `sample` (up to 512 bytes).
-/// `None` means "unknown"; cpio is reported as `Err(())`.
-pub fn classify(sample: &[u8]) -> Result<Option<InputKind>, ()> {
+pub fn classify(sample: &[u8]) -> Class {
     let l = sample.len();
-    if l >= 262 && &sample[257..262] == b"ustar" {
-        return Ok(Some(InputKind::BaseImage));
-    }
-    if l >= 6 && sample.starts_with(b"070701") {
-        return Err(());
-    }
-    if l >= 2 && sample[0] == b'/' {
-        return Ok(Some(InputKind::Hostfiles));
-    }
-    if l >= 2 && sample[0] == b'-' {
-        return Ok(Some(InputKind::Excludefiles));
-    }
-    if l >= 1 && sample[0].is_ascii_alphanumeric() {
-        return Ok(Some(InputKind::Packages));
-    }
-    if l == 0 {
-        return Ok(Some(InputKind::Empty));
-    }
-    Ok(None)
+    let kind = if l >= 262 && &sample[257..262] == b"ustar" {
+        InputKind::BaseImage
+    } else if l >= 6 && sample.starts_with(b"070701") {
+        return Class::Cpio;
+    } else if l >= 2 && sample[0] == b'/' {
+        InputKind::Hostfiles
+    } else if l >= 2 && sample[0] == b'-' {
+        InputKind::Excludefiles
+    } else if l >= 1 && sample[0].is_ascii_alphanumeric() {
+        InputKind::Packages
+    } else if l == 0 {
+        InputKind::Empty
+    } else {
+        return Class::Unknown;
+    };
+    Class::Kind(kind)
 }
 
 /// Open `path` as a decompressing reader.
@@ -297,11 +302,11 @@ pub fn sniff(path: &Path) -> Result<(Compression, InputKind), InputError> {
         })?
     };
     match classify(&sample) {
-        Ok(Some(k)) => Ok((c, k)),
-        Ok(None) => Err(InputError::UnknownType {
+        Class::Kind(k) => Ok((c, k)),
+        Class::Unknown => Err(InputError::UnknownType {
             path: path.to_path_buf(),
         }),
-        Err(()) => Err(InputError::Cpio {
+        Class::Cpio => Err(InputError::Cpio {
             path: path.to_path_buf(),
         }),
     }
