@@ -345,20 +345,3 @@ fn host_tree_round_trips() {
     assert_eq!(report.data_bytes, set.content_bytes());
     verify(&set, &img);
 }
-
-#[test]
-#[ignore]
-fn dump_synthetic_image() {
-    let src = tempfile::tempdir().unwrap();
-    let set = synthetic(src.path());
-    let img = Path::new("/tmp/img/syn.img");
-    write_image(
-        &set,
-        img,
-        &ImageOptions {
-            size: 64 << 20,
-            ..ImageOptions::default()
-        },
-    )
-    .unwrap();
-}
