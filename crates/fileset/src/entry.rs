@@ -314,7 +314,15 @@ mod tests {
         ])
         .unwrap();
         let paths: Vec<_> = s.entries().iter().map(|e| e.path.clone()).collect();
-        assert_eq!(paths, [Path::new("/"), "/a".as_ref(), "/a/b".as_ref(), "/a-b".as_ref()]);
+        assert_eq!(
+            paths,
+            [
+                Path::new("/"),
+                "/a".as_ref(),
+                "/a/b".as_ref(),
+                "/a-b".as_ref()
+            ]
+        );
     }
 
     #[test]
