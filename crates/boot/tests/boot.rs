@@ -86,6 +86,9 @@ fn boots_fixture_root_and_ignores_uuid_twin_without_magic() {
     fs::write(&twin, &b).unwrap();
     let o = BootOptions {
         extra_disks: vec![twin],
+        append: std::env::var("KILN_TEST_APPEND")
+            .map(|a| a.split_whitespace().map(String::from).collect())
+            .unwrap_or_default(),
         ..opts()
     };
     let out = boot(dir.path(), &o).unwrap();
