@@ -4,20 +4,26 @@
 //! read_inputs ─► resolve (dpkg, globs, excludes, munging, base images)
 //!             ─► [+ /packagelist] ─► finish (validated FileSet) ─► write (chroot)
 //! ```
-//! The ext2 format adds its stages (kernel, modules tree via
-//! `SetBuilder::add_host_tree`, image, initrd) between `resolve` and `write`.
+//! The ext2 format chooses the kernel first (so a missing kernel fails before any work),
+//! adds its modules tree to the file set at `/lib/modules/VERSION`, then writes
+//! `OUT/root` (ext2 image), `OUT/initrd` (mini initrd) and `OUT/kernel` into a private
+//! staging directory that replaces `OUT` atomically.
 
 use std::path::PathBuf;
 
 use kiln_fileset::chroot::{ChrootError, ChrootStats};
 use kiln_fileset::{Counts, Meta, Options, ResolveError, SetError};
+use kiln_image::{ImageError, ImageOptions};
 use kiln_inputs::InputError;
+use kiln_outdir::{OutdirError, Staging};
 
 /// The output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// A plain directory tree (supermin's `chroot`, `fs`, `filesystem`).
     Chroot,
+    /// `OUT/kernel`, `OUT/initrd` and `OUT/root` (an ext2 image): a bootable appliance.
+    Ext2,
 }
 
 /// What to build.
@@ -34,6 +40,17 @@ pub struct BuildOptions {
     pub resolve_only: bool,
     /// Root of the dpkg database (`/` for the host).
     pub dpkg_root: PathBuf,
+    /// ext2: image size in bytes.
+    pub size: u64,
+    /// ext2: the CPU architecture whose kernel to pick (supermin's `--host-cpu`).
+    pub host_cpu: String,
+    /// ext2: copy the kernel into `OUT` instead of symlinking it.
+    pub copy_kernel: bool,
+}
+
+/// The host CPU name supermin uses by default (`x86_64`, `aarch64`, ...).
+pub fn default_host_cpu() -> String {
+    std::env::consts::ARCH.to_string()
 }
 
 impl BuildOptions {
@@ -46,6 +63,9 @@ impl BuildOptions {
             include_packagelist: false,
             resolve_only: false,
             dpkg_root: PathBuf::from("/"),
+            size: kiln_image::DEFAULT_SIZE,
+            host_cpu: default_host_cpu(),
+            copy_kernel: false,
         }
     }
 }
@@ -62,6 +82,22 @@ pub struct BuildReport {
     pub content_bytes: u64,
     /// Set when a chroot was written.
     pub chroot: Option<ChrootStats>,
+    /// Set when an ext2 appliance was written.
+    pub appliance: Option<ApplianceReport>,
+}
+
+/// What an ext2 build wrote.
+#[derive(Debug, Clone)]
+pub struct ApplianceReport {
+    /// The kernel file chosen (what `OUT/kernel` links to or was copied from).
+    pub kernel: PathBuf,
+    pub kernel_version: String,
+    /// The root filesystem UUID, `8-4-4-4-12` lowercase (as libguestfs reads it).
+    pub root_uuid: String,
+    pub image: kiln_image::ImageReport,
+    /// Modules in the initrd, in load order.
+    pub initrd_modules: Vec<String>,
+    pub initrd_bytes: u64,
 }
 
 /// A failed build; every variant names the input or path at fault.
@@ -79,6 +115,16 @@ pub enum BuildError {
     Packagelist(#[from] kiln_fileset::builder::PlaceError),
     #[error(transparent)]
     Chroot(#[from] ChrootError),
+    #[error(transparent)]
+    Kernel(#[from] kiln_kernel::Error),
+    #[error("adding the kernel modules tree: {0}")]
+    Modules(#[from] kiln_fileset::builder::TreeError),
+    #[error(transparent)]
+    Output(#[from] OutdirError),
+    #[error("writing the root image: {0}")]
+    Image(#[from] ImageError),
+    #[error("writing the initrd: {0}")]
+    Initrd(#[from] kiln_initrd::Error),
 }
 
 /// Run the pipeline.
@@ -96,6 +142,22 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     tracing::info!("reading the supermin appliance");
     let inputs = kiln_inputs::read_inputs(&opts.inputs)?;
 
+    // The kernel first: without one there is nothing to build, and its modules tree
+    // belongs to the file set.
+    let kernel = match opts.format {
+        Format::Ext2 => {
+            let k = kiln_kernel::choose_host(&opts.host_cpu)?;
+            tracing::info!(
+                "kernel: picked {} (version {}), modules {}",
+                k.path.display(),
+                k.version,
+                k.modules.display()
+            );
+            Some(k)
+        }
+        Format::Chroot => None,
+    };
+
     let mut resolved = kiln_fileset::resolve(
         &inputs,
         &Options {
@@ -108,6 +170,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             .builder
             .add_bytes("/packagelist".as_ref(), data, Meta::new(0o644))?;
     }
+    if let Some(k) = &kernel {
+        let dest = PathBuf::from(format!("/lib/modules/{}", k.version));
+        tracing::info!(
+            "adding kernel modules {} at {}",
+            k.modules.display(),
+            dest.display()
+        );
+        resolved.builder.add_host_tree(&k.modules, &dest)?;
+    }
     let set = resolved.builder.finish()?;
     let mut report = BuildReport {
         counts: resolved.counts,
@@ -115,6 +186,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         entries: set.len(),
         content_bytes: set.content_bytes(),
         chroot: None,
+        appliance: None,
     };
     tracing::info!(
         "file set: {} entries, {} bytes of file content",
@@ -129,6 +201,42 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         Format::Chroot => {
             tracing::info!("chroot: writing {}", opts.output.display());
             report.chroot = Some(kiln_fileset::write_chroot(&set, &opts.output)?);
+        }
+        Format::Ext2 => {
+            let Some(kernel) = kernel else {
+                unreachable!("the kernel is chosen for ext2 above");
+            };
+            let staging = Staging::new(&opts.output)?;
+            let root = staging.path().join("root");
+            tracing::info!("ext2: writing {} ({} bytes)", root.display(), opts.size);
+            let image = kiln_image::write_image(
+                &set,
+                &root,
+                &ImageOptions {
+                    size: opts.size,
+                    ..ImageOptions::default()
+                },
+            )?;
+            tracing::info!(
+                "ext2: root UUID {}, {} blocks and {} inodes used",
+                image.uuid_string(),
+                image.blocks_used,
+                image.inodes_used
+            );
+            let initrd = staging.path().join("initrd");
+            tracing::info!("ext2: creating minimal initrd {}", initrd.display());
+            let ir = kiln_initrd::build(&kernel.modules, &initrd)?;
+            tracing::info!("ext2: wrote {} modules to minimal initrd", ir.modules.len());
+            kiln_kernel::install(&kernel, staging.path(), opts.copy_kernel)?;
+            staging.publish()?;
+            report.appliance = Some(ApplianceReport {
+                root_uuid: image.uuid_string(),
+                kernel: kernel.path,
+                kernel_version: kernel.version,
+                image,
+                initrd_modules: ir.modules,
+                initrd_bytes: ir.bytes,
+            });
         }
     }
     Ok(report)
