@@ -1,5 +1,8 @@
-//! kiln as a library: locate (and build and cache) the appliance a VM launcher boots.
+//! kiln as a library: build an appliance from a supermin appliance ([`pipeline`]), and
+//! locate (build and cache) the appliance a VM launcher boots ([`locate`]).
 //!
+//! - [`pipeline`]: inputs → file set → output, one call per stage crate; this crate
+//!   only sequences the stages and carries their errors.
 //! - [`locate`]: the search path walk (supermin → fixed → old-style) and the pinned
 //!   handle callers get ([`locate::Pinned`]).
 //! - [`key`]: the cache key of a supermin appliance (a checksum of everything that ends
@@ -25,6 +28,8 @@
 
 pub mod key;
 pub mod locate;
+pub mod pipeline;
 
 pub use kiln_cache as cache;
 pub use locate::{LocateError, LocateOptions, Pinned, locate};
+pub use pipeline::{ApplianceReport, BuildError, BuildOptions, BuildReport, Format, build};

@@ -1,0 +1,359 @@
+//! The file set stage as a whole: [`Inputs`] + the dpkg database + the host → a
+//! [`SetBuilder`] holding every entry of the appliance root, with supermin's counts.
+//!
+//! Steps (reference §2.4–2.6), each logged at `info` with its count:
+//! 1. package names → installed packages → closure over Depends + Pre-Depends
+//!    ([`crate::dpkg`]); names that are not installed are **warned about** by name and
+//!    origin (supermin ignores them silently) and otherwise ignored, as supermin does;
+//! 2. their files; **config files are dropped** (they come from base images): a path is
+//!    config when it is under `/etc/` and a regular file on the host (supermin's rule), or
+//!    when it is one of the package's dpkg conffiles (anywhere);
+//! 3. excludefiles: `fnmatch(FNM_NOESCAPE)` on package files only;
+//! 4. hostfiles: `glob(GLOB_NOESCAPE)`; a pattern not starting with `/` is an error
+//!    naming its input line (supermin globs it relative to the current directory and
+//!    crashes later);
+//! 5. existence filter (lstat of source or path), then **unreadable files are left out
+//!    with a warning naming them** (as supermin's warning) — kiln never writes an empty
+//!    stand-in for a file it cannot read, as root or not;
+//! 6. munging ([`crate::munge`]);
+//! 7. base images (in order), then the munged host entries, merged by [`SetBuilder`].
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use kiln_inputs::{BaseImage, Inputs, Member, MemberKind, Origin};
+
+use crate::builder::{PlaceError, SetBuilder, Source};
+use crate::dpkg::{DpkgDb, DpkgError};
+use crate::entry::{Content, Entry, Kind, Meta};
+use crate::munge::{HostFile, StatCache, munge};
+use crate::pattern::{self, PatternError};
+use crate::scan;
+
+/// Options of the file set stage.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The root whose `var/lib/dpkg` is the package database (`/` for the host).
+    pub dpkg_root: PathBuf,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dpkg_root: PathBuf::from("/"),
+        }
+    }
+}
+
+/// The numbers supermin prints at `-v` (reference §1.7, §8.3), plus kiln's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Packages in the closure.
+    pub packages: usize,
+    /// Package names that matched nothing installed.
+    pub missing_packages: usize,
+    /// Non-config package files.
+    pub files: usize,
+    pub after_excludes: usize,
+    pub after_hostfiles: usize,
+    /// After the existence filter and removing unreadable files.
+    pub after_unreadable: usize,
+    pub after_munging: usize,
+    /// Members of all base images.
+    pub base_members: usize,
+    /// Entries of the merged set (including `/`).
+    pub entries: usize,
+}
+
+/// The result of the stage.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Every entry so far; add more (modules tree, `/packagelist`) then `finish()`.
+    pub builder: SetBuilder,
+    /// The closure as `name_version_arch`, sorted bytewise (`--include-packagelist`).
+    pub packages: Vec<String>,
+    pub counts: Counts,
+    /// The package database's `status` file (its mtime dates the package set).
+    pub dpkg_status: PathBuf,
+}
+
+/// An error of the file set stage, naming the input or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(transparent)]
+    Dpkg(#[from] DpkgError),
+    #[error(
+        "{origin}: hostfiles pattern {pattern:?} is not an absolute path: write it \
+         starting with `/`"
+    )]
+    RelativeHostfile { origin: Origin, pattern: PathBuf },
+    #[error("{origin}: hostfiles pattern {pattern:?}: {source}")]
+    Glob {
+        origin: Origin,
+        pattern: PathBuf,
+        #[source]
+        source: PatternError,
+    },
+    #[error("base image {image}: member {member}: {source}")]
+    BaseImage {
+        image: PathBuf,
+        member: PathBuf,
+        #[source]
+        source: PlaceError,
+    },
+}
+
+fn member_entry(m: &Member) -> Entry {
+    let kind = match &m.kind {
+        MemberKind::Dir => Kind::Dir,
+        MemberKind::File(d) => Kind::File(Content::Bytes(d.clone())),
+        // Identity is not kept for tarball hard links: each name gets the shared bytes.
+        MemberKind::HardLink { content, .. } => Kind::File(Content::Bytes(content.clone())),
+        MemberKind::Symlink(t) => Kind::Symlink(t.clone()),
+        MemberKind::CharDev(d) => Kind::CharDev(*d),
+        MemberKind::BlockDev(d) => Kind::BlockDev(*d),
+        MemberKind::Fifo => Kind::Fifo,
+    };
+    let mut meta = Meta::new(m.perm);
+    meta.uid = m.uid;
+    meta.gid = m.gid;
+    meta.mtime = m.mtime;
+    Entry {
+        path: m.path.clone(),
+        kind,
+        meta,
+    }
+}
+
+/// Add the members of `images` (in order) to `b`.
+pub fn add_base_images(b: &mut SetBuilder, images: &[BaseImage]) -> Result<usize, ResolveError> {
+    let mut n = 0;
+    for img in images {
+        for m in &img.members {
+            b.insert(member_entry(m), Source::Base)
+                .map_err(|source| ResolveError::BaseImage {
+                    image: img.source.clone(),
+                    member: m.path.clone(),
+                    source,
+                })?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// True when the effective user can read `p` (following symlinks).
+fn readable(p: &Path) -> Result<(), std::io::Error> {
+    rustix::fs::accessat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::Access::READ_OK,
+        rustix::fs::AtFlags::EACCESS,
+    )
+    .map_err(std::io::Error::from)
+}
+
+/// Run the whole stage.
+pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError> {
+    let mut counts = Counts::default();
+
+    // 1. Packages and their closure.
+    tracing::info!("mapping package names to installed packages");
+    let db = DpkgDb::load(&opts.dpkg_root)?;
+    let names: Vec<&str> = inputs.packages.iter().map(|l| l.value.as_str()).collect();
+    tracing::info!("resolving full list of package dependencies");
+    let res = db.resolve(&names);
+    for m in &res.missing {
+        let origin = inputs
+            .packages
+            .iter()
+            .find(|l| &l.value == m)
+            .map(|l| l.origin.to_string())
+            .unwrap_or_default();
+        tracing::warn!("{origin}: package {m:?} is not installed on this host: ignored");
+    }
+    let packages: Vec<String> = res
+        .packages
+        .iter()
+        .map(|&i| db.package(i).display())
+        .collect();
+    for p in &packages {
+        tracing::debug!("package: {p}");
+    }
+    counts.packages = packages.len();
+    counts.missing_packages = res.missing.len();
+    tracing::info!("{} packages, including dependencies", counts.packages);
+
+    // 2. Their files, without config files.
+    let mut conffiles: HashSet<&Path> = HashSet::new();
+    let mut listed: HashMap<PathBuf, usize> = HashMap::new();
+    for &i in &res.packages {
+        conffiles.extend(db.package(i).conffiles.iter().map(PathBuf::as_path));
+        let files = match db.files(i) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(
+                    "package {}: {e}: its files are left out",
+                    db.package(i).display()
+                );
+                continue;
+            }
+        };
+        for f in files {
+            listed.entry(f).or_insert(i);
+        }
+    }
+    let mut files: Vec<HostFile> = listed
+        .into_iter()
+        .filter(|(p, _)| {
+            let etc_file = p.as_os_str().as_bytes().starts_with(b"/etc/")
+                && fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+            !etc_file && !conffiles.contains(p.as_path())
+        })
+        .map(|(p, i)| HostFile {
+            source: db.source_of(&db.package(i).name, &p),
+            path: p,
+        })
+        .collect();
+    files.sort_unstable_by(|a, b| crate::builder::set_order(&a.path, &b.path));
+    counts.files = files.len();
+    tracing::info!("{} files", counts.files);
+
+    // 3. Excludes (package files only).
+    if !inputs.excludes.is_empty() {
+        files.retain(|f| {
+            let p = f.path.as_os_str().as_bytes();
+            let hit = inputs
+                .excludes
+                .iter()
+                .any(|x| pattern::fnmatch(&x.value, p));
+            if hit {
+                tracing::debug!("excluding {}", f.path.display());
+            }
+            !hit
+        });
+    }
+    counts.after_excludes = files.len();
+    tracing::info!(
+        "{} files, after matching excludefiles",
+        counts.after_excludes
+    );
+
+    // 4. Hostfiles.
+    for l in &inputs.hostfiles {
+        if !l.value.is_absolute() {
+            return Err(ResolveError::RelativeHostfile {
+                origin: l.origin.clone(),
+                pattern: l.value.clone(),
+            });
+        }
+        let matches = pattern::glob(l.value.as_os_str()).map_err(|source| ResolveError::Glob {
+            origin: l.origin.clone(),
+            pattern: l.value.clone(),
+            source,
+        })?;
+        files.extend(matches.into_iter().map(HostFile::same));
+    }
+    counts.after_hostfiles = files.len();
+    tracing::info!("{} files, after adding hostfiles", counts.after_hostfiles);
+
+    // 5. Existence, then readability; a diverted file is read from where dpkg put it.
+    let mut noted = false;
+    let mut cache = StatCache::default();
+    let root = rustix::process::geteuid().is_root();
+    files.retain_mut(|f| {
+        let md = if f.source == f.path {
+            cache.lstat(&f.path)
+        } else {
+            match (cache.lstat(&f.source), cache.lstat(&f.path)) {
+                (Some(s), _) if s.is_file() => Some(s),
+                (_, Some(p)) => {
+                    f.source = f.path.clone();
+                    Some(p)
+                }
+                (s, None) => s,
+            }
+        };
+        let Some(md) = md else { return false };
+        // Root reads everything (CAP_DAC_OVERRIDE): no need to ask.
+        if !md.is_file() || root {
+            return true;
+        }
+        match readable(&f.source) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "{}: {e} (ignored: left out of the appliance)",
+                    f.path.display()
+                );
+                if !noted && e.kind() == std::io::ErrorKind::PermissionDenied {
+                    noted = true;
+                    tracing::warn!(
+                        "some host files are not readable by this user, so kiln cannot copy \
+                         them into the appliance; this is a property of the host's \
+                         packaging, not a reason to run kiln as root"
+                    );
+                }
+                false
+            }
+        }
+    });
+    counts.after_unreadable = files.len();
+    tracing::info!(
+        "{} files, after removing unreadable files",
+        counts.after_unreadable
+    );
+
+    // 6. Munging.
+    let munged = munge(files, &mut cache);
+    counts.after_munging = munged.len();
+    tracing::info!("{} files, after munging", counts.after_munging);
+    for f in &munged {
+        tracing::trace!("munged: {} (from {})", f.path.display(), f.source.display());
+    }
+
+    // 7. Merge: base images first, then host entries.
+    let mut builder = SetBuilder::new();
+    counts.base_members = add_base_images(&mut builder, &inputs.base_images)?;
+    for f in &munged {
+        let Some(md) = cache.lstat(&f.source) else {
+            tracing::warn!("{}: vanished while building (ignored)", f.source.display());
+            continue;
+        };
+        let entry = match scan::host_entry_from(&f.source, f.path.clone(), &md) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!("{e} (ignored)");
+                continue;
+            }
+        };
+        if let Err(e) = builder.insert_host(entry, &md) {
+            tracing::warn!("{e} (ignored)");
+        }
+    }
+    for w in builder.warnings.drain(..) {
+        tracing::warn!("{w}");
+    }
+    counts.entries = builder.len();
+    tracing::info!("{} entries in the appliance root", counts.entries);
+    Ok(Resolved {
+        builder,
+        packages,
+        counts,
+        dpkg_status: db.status_path(),
+    })
+}
+
+/// The `/packagelist` file: one `name_version_arch` per line, sorted, LF-terminated.
+pub fn packagelist(packages: &[String]) -> Vec<u8> {
+    let mut v: Vec<&String> = packages.iter().collect();
+    v.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    let mut out = Vec::new();
+    for p in v {
+        out.extend_from_slice(p.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
