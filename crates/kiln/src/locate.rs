@@ -3,8 +3,9 @@
 //! The search path (`--path`, else `LIBGUESTFS_PATH`, else libguestfs's default
 //! directories) is split on `:` (an empty element means `.`). Each element is tried in
 //! order, and within it, as libguestfs does since 1.36:
-//! 1. a supermin appliance (`supermin.d/` with `base.tar.gz` and `packages`): its key is
-//!    computed and the cache hands out a pinned slot, building it first on a miss;
+//! 1. a supermin appliance (`supermin.d/` with a `packages` list): its key is computed
+//!    and the cache hands out a pinned slot, building it first on a miss (libguestfs
+//!    also wants `supermin.d/base.tar.gz`; kiln's own appliances need no base image);
 //! 2. a fixed appliance (`README.fixed`, `kernel`, `initrd`, `root`): used as it is;
 //! 3. an old-style appliance (`vmlinuz.$cpu`, `initramfs.$cpu.img`): used as it is,
 //!    without a root disk.
@@ -26,7 +27,7 @@ use crate::key::{KeyError, KeyOptions, appliance_key};
 pub enum LocateError {
     #[error(
         "cannot find any suitable supermin, fixed or old-style appliance on the search path {path:?}; \
-         point --path or LIBGUESTFS_PATH at a directory holding supermin.d/ (with base.tar.gz and packages), \
+         point --path or LIBGUESTFS_PATH at a directory holding supermin.d/ (with a packages list), \
          a fixed appliance (README.fixed, kernel, initrd, root) or vmlinuz.{cpu} + initramfs.{cpu}.img"
     )]
     NotFound { path: OsString, cpu: String },
@@ -211,7 +212,7 @@ pub fn locate(opts: &LocateOptions) -> Result<Pinned, LocateError> {
     let cpu = &opts.key.host_cpu;
     for element in split_path(&path) {
         let supermin_d = element.join("supermin.d");
-        if exists(&supermin_d, &["base.tar.gz", "packages"]) {
+        if exists(&supermin_d, &["packages"]) {
             return locate_supermin(opts, &element, &supermin_d);
         }
         if exists(&element, &["README.fixed", "kernel", "initrd", "root"]) {
@@ -287,16 +288,43 @@ fn locate_supermin(
     })
 }
 
-/// The builder used when [`LocateOptions::builder`] is `None`.
-///
-/// TODO(merge): switch to kiln's own build pipeline once it is on main; until then
-/// this runs supermin (`KILN_SUPERMIN`, else `/usr/bin/supermin`) into the slot.
+/// The builder used when [`LocateOptions::builder`] is `None`: kiln's own pipeline
+/// ([`pipeline_builder`]).
 pub fn default_builder() -> Arc<BuildFn> {
-    let program = std::env::var_os("KILN_SUPERMIN")
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/supermin"));
-    supermin_builder(program)
+    pipeline_builder()
+}
+
+/// kiln's build pipeline (`kiln build -f ext2 --copy-kernel`) writing into the slot.
+///
+/// The kernel is chosen from the process environment (`SUPERMIN_KERNEL*`), as
+/// [`KeyOptions::default`] reads it; a caller that sets [`KeyOptions::kernel`] to
+/// something else must also set the environment, or use its own builder.
+pub fn pipeline_builder() -> Arc<BuildFn> {
+    Arc::new(
+        |req: &BuildRequest<'_>, dir: &Path| -> Result<BuildMeta, BuildError> {
+            let out = dir.join("out");
+            let mut o = crate::pipeline::BuildOptions::new(
+                vec![req.supermin_d.to_path_buf()],
+                crate::pipeline::Format::Ext2,
+                out.clone(),
+            );
+            o.host_cpu = req.options.host_cpu.clone();
+            if let Some(size) = req.options.size {
+                o.size = size;
+            }
+            // Pins are hard links: the kernel must be a file of the slot, not a symlink.
+            o.copy_kernel = true;
+            let report = crate::pipeline::build(&o)?;
+            for f in ["kernel", "initrd", "root"] {
+                std::fs::rename(out.join(f), dir.join(f))
+                    .map_err(|e| format!("{}: {e}", out.join(f).display()))?;
+            }
+            std::fs::remove_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            Ok(BuildMeta {
+                root_uuid: report.appliance.map(|a| a.root_uuid),
+            })
+        },
+    )
 }
 
 /// A builder that runs `supermin --build -f ext2 --copy-kernel` and moves its output
