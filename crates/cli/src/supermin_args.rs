@@ -372,7 +372,9 @@ mod tests {
         assert!(stderr(&["--prepare", "-f", "ext2", "-o", "x"]).contains("cannot use --prepare"));
         assert!(stderr(&["--build", "-o", "x"]).contains("must specify an output --format"));
         assert!(stderr(&["--build", "-f", "ext2"]).contains("-o option) must be supplied"));
-        assert!(stderr(&["--build", "-f", "tar", "-o", "x"]).contains("unknown --format option (tar)"));
+        assert!(
+            stderr(&["--build", "-f", "tar", "-o", "x"]).contains("unknown --format option (tar)")
+        );
         assert_eq!(code(&["--names"]), 1);
         assert_eq!(code(&["--dtb", "x"]), 1);
     }

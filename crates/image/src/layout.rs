@@ -41,7 +41,7 @@ pub struct Geometry {
 /// Does group `g` carry a backup superblock and GDT (sparse_super)?
 pub fn has_super(g: u64) -> bool {
     fn power_of(mut n: u64, b: u64) -> bool {
-        while n > 1 && n % b == 0 {
+        while n > 1 && n.is_multiple_of(b) {
             n /= b;
         }
         n == 1

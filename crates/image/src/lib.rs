@@ -308,7 +308,6 @@ pub fn write_image(
     file.set_permissions(std::fs::Permissions::from_mode(0o644))
         .map_err(out_err)?;
     let used_fallback_copy = copier.fallback_used.load(Ordering::Relaxed);
-    drop(copier);
     tmp.persist(path).map_err(|e| out_err(e.error))?;
     Ok(ImageReport {
         uuid,
@@ -640,6 +639,82 @@ mod tests {
         assert_eq!(time_fields(t, 0), ((t - (1 << 32)) as i32 as u32, 1));
         assert_eq!(split_dev(libc_makedev(1, 3)), (1, 3));
         assert_eq!(split_dev(libc_makedev(300, 70000)), (300, 70000));
+    }
+
+    /// Build an image of a one-file tree, running `change` on the source file between
+    /// planning and copying; return the error and what is left in the output directory.
+    fn change_mid_build(change: impl FnOnce(&Path) + 'static) -> (ImageError, Vec<PathBuf>) {
+        let src = tempfile::tempdir().unwrap();
+        let victim = src.path().join("victim");
+        std::fs::write(&victim, vec![1u8; 100_000]).unwrap();
+        let mut entries = kiln_fileset::scan::scan_tree(src.path(), Path::new("/")).unwrap();
+        entries[0].meta = Meta::new(0o755);
+        let set = FileSet::new(entries).unwrap();
+        let v = victim.clone();
+        AFTER_PLAN.with(|h| *h.borrow_mut() = Some(Box::new(move || change(&v))));
+        let out = tempfile::tempdir().unwrap();
+        let err =
+            write_image(&set, &out.path().join("root"), &ImageOptions::default()).unwrap_err();
+        let left = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let msg = err.to_string();
+        assert!(msg.contains(victim.to_str().unwrap()), "{msg}");
+        (err, left)
+    }
+
+    #[test]
+    fn source_shrinking_mid_build_is_an_error() {
+        let (err, left) = change_mid_build(|p| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_len(50_000)
+                .unwrap()
+        });
+        assert!(
+            matches!(
+                err,
+                ImageError::SourceChanged {
+                    expected: 100_000,
+                    found: Some(50_000),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("changed during the build"));
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn source_growing_mid_build_is_an_error() {
+        let (err, left) = change_mid_build(|p| {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(p).unwrap();
+            f.write_all(b"more").unwrap();
+        });
+        assert!(
+            matches!(
+                err,
+                ImageError::SourceChanged {
+                    found: Some(100_004),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn source_vanishing_mid_build_is_an_error() {
+        let (err, left) = change_mid_build(|p| std::fs::remove_file(p).unwrap());
+        assert!(matches!(err, ImageError::Source { .. }), "{err}");
+        assert!(err.to_string().contains("No such file"), "{err}");
+        assert!(left.is_empty(), "{left:?}");
     }
 
     fn libc_makedev(major: u64, minor: u64) -> u64 {

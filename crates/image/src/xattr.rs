@@ -90,7 +90,7 @@ pub fn to_disk(attrs: &[Xattr]) -> Result<Vec<DiskAttr>, (Vec<u8>, AttrProblem)>
 fn acl_to_disk(v: &[u8]) -> Option<Vec<u8>> {
     const USER: u16 = 0x02;
     const GROUP: u16 = 0x08;
-    if v.len() < 4 || (v.len() - 4) % 8 != 0 || v[..4] != 2u32.to_le_bytes() {
+    if v.len() < 4 || !(v.len() - 4).is_multiple_of(8) || v[..4] != 2u32.to_le_bytes() {
         return None;
     }
     let mut out = 1u32.to_le_bytes().to_vec();
