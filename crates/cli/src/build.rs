@@ -11,6 +11,8 @@ pub enum FormatArg {
     /// A directory tree (also accepted as `fs` and `filesystem`, as supermin does).
     #[value(alias = "fs", alias = "filesystem")]
     Chroot,
+    /// A bootable appliance: OUT/kernel, OUT/initrd and the ext2 image OUT/root.
+    Ext2,
 }
 
 /// Build an appliance from supermin appliance inputs (`supermin --build`).
@@ -23,7 +25,7 @@ pub enum FormatArg {
 /// database.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Example:\n  kiln build -v -f chroot /usr/lib/x86_64-linux-gnu/guestfs/supermin.d -o /tmp/appliance"
+    after_help = "Examples:\n  kiln build -v -f chroot /usr/lib/x86_64-linux-gnu/guestfs/supermin.d -o /tmp/appliance\n  kiln build -f ext2 examples/hello/supermin.d -o /tmp/hello && kiln boot /tmp/hello"
 )]
 pub struct Args {
     /// Output format.
@@ -37,6 +39,18 @@ pub struct Args {
     /// Add /packagelist: the resolved packages, one `name_version_arch` per line.
     #[arg(long)]
     include_packagelist: bool,
+
+    /// ext2: copy the kernel into OUT/kernel instead of symlinking it.
+    #[arg(long)]
+    copy_kernel: bool,
+
+    /// ext2: host CPU architecture whose kernels are preferred in /boot.
+    #[arg(long, value_name = "ARCH", default_value = std::env::consts::ARCH)]
+    host_cpu: String,
+
+    /// ext2: size of the root image, e.g. 4G or 512M (default 4G, sparse).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    size: Option<u64>,
 
     /// Stop after resolving the file set (nothing is written); for benchmarks.
     #[arg(long, hide = true)]
@@ -54,11 +68,19 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let format = match args.format {
         FormatArg::Chroot => kiln::Format::Chroot,
+        FormatArg::Ext2 => kiln::Format::Ext2,
     };
     let mut opts = kiln::BuildOptions::new(args.inputs, format, args.output);
     opts.include_packagelist = args.include_packagelist;
     opts.resolve_only = args.resolve_only;
     opts.dpkg_root = args.dpkg_root;
+    opts.copy_kernel = args.copy_kernel;
+    opts.host_cpu = args.host_cpu;
+    opts.size = args.size;
     kiln::build(&opts).with_context(|| format!("building {}", opts.output.display()))?;
     Ok(())
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    kiln_image::parse_size(s).map_err(|e| e.to_string())
 }

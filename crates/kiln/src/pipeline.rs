@@ -4,10 +4,12 @@
 //! read_inputs ─► resolve (dpkg, globs, excludes, munging, base images)
 //!             ─► [+ /packagelist] ─► finish (validated FileSet) ─► write (chroot)
 //! ```
-//! The ext2 format adds its stages (kernel, modules tree via
-//! `SetBuilder::add_host_tree`, image, initrd) between `resolve` and `write`.
+//! The ext2 format adds its stages: the kernel is chosen ([`kiln_kernel::choose`]) and
+//! its modules tree added at `/lib/modules/VERSION` (via `SetBuilder::add_host_tree`)
+//! before `finish`; then `OUT/kernel`, `OUT/root` (kiln-image) and `OUT/initrd`
+//! (kiln-initrd) are written into a staging directory that replaces `OUT` in one rename.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kiln_fileset::chroot::{ChrootError, ChrootStats};
 use kiln_fileset::{Counts, Meta, Options, ResolveError, SetError};
@@ -18,6 +20,8 @@ use kiln_inputs::InputError;
 pub enum Format {
     /// A plain directory tree (supermin's `chroot`, `fs`, `filesystem`).
     Chroot,
+    /// A bootable appliance: `OUT/kernel`, `OUT/initrd` and the ext2 image `OUT/root`.
+    Ext2,
 }
 
 /// What to build.
@@ -34,6 +38,16 @@ pub struct BuildOptions {
     pub resolve_only: bool,
     /// Root of the dpkg database (`/` for the host).
     pub dpkg_root: PathBuf,
+    /// ext2: `--host-cpu` (kernel choice patterns). Default: this machine's architecture.
+    pub host_cpu: String,
+    /// ext2: copy the kernel into `OUT/kernel` instead of symlinking it.
+    pub copy_kernel: bool,
+    /// ext2: image size in bytes (default 4 GiB, sparse).
+    pub size: Option<u64>,
+    /// ext2: `SUPERMIN_KERNEL`, `SUPERMIN_KERNEL_VERSION`, `SUPERMIN_MODULES`.
+    pub kernel_env: kiln_kernel::KernelEnv,
+    /// ext2: where kernels and modules are looked for (`/boot`, `/lib/modules`).
+    pub kernel_roots: kiln_kernel::Roots,
 }
 
 impl BuildOptions {
@@ -46,6 +60,11 @@ impl BuildOptions {
             include_packagelist: false,
             resolve_only: false,
             dpkg_root: PathBuf::from("/"),
+            host_cpu: std::env::consts::ARCH.to_string(),
+            copy_kernel: false,
+            size: None,
+            kernel_env: kiln_kernel::KernelEnv::from_process(),
+            kernel_roots: kiln_kernel::Roots::default(),
         }
     }
 }
@@ -62,6 +81,12 @@ pub struct BuildReport {
     pub content_bytes: u64,
     /// Set when a chroot was written.
     pub chroot: Option<ChrootStats>,
+    /// ext2: the kernel chosen.
+    pub kernel: Option<kiln_kernel::Kernel>,
+    /// ext2: the root image written.
+    pub image: Option<kiln_image::ImageReport>,
+    /// ext2: the initrd written.
+    pub initrd: Option<kiln_initrd::Report>,
 }
 
 /// A failed build; every variant names the input or path at fault.
@@ -79,6 +104,19 @@ pub enum BuildError {
     Packagelist(#[from] kiln_fileset::builder::PlaceError),
     #[error(transparent)]
     Chroot(#[from] ChrootError),
+    #[error(transparent)]
+    Kernel(#[from] kiln_kernel::Error),
+    #[error("adding the kernel modules tree {path}: {source}")]
+    Modules {
+        path: PathBuf,
+        source: kiln_fileset::builder::TreeError,
+    },
+    #[error(transparent)]
+    Image(#[from] kiln_image::ImageError),
+    #[error(transparent)]
+    Initrd(#[from] kiln_initrd::Error),
+    #[error(transparent)]
+    Output(#[from] kiln_outdir::OutdirError),
 }
 
 /// Run the pipeline.
@@ -108,6 +146,27 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             .builder
             .add_bytes("/packagelist".as_ref(), data, Meta::new(0o644))?;
     }
+    let kernel = match opts.format {
+        Format::Ext2 => {
+            let k = kiln_kernel::choose(&opts.host_cpu, &opts.kernel_env, &opts.kernel_roots)?;
+            tracing::info!(
+                "kernel: {} (version {}, modules {})",
+                k.path.display(),
+                k.version,
+                k.modules.display()
+            );
+            let dest = Path::new("/lib/modules").join(&k.version);
+            resolved
+                .builder
+                .add_host_tree(&k.modules, &dest)
+                .map_err(|source| BuildError::Modules {
+                    path: k.modules.clone(),
+                    source,
+                })?;
+            Some(k)
+        }
+        Format::Chroot => None,
+    };
     let set = resolved.builder.finish()?;
     let mut report = BuildReport {
         counts: resolved.counts,
@@ -115,6 +174,9 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         entries: set.len(),
         content_bytes: set.content_bytes(),
         chroot: None,
+        kernel: None,
+        image: None,
+        initrd: None,
     };
     tracing::info!(
         "file set: {} entries, {} bytes of file content",
@@ -129,6 +191,31 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         Format::Chroot => {
             tracing::info!("chroot: writing {}", opts.output.display());
             report.chroot = Some(kiln_fileset::write_chroot(&set, &opts.output)?);
+        }
+        Format::Ext2 => {
+            let Some(k) = kernel else {
+                unreachable!("the kernel is chosen above for ext2")
+            };
+            let staging = kiln_outdir::Staging::new(&opts.output)?;
+            let dir = staging.path();
+            kiln_kernel::install(&k, dir, opts.copy_kernel)?;
+            let mut io = kiln_image::ImageOptions::default();
+            if let Some(size) = opts.size {
+                io.size = size;
+            }
+            tracing::info!("ext2: writing the root image");
+            let img = kiln_image::write_image(&set, &dir.join("root"), &io)?;
+            tracing::info!("ext2: root UUID {}", img.uuid_string());
+            let initrd = kiln_initrd::build(&k.modules, &dir.join("initrd"))?;
+            tracing::info!(
+                "ext2: wrote {} modules to the mini initrd ({} bytes)",
+                initrd.modules.len(),
+                initrd.bytes
+            );
+            staging.publish()?;
+            report.kernel = Some(k);
+            report.image = Some(img);
+            report.initrd = Some(initrd);
         }
     }
     Ok(report)
