@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod boot;
 mod build;
 mod cache_ls;
 mod checksum;
@@ -33,6 +34,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Build(build::Args),
+    Boot(boot::Args),
     Locate(locate::Args),
     Gc(gc::Args),
     Checksum(checksum::Args),
@@ -85,6 +87,10 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Build(args) => build::run(args),
+        Command::Boot(args) => match boot::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Locate(args) => locate::run(args),
         Command::Gc(args) => gc::run(args),
         Command::Checksum(args) => checksum::run(args),

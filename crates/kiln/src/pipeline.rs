@@ -46,6 +46,10 @@ pub struct BuildOptions {
     pub host_cpu: String,
     /// ext2: copy the kernel into `OUT` instead of symlinking it.
     pub copy_kernel: bool,
+    /// ext2: `SUPERMIN_KERNEL`, `SUPERMIN_KERNEL_VERSION`, `SUPERMIN_MODULES`.
+    pub kernel_env: kiln_kernel::KernelEnv,
+    /// ext2: where kernels and modules are looked for (`/boot`, `/lib/modules`).
+    pub kernel_roots: kiln_kernel::Roots,
 }
 
 /// The host CPU name supermin uses by default (`x86_64`, `aarch64`, ...).
@@ -66,6 +70,8 @@ impl BuildOptions {
             size: kiln_image::DEFAULT_SIZE,
             host_cpu: default_host_cpu(),
             copy_kernel: false,
+            kernel_env: kiln_kernel::KernelEnv::from_process(),
+            kernel_roots: kiln_kernel::Roots::default(),
         }
     }
 }
@@ -162,7 +168,7 @@ fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildErr
     // belongs to the file set.
     let kernel = match opts.format {
         Format::Ext2 => {
-            let k = kiln_kernel::choose_host(&opts.host_cpu)?;
+            let k = kiln_kernel::choose(&opts.host_cpu, &opts.kernel_env, &opts.kernel_roots)?;
             tracing::info!(
                 "kernel: picked {} (version {}), modules {}",
                 k.path.display(),
