@@ -25,7 +25,7 @@ pub enum FormatArg {
 /// database.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Example:\n  kiln build -v -f chroot /usr/lib/x86_64-linux-gnu/guestfs/supermin.d -o /tmp/appliance"
+    after_help = "Examples:\n  kiln build -v -f chroot /usr/lib/x86_64-linux-gnu/guestfs/supermin.d -o /tmp/appliance\n  kiln build -f ext2 examples/hello/supermin.d -o /tmp/hello && kiln boot /tmp/hello"
 )]
 pub struct Args {
     /// Output format.

@@ -2,16 +2,21 @@
 //! subcommand. Errors are printed with their full context and exit with status 1.
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod boot;
 mod build;
 mod cache_ls;
 mod checksum;
 mod gc;
 mod locate;
+mod prepare;
 mod size;
+mod supermin;
+mod supermin_args;
 
 /// Build, cache and boot VM appliances made from the host's own files.
 #[derive(Debug, Parser)]
@@ -29,16 +34,26 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Build(build::Args),
+    Boot(boot::Args),
     Locate(locate::Args),
     Gc(gc::Args),
     Checksum(checksum::Args),
     Cache(cache_ls::Args),
+    Prepare(prepare::Args),
+    /// Run kiln's supermin-compatible front end: `kiln supermin --build ...` behaves as
+    /// `supermin --build ...` (also used when kiln is invoked under the name `supermin`).
+    #[command(disable_help_flag = true)]
+    Supermin {
+        /// supermin 5 arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Timestamped (time since start), uncoloured unless stderr is a terminal. `KILN_LOG`
 /// (tracing filter syntax) overrides the level chosen by -v. The cache's notices
 /// ("building …", "waiting for PID N building …") are shown by default.
-fn init_logging(verbose: u8) {
+pub(crate) fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => "warn,kiln_cache=info",
         1 => "info",
@@ -57,14 +72,31 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let invoked_as = argv
+        .first()
+        .map(|a| Path::new(a).file_name().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    if invoked_as == "supermin" {
+        return exit(supermin::main(argv[1..].to_vec()));
+    }
+    if argv.get(1).map(String::as_str) == Some("supermin") {
+        return exit(supermin::main(argv[2..].to_vec()));
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Build(args) => build::run(args),
+        Command::Boot(args) => match boot::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Locate(args) => locate::run(args),
         Command::Gc(args) => gc::run(args),
         Command::Checksum(args) => checksum::run(args),
         Command::Cache(args) => cache_ls::run(args),
+        Command::Prepare(args) => prepare::run(args),
+        Command::Supermin { args } => return exit(supermin::main(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,7 +109,7 @@ fn main() -> ExitCode {
 
 /// The error and its causes on one line, skipping causes whose text the message already
 /// contains (library errors often include their source's text).
-fn message(e: &anyhow::Error) -> String {
+pub(crate) fn message(e: &anyhow::Error) -> String {
     let mut msg = String::new();
     for cause in e.chain() {
         let c = cause.to_string();
@@ -90,4 +122,8 @@ fn message(e: &anyhow::Error) -> String {
         msg.push_str(&c);
     }
     msg
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -9,7 +9,7 @@
 //! `OUT/root` (ext2 image), `OUT/initrd` (mini initrd) and `OUT/kernel` into a private
 //! staging directory that replaces `OUT` atomically.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kiln_fileset::chroot::{ChrootError, ChrootStats};
 use kiln_fileset::{Counts, Meta, Options, ResolveError, SetError};
@@ -46,6 +46,10 @@ pub struct BuildOptions {
     pub host_cpu: String,
     /// ext2: copy the kernel into `OUT` instead of symlinking it.
     pub copy_kernel: bool,
+    /// ext2: `SUPERMIN_KERNEL`, `SUPERMIN_KERNEL_VERSION`, `SUPERMIN_MODULES`.
+    pub kernel_env: kiln_kernel::KernelEnv,
+    /// ext2: where kernels and modules are looked for (`/boot`, `/lib/modules`).
+    pub kernel_roots: kiln_kernel::Roots,
 }
 
 /// The host CPU name supermin uses by default (`x86_64`, `aarch64`, ...).
@@ -66,6 +70,8 @@ impl BuildOptions {
             size: kiln_image::DEFAULT_SIZE,
             host_cpu: default_host_cpu(),
             copy_kernel: false,
+            kernel_env: kiln_kernel::KernelEnv::from_process(),
+            kernel_roots: kiln_kernel::Roots::default(),
         }
     }
 }
@@ -105,6 +111,8 @@ pub struct ApplianceReport {
 pub enum BuildError {
     #[error("no input supermin appliance given")]
     NoInputs,
+    #[error("only the ext2 format can be built into a given directory")]
+    NotInto,
     #[error(transparent)]
     Inputs(#[from] InputError),
     #[error(transparent)]
@@ -129,6 +137,20 @@ pub enum BuildError {
 
 /// Run the pipeline.
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
+    run(opts, None)
+}
+
+/// Run the pipeline for [`Format::Ext2`] writing `kernel`, `initrd` and `root` straight
+/// into `dir`, an existing private directory (a cache slot being built), instead of
+/// replacing `opts.output`. `opts.format` must be [`Format::Ext2`].
+pub fn build_into(opts: &BuildOptions, dir: &Path) -> Result<BuildReport, BuildError> {
+    if opts.format != Format::Ext2 {
+        return Err(BuildError::NotInto);
+    }
+    run(opts, Some(dir))
+}
+
+fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildError> {
     if opts.inputs.is_empty() {
         return Err(BuildError::NoInputs);
     }
@@ -146,7 +168,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     // belongs to the file set.
     let kernel = match opts.format {
         Format::Ext2 => {
-            let k = kiln_kernel::choose_host(&opts.host_cpu)?;
+            let k = kiln_kernel::choose(&opts.host_cpu, &opts.kernel_env, &opts.kernel_roots)?;
             tracing::info!(
                 "kernel: picked {} (version {}), modules {}",
                 k.path.display(),
@@ -206,8 +228,16 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             let Some(kernel) = kernel else {
                 unreachable!("the kernel is chosen for ext2 above");
             };
-            let staging = Staging::new(&opts.output)?;
-            let root = staging.path().join("root");
+            let staging = match into {
+                Some(_) => None,
+                None => Some(Staging::new(&opts.output)?),
+            };
+            let dir = match (&staging, into) {
+                (Some(s), _) => s.path(),
+                (None, Some(d)) => d,
+                (None, None) => unreachable!("one of staging or into is set"),
+            };
+            let root = dir.join("root");
             tracing::info!("ext2: writing {} ({} bytes)", root.display(), opts.size);
             let image = kiln_image::write_image(
                 &set,
@@ -223,12 +253,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
                 image.blocks_used,
                 image.inodes_used
             );
-            let initrd = staging.path().join("initrd");
+            let initrd = dir.join("initrd");
             tracing::info!("ext2: creating minimal initrd {}", initrd.display());
             let ir = kiln_initrd::build(&kernel.modules, &initrd)?;
             tracing::info!("ext2: wrote {} modules to minimal initrd", ir.modules.len());
-            kiln_kernel::install(&kernel, staging.path(), opts.copy_kernel)?;
-            staging.publish()?;
+            kiln_kernel::install(&kernel, dir, opts.copy_kernel)?;
+            if let Some(s) = staging {
+                s.publish()?;
+            }
             report.appliance = Some(ApplianceReport {
                 root_uuid: image.uuid_string(),
                 kernel: kernel.path,
