@@ -54,7 +54,7 @@ pub enum KeyError {
 pub struct KeyOptions {
     /// `--host-cpu` (default: this machine's architecture).
     pub host_cpu: String,
-    /// `--size` of the root image in bytes, if given.
+    /// `--size` of the root image in bytes (`None`: kiln's default, 4 GiB).
     pub size: Option<u64>,
     /// dpkg's status file (its directory's `diversions` is covered too).
     pub dpkg_status: PathBuf,
@@ -140,7 +140,8 @@ pub fn appliance_key(supermin_d: &Path, opts: &KeyOptions) -> Result<Key, KeyErr
     h.u64("format", FORMAT_VERSION as u64);
     h.bytes("version", env!("CARGO_PKG_VERSION").as_bytes());
     h.bytes("host_cpu", opts.host_cpu.as_bytes());
-    h.u64("size", opts.size.map_or(u64::MAX, |s| s));
+    // The effective size, so "default" and "4G given" name the same appliance.
+    h.u64("size", opts.size.unwrap_or(kiln_image::DEFAULT_SIZE));
     h.u64("euid", opts.euid as u64);
     h.u64("egid", opts.egid as u64);
 

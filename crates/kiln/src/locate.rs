@@ -294,19 +294,15 @@ pub fn default_builder() -> Arc<BuildFn> {
     pipeline_builder()
 }
 
-/// kiln's build pipeline (`kiln build -f ext2 --copy-kernel`) writing into the slot.
-///
-/// The kernel is chosen from the process environment (`SUPERMIN_KERNEL*`), as
-/// [`KeyOptions::default`] reads it; a caller that sets [`KeyOptions::kernel`] to
-/// something else must also set the environment, or use its own builder.
+/// kiln's build pipeline (`kiln build -f ext2 --copy-kernel`) writing into the slot,
+/// with the same host CPU, size and kernel choice the key was made from.
 pub fn pipeline_builder() -> Arc<BuildFn> {
     Arc::new(
         |req: &BuildRequest<'_>, dir: &Path| -> Result<BuildMeta, BuildError> {
-            let out = dir.join("out");
             let mut o = crate::pipeline::BuildOptions::new(
                 vec![req.supermin_d.to_path_buf()],
                 crate::pipeline::Format::Ext2,
-                out.clone(),
+                dir.to_path_buf(),
             );
             o.host_cpu = req.options.host_cpu.clone();
             if let Some(size) = req.options.size {
@@ -314,12 +310,9 @@ pub fn pipeline_builder() -> Arc<BuildFn> {
             }
             // Pins are hard links: the kernel must be a file of the slot, not a symlink.
             o.copy_kernel = true;
-            let report = crate::pipeline::build(&o)?;
-            for f in ["kernel", "initrd", "root"] {
-                std::fs::rename(out.join(f), dir.join(f))
-                    .map_err(|e| format!("{}: {e}", out.join(f).display()))?;
-            }
-            std::fs::remove_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            o.kernel_env = req.options.kernel.clone();
+            o.kernel_roots = req.options.roots.clone();
+            let report = crate::pipeline::build_into(&o, dir)?;
             Ok(BuildMeta {
                 root_uuid: report.appliance.map(|a| a.root_uuid),
             })

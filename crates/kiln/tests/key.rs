@@ -229,6 +229,12 @@ fn size_host_cpu_and_ids_change_the_key() {
             ..base.clone()
         },
     ];
+    // The default size given explicitly is the same appliance.
+    let explicit_default = KeyOptions {
+        size: Some(4 << 30),
+        ..base.clone()
+    };
+    assert_eq!(f.key_with(&explicit_default), k0);
     let mut keys: Vec<String> = variants.iter().map(|o| f.key_with(o)).collect();
     keys.push(k0);
     let n = keys.len();
