@@ -53,7 +53,7 @@ pub type BuildFn = dyn Fn(&BuildRequest<'_>, &Path) -> Result<BuildMeta, BuildEr
 /// Options of [`locate`]. `LocateOptions::default()` behaves like libguestfs: search
 /// `LIBGUESTFS_PATH`, cache under `LIBGUESTFS_CACHEDIR`/`TMPDIR`//var/tmp, pin to the
 /// calling process.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct LocateOptions {
     /// The search path; `None` means `LIBGUESTFS_PATH`, else [`default_path`].
     pub path: Option<OsString>,
@@ -65,10 +65,25 @@ pub struct LocateOptions {
     pub force_rebuild: bool,
     /// Options that go into the key and the build.
     pub key: KeyOptions,
-    /// Bounds of the opportunistic gc after locating; `None` means the default policy.
+    /// Bounds of the cheap gc run after locating (default: [`GcPolicy::default`]);
+    /// `None` skips it.
     pub gc: Option<GcPolicy>,
     /// The builder; `None` means [`default_builder`].
     pub builder: Option<Arc<BuildFn>>,
+}
+
+impl Default for LocateOptions {
+    fn default() -> Self {
+        LocateOptions {
+            path: None,
+            cachedir: None,
+            pin_to: None,
+            force_rebuild: false,
+            key: KeyOptions::default(),
+            gc: Some(GcPolicy::default()),
+            builder: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for LocateOptions {
@@ -266,7 +281,7 @@ fn locate_supermin(
     let get = GetOptions {
         pin_to: opts.pin_to,
         force_rebuild: opts.force_rebuild,
-        gc: Some(opts.gc.clone().unwrap_or_default()),
+        gc: opts.gc.clone(),
     };
     let builder = opts.builder.clone().unwrap_or_else(default_builder);
     let req = BuildRequest {
