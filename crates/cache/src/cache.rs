@@ -401,7 +401,15 @@ impl Cache {
         let res = (|| {
             for (i, f) in FILES.iter().enumerate() {
                 rustix::fs::linkat(slot, *f, &pin_fd, *f, AtFlags::empty())
-                    .map_err(|e| CacheError::io(pin_path.join(f), "link", e))?;
+                    .map_err(|e| {
+                        let op = match e {
+                            Errno::PERM | Errno::OPNOTSUPP | Errno::MLINK => {
+                                "hard link (the cache needs a filesystem with hard links: set --cachedir or LIBGUESTFS_CACHEDIR)"
+                            }
+                            _ => "hard link",
+                        };
+                        CacheError::io(pin_path.join(f), op, e)
+                    })?;
                 if i == 0 {
                     fault("pin-partial");
                 }
