@@ -1,1 +1,67 @@
-//! kiln cache stage (see the crate's documentation once it lands).
+//! kiln's per-user appliance cache: keyed slots, build locks, per-process pins and
+//! garbage collection.
+//!
+//! The cache does not know how an appliance is built. [`Cache::get_or_build`] takes a
+//! [`Key`] and a closure that writes `kernel`, `initrd` and `root` into a private
+//! directory inside the cache; whatever the key means is the caller's business.
+//!
+//! # Layout of `<root>/.guestfs-<euid>/`
+//!
+//! - `slot-<key>/{kernel,initrd,root,slot-meta}`: one immutable appliance per key. It
+//!   appears by a single rename of a complete directory and is never modified after.
+//! - `tmp-<key>-<pid>-<n>/`: a build in progress, locked (flock) by its builder.
+//! - `lock-<key>`: the build lock; its holder writes its PID into it.
+//! - `pin-<pid>-<start>-<n>-<key>/{kernel,initrd,root}`: hard links of one slot's files
+//!   for one process (PID and start time, so a reused PID does not keep them alive).
+//! - `trash-<key>-<pid>-<n>/`: a slot being removed.
+//!
+//! Other names (libguestfs's own `appliance.d`, `lock`, …) are left alone.
+//!
+//! # Invariants
+//!
+//! 1. A pin's three files come from one build: they are linked from one directory
+//!    handle while holding a shared lock on it, and slot directories never change.
+//! 2. Pinned files never change or vanish while the pin exists; gc removes a pin only
+//!    when its process (PID + start time) is gone.
+//! 3. One builder per key at a time (exclusive flock on `lock-<key>`); others wait and
+//!    reuse the result.
+//! 4. A crash leaves only `tmp-`, `trash-` or dead `pin-` entries, which no reader
+//!    ever uses and gc removes.
+//! 5. The directory is checked (owner = euid, a real directory, not group/other
+//!    writable) and then only used through its handle, with `O_NOFOLLOW`/`AT_SYMLINK_NOFOLLOW`
+//!    everywhere; entries that are links, FIFOs or foreign-owned are refused with a
+//!    `security:` error and never followed or opened for reading.
+//! 6. Names, ownership checks and outputs use the effective UID/GID (setuid-safe).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use kiln_cache::{BuildMeta, Cache, GetOptions, Key};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cache = Cache::open_default()?;
+//! let key = Key::new("0123456789abcdef")?;
+//! let pinned = cache.get_or_build(&key, &GetOptions::default(), |dir| {
+//!     for f in ["kernel", "initrd", "root"] {
+//!         std::fs::write(dir.join(f), b"...")?;
+//!     }
+//!     Ok::<_, std::io::Error>(BuildMeta::default())
+//! })?;
+//! println!("{} {} {}", pinned.kernel().display(), pinned.initrd().display(), pinned.root().display());
+//! // The pin (and with it the guarantee that the files stay put) ends here.
+//! drop(pinned);
+//! # Ok(()) }
+//! ```
+
+mod cache;
+mod error;
+mod fsx;
+mod gc;
+mod key;
+mod proc;
+
+pub use cache::{BuildMeta, Cache, GetOptions, Pinned, default_root, ext_uuid};
+pub use error::{BuildError, CacheError};
+pub use gc::{DEFAULT_KEEP, GcPolicy, GcReport, SlotInfo};
+pub use key::Key;
+pub use proc::{ProcessId, process_start_time};

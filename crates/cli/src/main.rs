@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod build;
+mod cache_ls;
+mod checksum;
+mod gc;
+mod locate;
+mod size;
 
 /// Build, cache and boot VM appliances made from the host's own files.
 #[derive(Debug, Parser)]
@@ -24,13 +29,18 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Build(build::Args),
+    Locate(locate::Args),
+    Gc(gc::Args),
+    Checksum(checksum::Args),
+    Cache(cache_ls::Args),
 }
 
 /// Timestamped (time since start), uncoloured unless stderr is a terminal. `KILN_LOG`
-/// (tracing filter syntax) overrides the level chosen by -v.
+/// (tracing filter syntax) overrides the level chosen by -v. The cache's notices
+/// ("building …", "waiting for PID N building …") are shown by default.
 fn init_logging(verbose: u8) {
     let level = match verbose {
-        0 => "warn",
+        0 => "warn,kiln_cache=info",
         1 => "info",
         2 => "debug",
         _ => "trace",
@@ -51,6 +61,10 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Build(args) => build::run(args),
+        Command::Locate(args) => locate::run(args),
+        Command::Gc(args) => gc::run(args),
+        Command::Checksum(args) => checksum::run(args),
+        Command::Cache(args) => cache_ls::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,2 +1,534 @@
-//! kiln's static init (PID 1 of the mini initrd). Work in progress.
-fn main() {}
+//! kiln's static init: PID 1 of the mini initrd.
+//!
+//! It mounts /proc, /sys and /dev (devtmpfs), loads the modules listed in `/modules` in
+//! order (`finit_module`; a failure is reported, never fatal by itself; the list comes in
+//! stages separated by `-` lines, and once the root device is visible at a stage boundary
+//! the drivers for other buses are not loaded — `kiln.allmodules` loads all), finds the root
+//! device from `root=UUID=…` (the 16 bytes at 0x468 *and* the ext magic 0xEF53 at 0x438,
+//! so a disk that merely carries the same UUID bytes is not taken) or `root=/dev/NAME`,
+//! waiting at most `kiln.rootwait=SECONDS` (default 30), mounts it `ext4` (which also
+//! mounts ext2/ext3), falling back to `ext2`, with `noatime`, read-write, on `/root`;
+//! unmounts what it mounted, deletes the initramfs files, moves the new root onto `/`
+//! (switch_root semantics), chroots and execs `/init` with argv `["init"]`.
+//!
+//! The appliance's `/init` starts with nothing mounted, as under supermin (libguestfs's
+//! `/init` mounts proc, sysfs and devtmpfs itself).
+//!
+//! Invariants: built statically (glibc `crt-static`, checked by kiln-initrd's builder);
+//! the kernel command line is parsed by words, never by substrings; every wait is
+//! bounded; the line `kiln-init: exec /init` is printed (even with `quiet`) right before
+//! the exec so that `kiln boot` can tell the appliance's `/init` was reached.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rustix::fs::{CWD, FileType, Mode};
+use rustix::mount::{MountFlags, UnmountFlags};
+
+/// The line `kiln boot` looks for on the console.
+const MARKER: &str = "kiln-init: exec /init";
+const DEFAULT_ROOTWAIT: u64 = 30;
+
+struct Log {
+    quiet: bool,
+    debug: bool,
+    t0: Instant,
+    uptime0: f64,
+}
+
+impl Log {
+    fn now(&self) -> f64 {
+        self.uptime0 + self.t0.elapsed().as_secs_f64()
+    }
+    /// A progress/timing line, suppressed by `quiet`.
+    fn info(&self, msg: &str) {
+        if !self.quiet {
+            let _ = writeln!(io::stderr(), "kiln-init: [{:.3}] {msg}", self.now());
+        }
+    }
+    /// A problem that does not stop the boot; still quiet-aware.
+    fn warn(&self, msg: &str) {
+        if !self.quiet {
+            let _ = writeln!(io::stderr(), "kiln-init: warning: {msg}");
+        }
+    }
+}
+
+/// Print the fatal message and stop. As PID 1 this makes the kernel panic (with
+/// `panic=1` and qemu's `-no-reboot`, qemu exits).
+fn fatal(msg: &str) -> ! {
+    let _ = writeln!(io::stderr(), "kiln-init: error: {msg}");
+    std::process::exit(1)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Root {
+    Uuid([u8; 16]),
+    Dev(String),
+}
+
+impl std::fmt::Display for Root {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Root::Uuid(u) => write!(f, "root UUID={} (with ext2/3/4 magic)", uuid_string(u)),
+            Root::Dev(n) => write!(f, "root device /dev/{n}"),
+        }
+    }
+}
+
+fn uuid_string(u: &[u8; 16]) -> String {
+    let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        h[0..4].concat(),
+        h[4..6].concat(),
+        h[6..8].concat(),
+        h[8..10].concat(),
+        h[10..16].concat()
+    )
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Cmdline {
+    quiet: bool,
+    /// `kiln.debug`: one timing line per module.
+    debug: bool,
+    /// `kiln.allmodules`: load every module in the initrd, not only up to the root's bus.
+    allmodules: bool,
+    root: Option<Result<Root, String>>,
+    rootwait: Duration,
+}
+
+fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
+    let hex: Vec<u8> = s.bytes().filter(|&c| c != b'-').collect();
+    if hex.len() != 32 {
+        return Err(format!("root=UUID={s}: not a 16-byte UUID"));
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let txt = std::str::from_utf8(pair).map_err(|_| format!("root=UUID={s}: not hex"))?;
+        out[i] = u8::from_str_radix(txt, 16).map_err(|_| format!("root=UUID={s}: not hex"))?;
+    }
+    Ok(out)
+}
+
+/// Parse the kernel command line by words. Later words win, as with the kernel's own
+/// `root=`.
+fn parse_cmdline(line: &str) -> Cmdline {
+    let mut c = Cmdline {
+        quiet: false,
+        debug: false,
+        allmodules: false,
+        root: None,
+        rootwait: Duration::from_secs(DEFAULT_ROOTWAIT),
+    };
+    for w in line.split_whitespace() {
+        if w == "quiet" {
+            c.quiet = true;
+        } else if w == "kiln.debug" {
+            c.debug = true;
+        } else if w == "kiln.allmodules" {
+            c.allmodules = true;
+        } else if let Some(v) = w.strip_prefix("root=") {
+            c.root = Some(if let Some(u) = v.strip_prefix("UUID=") {
+                parse_uuid(u).map(Root::Uuid)
+            } else if let Some(n) = v.strip_prefix("/dev/") {
+                if n.is_empty() || n.contains('/') {
+                    Err(format!("root={v}: expected root=/dev/NAME or root=UUID=…"))
+                } else {
+                    Ok(Root::Dev(n.to_string()))
+                }
+            } else {
+                Err(format!("root={v}: expected root=/dev/NAME or root=UUID=…"))
+            });
+        } else if let Some(v) = w.strip_prefix("kiln.rootwait=")
+            && let Ok(s) = v.parse::<f64>()
+            && s.is_finite()
+            && s >= 0.0
+        {
+            c.rootwait = Duration::from_secs_f64(s.min(86400.0));
+        }
+    }
+    c
+}
+
+fn mkdir(p: &str) {
+    let _ = fs::create_dir(p);
+}
+
+fn mount_fs(log: &Log, fstype: &str, target: &str) {
+    mkdir(target);
+    if let Err(e) = rustix::mount::mount(fstype, target, fstype, MountFlags::empty(), None) {
+        // Already mounted (e.g. the kernel automounted devtmpfs) is fine.
+        if e != rustix::io::Errno::BUSY {
+            log.warn(&format!("mount {fstype} on {target}: {e}"));
+        }
+    }
+}
+
+/// Load the modules listed in `/modules` in order. A line `-` ends a stage: if the root
+/// is visible by then (checked for up to [`STAGE_GRACE`], as SCSI scans run
+/// asynchronously), the remaining stages (drivers for other buses) are skipped unless
+/// `all` is set. Returns (loaded, failed, skipped).
+fn load_modules(log: &Log, root: Option<&Root>, all: bool) -> (usize, usize, usize) {
+    let list = match fs::read_to_string("/modules") {
+        Ok(s) => s,
+        Err(e) => {
+            log.warn(&format!("cannot read /modules: {e}; loading no modules"));
+            return (0, 0, 0);
+        }
+    };
+    let lines: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let (mut ok, mut failed) = (0, 0);
+    for (i, name) in lines.iter().enumerate() {
+        if *name == "-" {
+            if let Some(r) = root
+                && !all
+                && root_visible_within(r, STAGE_GRACE)
+            {
+                let skipped = lines[i..].iter().filter(|l| **l != "-").count();
+                log.info(&format!(
+                    "root visible; skipping {skipped} modules for other buses (kiln.allmodules loads them)"
+                ));
+                return (ok, failed, skipped);
+            }
+            continue;
+        }
+        let path = format!("/{name}");
+        let res = fs::File::open(&path)
+            .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))
+            .and_then(|f| rustix::system::finit_module(&f, c"", 0));
+        if log.debug {
+            log.info(&format!("module {name}: {res:?}"));
+        }
+        match res {
+            Ok(()) => ok += 1,
+            // Built in or already loaded: nothing to do.
+            Err(rustix::io::Errno::EXIST) => ok += 1,
+            Err(e) => {
+                failed += 1;
+                log.warn(&format!("module {name}: {e}"));
+            }
+        }
+    }
+    (ok, failed, 0)
+}
+
+/// How long a stage boundary waits for the root before loading the next stage.
+const STAGE_GRACE: Duration = Duration::from_millis(100);
+
+fn root_visible_within(root: &Root, grace: Duration) -> bool {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(1);
+    loop {
+        if find_root_once(root).is_ok() {
+            return true;
+        }
+        if start.elapsed() >= grace {
+            return false;
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(20));
+    }
+}
+
+fn read_dev_number(sysdir: &Path) -> Option<(u32, u32)> {
+    let s = fs::read_to_string(sysdir.join("dev")).ok()?;
+    let (a, b) = s.trim().split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// A private device node for probing: devtmpfs may create `/dev/NAME` a little after the
+/// sysfs entry appears, so the init makes its own.
+fn probe_node(maj: u32, min: u32) -> io::Result<fs::File> {
+    let p = "/.kiln-probe";
+    let _ = fs::remove_file(p);
+    rustix::fs::mknodat(
+        CWD,
+        p,
+        FileType::BlockDevice,
+        Mode::from_raw_mode(0o600),
+        rustix::fs::makedev(maj, min),
+    )?;
+    let f = fs::File::open(p);
+    let _ = fs::remove_file(p);
+    f
+}
+
+/// What the probe saw on one block device (for the timeout message).
+enum Seen {
+    Match,
+    NoMagic,
+    OtherUuid,
+    Unreadable(String),
+}
+
+fn probe_ext(maj: u32, min: u32, uuid: &[u8; 16]) -> Seen {
+    let mut f = match probe_node(maj, min) {
+        Ok(f) => f,
+        Err(e) => return Seen::Unreadable(e.to_string()),
+    };
+    let mut sb = [0u8; 0x478];
+    if let Err(e) = f.read_exact(&mut sb) {
+        return Seen::Unreadable(e.to_string());
+    }
+    if sb[0x438..0x43a] != [0x53, 0xef] {
+        Seen::NoMagic
+    } else if sb[0x468..0x478] == uuid[..] {
+        Seen::Match
+    } else {
+        Seen::OtherUuid
+    }
+}
+
+/// One scan for the root device. Returns (name, maj, min) or a description of what was
+/// seen, for the timeout message.
+fn find_root_once(root: &Root) -> Result<(String, u32, u32), Vec<String>> {
+    let mut seen = Vec::new();
+    match root {
+        Root::Dev(name) => {
+            let d = Path::new("/sys/class/block").join(name);
+            if let Some((a, b)) = read_dev_number(&d) {
+                return Ok((name.clone(), a, b));
+            }
+        }
+        Root::Uuid(uuid) => {
+            let mut names: Vec<String> = match fs::read_dir("/sys/class/block") {
+                Ok(rd) => rd
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            names.sort();
+            for name in names {
+                let d = Path::new("/sys/class/block").join(&name);
+                let size: u64 = fs::read_to_string(d.join("size"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0);
+                if size == 0 {
+                    continue;
+                }
+                let Some((a, b)) = read_dev_number(&d) else {
+                    continue;
+                };
+                match probe_ext(a, b, uuid) {
+                    Seen::Match => return Ok((name, a, b)),
+                    Seen::NoMagic => seen.push(format!("{name} (no ext magic)")),
+                    Seen::OtherUuid => seen.push(format!("{name} (other UUID)")),
+                    Seen::Unreadable(e) => seen.push(format!("{name} ({e})")),
+                }
+            }
+        }
+    }
+    Err(seen)
+}
+
+fn wait_for_root(log: &Log, root: &Root, timeout: Duration) -> (String, u32, u32) {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(1);
+    let mut announced = false;
+    loop {
+        let seen = match find_root_once(root) {
+            Ok(found) => return found,
+            Err(seen) => seen,
+        };
+        let waited = start.elapsed();
+        if waited >= timeout {
+            let seen = if seen.is_empty() {
+                "none".to_string()
+            } else {
+                seen.join(", ")
+            };
+            fatal(&format!(
+                "gave up after {:.1} s waiting for {root}; block devices seen: {seen}. \
+                 Check that the root disk is attached and that its driver (virtio-blk, \
+                 virtio-scsi, ata, nvdimm) is in the initrd; kiln.rootwait=SECONDS changes the wait",
+                waited.as_secs_f64()
+            ));
+        }
+        if !announced && waited >= Duration::from_secs(1) {
+            announced = true;
+            log.info(&format!(
+                "waiting up to {} s for {root}",
+                timeout.as_secs_f64()
+            ));
+        }
+        std::thread::sleep(delay.min(timeout.saturating_sub(waited)));
+        delay = (delay * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Delete the initramfs's own files (regular files and symlinks in `/`, as supermin
+/// does: the init itself, `/modules` and the modules) to give the RAM back.
+fn delete_initramfs_files() {
+    if let Ok(rd) = fs::read_dir("/") {
+        for e in rd.flatten() {
+            if let Ok(ft) = e.file_type()
+                && (ft.is_file() || ft.is_symlink())
+            {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+fn list_for_debug(dir: &str) {
+    let Ok(rd) = fs::read_dir(dir) else {
+        let _ = writeln!(io::stderr(), "kiln-init:   {dir}: cannot list");
+        return;
+    };
+    let mut names: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let _ = writeln!(io::stderr(), "kiln-init:   {dir}: {}", names.join(" "));
+}
+
+fn read_uptime() -> f64 {
+    fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|t| t.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn main() {
+    if rustix::process::getpid() != rustix::process::Pid::INIT {
+        fatal("kiln-init must run as PID 1 inside kiln's initrd");
+    }
+    run();
+}
+
+fn run() -> ! {
+    let t0 = Instant::now();
+    mkdir("/proc");
+    let _ = rustix::mount::mount("proc", "/proc", "proc", MountFlags::empty(), None);
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let c = parse_cmdline(&cmdline);
+    let log = Log {
+        quiet: c.quiet,
+        debug: c.debug,
+        t0,
+        uptime0: read_uptime(),
+    };
+    log.info(&format!(
+        "kiln {} mini initrd starting; cmdline: {}",
+        env!("CARGO_PKG_VERSION"),
+        cmdline.trim()
+    ));
+    mount_fs(&log, "sysfs", "/sys");
+    mount_fs(&log, "devtmpfs", "/dev");
+
+    let root = match c.root {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => fatal(&e),
+        None => fatal("no root= on the kernel command line (root=UUID=… or root=/dev/NAME)"),
+    };
+    let (ok, failed, skipped) = load_modules(&log, Some(&root), c.allmodules);
+    log.info(&format!(
+        "loaded {ok} modules ({failed} failed, {skipped} not needed)"
+    ));
+    let (name, maj, min) = wait_for_root(&log, &root, c.rootwait);
+    log.info(&format!("root is {name} ({maj}:{min})"));
+
+    // Leave the appliance a clean slate, as supermin does: its /init mounts what it needs.
+    for m in ["/dev", "/sys"] {
+        let _ = rustix::mount::unmount(m, UnmountFlags::DETACH);
+    }
+    mkdir("/dev");
+    mkdir("/root");
+    let _ = fs::remove_file("/dev/root");
+    if let Err(e) = rustix::fs::mknodat(
+        CWD,
+        "/dev/root",
+        FileType::BlockDevice,
+        Mode::from_raw_mode(0o600),
+        rustix::fs::makedev(maj, min),
+    ) {
+        fatal(&format!("mknod /dev/root ({maj}:{min}): {e}"));
+    }
+    let dax = matches!(&root, Root::Dev(n) if n.starts_with("pmem"));
+    let data = if dax { c"dax" } else { c"" };
+    let mut res = Err(rustix::io::Errno::NODEV);
+    for fstype in ["ext4", "ext2"] {
+        res = rustix::mount::mount("/dev/root", "/root", fstype, MountFlags::NOATIME, data);
+        if res != Err(rustix::io::Errno::NODEV) {
+            break;
+        }
+    }
+    if let Err(e) = res {
+        fatal(&format!(
+            "mount /dev/root ({name}, {maj}:{min}) on /root: {e}"
+        ));
+    }
+    log.info("mounted root");
+    let _ = rustix::mount::unmount("/proc", UnmountFlags::DETACH);
+
+    delete_initramfs_files();
+    if let Err(e) = std::env::set_current_dir("/root")
+        .map_err(|e| e.to_string())
+        .and_then(|()| rustix::mount::mount_move(".", "/").map_err(|e| format!("move mount: {e}")))
+        .and_then(|()| rustix::process::chroot(".").map_err(|e| format!("chroot: {e}")))
+        .and_then(|()| std::env::set_current_dir("/").map_err(|e| e.to_string()))
+    {
+        fatal(&format!("switching to the new root: {e}"));
+    }
+
+    let _ = writeln!(io::stderr(), "{MARKER}");
+    let err = Command::new("/init").arg0("init").exec();
+    let _ = writeln!(io::stderr(), "kiln-init: error: exec /init: {err}");
+    for d in ["/", "/bin", "/sbin", "/lib", "/lib64", "/usr/bin"] {
+        list_for_debug(d);
+    }
+    fatal("the appliance root has no usable /init")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_not_substrings() {
+        let c = parse_cmdline("foo_root=/dev/sda notquiet kiln.rootwait=2.5");
+        assert_eq!(c.root, None);
+        assert!(!c.quiet);
+        assert_eq!(c.rootwait, Duration::from_millis(2500));
+        let c = parse_cmdline("console=ttyS0 quiet root=UUID=0123456789AB-cdef-0123-456789abcdef");
+        assert!(c.quiet);
+        assert_eq!(
+            c.root,
+            Some(Ok(Root::Uuid([
+                0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab,
+                0xcd, 0xef
+            ])))
+        );
+        let c = parse_cmdline("root=/dev/vda root=/dev/pmem0");
+        assert_eq!(c.root, Some(Ok(Root::Dev("pmem0".into()))));
+        assert!(matches!(parse_cmdline("root=UUID=12").root, Some(Err(_))));
+        assert!(matches!(parse_cmdline("root=LABEL=x").root, Some(Err(_))));
+        assert!(matches!(
+            parse_cmdline("root=UUID=0123456789abcdef0123456789abcdeg").root,
+            Some(Err(_))
+        ));
+        assert_eq!(
+            parse_cmdline("kiln.rootwait=-1").rootwait,
+            Duration::from_secs(DEFAULT_ROOTWAIT)
+        );
+    }
+
+    #[test]
+    fn uuid_roundtrip() {
+        let u = parse_uuid("cc33dc13-0000-4a5b-9c8d-0123456789ab").unwrap();
+        assert_eq!(uuid_string(&u), "cc33dc13-0000-4a5b-9c8d-0123456789ab");
+    }
+}

@@ -1,0 +1,361 @@
+//! Hits, misses, pins and gc of the cache, with a fake builder.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+use common::*;
+use kiln_cache::{BuildMeta, Cache, CacheError, GcPolicy, GetOptions};
+
+#[test]
+fn helper() {
+    helper_main();
+}
+
+fn no_gc() -> GetOptions {
+    GetOptions {
+        gc: None,
+        ..GetOptions::default()
+    }
+}
+
+#[test]
+fn miss_builds_once_then_hits_with_private_pins() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = Cache::open(root.path()).unwrap();
+    let k = key("aa01");
+    let mut builds = 0;
+    let a = cache
+        .get_or_build(&k, &no_gc(), |d| {
+            builds += 1;
+            fake_build(d, 0, None)
+        })
+        .unwrap();
+    assert!(a.built());
+    let b = cache
+        .get_or_build(&k, &no_gc(), |d| {
+            builds += 1;
+            fake_build(d, 0, None)
+        })
+        .unwrap();
+    assert!(!b.built());
+    assert_eq!(builds, 1);
+    assert_eq!(verify(&a), verify(&b));
+    assert_ne!(a.kernel(), b.kernel(), "each handle has its own pin");
+    // Pins are hard links of the slot's files, under names of this process.
+    let slot = cache.path().join(format!("slot-{k}"));
+    assert_eq!(
+        fs::metadata(a.root()).unwrap().ino(),
+        fs::metadata(slot.join("root")).unwrap().ino()
+    );
+    assert!(
+        a.pin_name()
+            .starts_with(&format!("pin-{}-", std::process::id()))
+    );
+    // World-readable outputs, whatever the umask.
+    for p in [a.kernel(), a.initrd(), a.root()] {
+        assert_eq!(fs::metadata(p).unwrap().permissions().mode() & 0o777, 0o644);
+    }
+    assert_eq!(
+        fs::metadata(&slot).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    let pin_dir = a.kernel().parent().unwrap().to_path_buf();
+    drop(a);
+    assert!(!pin_dir.exists(), "dropping the handle removes its pin");
+    assert!(b.kernel().exists());
+    drop(b);
+    let left = names(&cache);
+    assert_eq!(left, vec![format!("lock-{k}"), format!("slot-{k}")]);
+}
+
+#[test]
+fn cache_dir_is_made_0755_whatever_the_umask() {
+    let root = tempfile::tempdir().unwrap();
+    // A umask change is process-wide, so check the mode on a directory made by a
+    // child process with umask 077 instead of changing ours.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 077; KILN_CACHE_HELPER=get KILN_T_ROOT={} KILN_T_KEY=ab {} --exact helper -q --nocapture",
+            root.path().display(),
+            std::env::current_exe().unwrap().display()
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let dir = Cache::open(root.path()).unwrap().path().to_path_buf();
+    assert_eq!(
+        fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    let slot = dir.join("slot-ab");
+    assert_eq!(
+        fs::metadata(&slot).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
+    assert_eq!(
+        fs::metadata(slot.join("root"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o644
+    );
+}
+
+#[test]
+fn failed_build_leaves_nothing_and_next_call_builds() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = Cache::open(root.path()).unwrap();
+    let k = key("bb");
+    let err = cache
+        .get_or_build(&k, &no_gc(), |d| {
+            fs::write(d.join("kernel"), "half")?;
+            Err::<BuildMeta, _>(std::io::Error::other("disk on fire"))
+        })
+        .unwrap_err();
+    assert!(matches!(err, CacheError::Build { .. }), "{err}");
+    assert!(err.to_string().contains("disk on fire"));
+    assert_eq!(names(&cache), vec![format!("lock-{k}")]);
+    // A builder that forgets a file is refused too.
+    let err = cache
+        .get_or_build(&k, &no_gc(), |d| {
+            fs::write(d.join("kernel"), "k")?;
+            fs::write(d.join("root"), "r")?;
+            Ok::<_, std::io::Error>(BuildMeta::default())
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("did not write initrd"), "{err}");
+    // A builder that symlinks the kernel is refused (pins must be real files).
+    let err = cache
+        .get_or_build(&k, &no_gc(), |d| {
+            std::os::unix::fs::symlink("/boot", d.join("kernel"))?;
+            fs::write(d.join("initrd"), "i")?;
+            fs::write(d.join("root"), "r")?;
+            Ok::<_, std::io::Error>(BuildMeta::default())
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert_eq!(names(&cache), vec![format!("lock-{k}")]);
+    let p = cache
+        .get_or_build(&k, &no_gc(), |d| fake_build(d, 0, None))
+        .unwrap();
+    verify(&p);
+}
+
+#[test]
+fn root_uuid_is_read_from_an_ext_superblock_when_not_given() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = Cache::open(root.path()).unwrap();
+    let p = cache
+        .get_or_build(&key("cc"), &no_gc(), |d| {
+            fs::write(d.join("kernel"), "k")?;
+            fs::write(d.join("initrd"), "i")?;
+            let mut img = vec![0u8; 4096];
+            img[0x438] = 0x53;
+            img[0x439] = 0xef;
+            for (i, b) in img[0x468..0x478].iter_mut().enumerate() {
+                *b = i as u8 * 17;
+            }
+            fs::write(d.join("root"), img)?;
+            Ok::<_, std::io::Error>(BuildMeta::default())
+        })
+        .unwrap();
+    assert_eq!(p.root_uuid(), Some("00112233-4455-6677-8899-aabbccddeeff"));
+    drop(p);
+    let again = cache.lookup(&key("cc"), None).unwrap().unwrap();
+    assert_eq!(
+        again.root_uuid(),
+        Some("00112233-4455-6677-8899-aabbccddeeff")
+    );
+}
+
+#[test]
+fn slot_eaten_by_a_tmp_cleaner_is_rebuilt() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = Cache::open(root.path()).unwrap();
+    let k = key("dd");
+    let first = verify(
+        &cache
+            .get_or_build(&k, &no_gc(), |d| fake_build(d, 0, None))
+            .unwrap(),
+    );
+    fs::remove_file(cache.path().join(format!("slot-{k}/initrd"))).unwrap();
+    let p = cache
+        .get_or_build(&k, &no_gc(), |d| fake_build(d, 0, None))
+        .unwrap();
+    assert!(p.built());
+    assert_ne!(verify(&p), first);
+}
+
+#[test]
+fn forced_rebuild_replaces_the_slot_and_old_pins_keep_their_files() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = Cache::open(root.path()).unwrap();
+    let k = key("ee");
+    let old = cache
+        .get_or_build(&k, &no_gc(), |d| fake_build(d, 0, None))
+        .unwrap();
+    let old_id = verify(&old);
+    let force = GetOptions {
+        force_rebuild: true,
+        gc: None,
+        ..GetOptions::default()
+    };
+    let new = cache
+        .get_or_build(&k, &force, |d| fake_build(d, 0, None))
+        .unwrap();
+    assert!(new.built());
+    assert_ne!(verify(&new), old_id);
+    assert_eq!(verify(&old), old_id, "the old pin still has the old build");
+    let hit = cache.lookup(&k, None).unwrap().unwrap();
+    assert_eq!(verify(&hit), verify(&new));
+    drop((old, new, hit));
+    // Exactly one slot; the replaced one is gone, nothing left over.
+    assert_eq!(
+        names(&cache),
+        vec![format!("lock-{k}"), format!("slot-{k}")]
+    );
+}
+
+#[test]
+fn gc_removes_dead_pins_keeps_pinned_slots_and_honours_bounds() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = Cache::open(root.path()).unwrap();
+    // A pin made by a process that has exited.
+    let child = spawn_helper("get", root.path(), "f1", &[]);
+    let r = helper_result(child);
+    let dead_pin = get(&r, "pin");
+    // The helper dropped its own pin; make one that looks like it kept one.
+    fs::create_dir(cache.path().join(&dead_pin)).unwrap();
+    fs::write(cache.path().join(&dead_pin).join("kernel"), "x").unwrap();
+
+    let big = |n: usize| {
+        move |d: &std::path::Path| -> std::io::Result<BuildMeta> {
+            for f in ["kernel", "initrd", "root"] {
+                fs::write(d.join(f), vec![n as u8 + 1; 400 * 1024])?;
+            }
+            Ok(BuildMeta::default())
+        }
+    };
+    let pinned = cache.get_or_build(&key("f2"), &no_gc(), big(2)).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    drop(cache.get_or_build(&key("f3"), &no_gc(), big(3)).unwrap());
+    std::thread::sleep(Duration::from_millis(20));
+    drop(cache.get_or_build(&key("f4"), &no_gc(), big(4)).unwrap());
+    let listed = cache.list().unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.key.as_str()).collect::<Vec<_>>(),
+        ["f4", "f3", "f2", "f1"],
+        "most recently used first"
+    );
+    assert_eq!(listed[2].pinned_by, vec![std::process::id()]);
+    assert!(listed[0].size >= 3 * 400 * 1024);
+
+    // Size bound: ~3.6 MiB in three slots of 1.2 MiB plus a tiny one; 2.6 MiB allowed.
+    let report = cache
+        .gc(&GcPolicy {
+            keep: None,
+            max_size: Some(2_600_000),
+        })
+        .unwrap();
+    assert_eq!(report.dead_pins, 1, "{report:?}");
+    assert!(!cache.path().join(&dead_pin).exists());
+    // f1 (tiny, oldest) and f3 go; f2 is older but pinned; f4 is newest.
+    let mut removed: Vec<_> = report
+        .removed
+        .iter()
+        .map(|k| k.as_str().to_owned())
+        .collect();
+    removed.sort();
+    assert_eq!(removed, ["f1", "f3"]);
+    assert!(report.bytes <= 2_600_000);
+    // keep = 0 removes everything unpinned, never the pinned one.
+    let report = cache
+        .gc(&GcPolicy {
+            keep: Some(0),
+            max_size: None,
+        })
+        .unwrap();
+    assert_eq!(
+        report
+            .removed
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>(),
+        ["f4"]
+    );
+    assert_eq!(fs::read(pinned.root()).unwrap(), vec![3u8; 400 * 1024]);
+}
+
+#[test]
+fn pin_to_another_process_outlives_the_handle_until_that_process_exits() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = Cache::open(root.path()).unwrap();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let opts = GetOptions {
+        pin_to: Some(sleeper.id()),
+        gc: None,
+        ..GetOptions::default()
+    };
+    let p = cache
+        .get_or_build(&key("ab"), &opts, |d| fake_build(d, 0, None))
+        .unwrap();
+    assert!(p.pin_name().starts_with(&format!("pin-{}-", sleeper.id())));
+    let kernel = p.kernel().to_path_buf();
+    drop(p);
+    assert!(
+        kernel.exists(),
+        "pins for another process stay after the handle is gone"
+    );
+    cache.gc(&GcPolicy::debris_only()).unwrap();
+    assert!(kernel.exists(), "the owner is alive");
+    let keep0 = GcPolicy {
+        keep: Some(0),
+        max_size: None,
+    };
+    assert!(
+        cache.gc(&keep0).unwrap().removed.is_empty(),
+        "a pinned slot is never removed"
+    );
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    let r = cache.gc(&keep0).unwrap();
+    assert_eq!(r.dead_pins, 1);
+    assert_eq!(r.removed.len(), 1);
+    assert!(!kernel.exists());
+    assert!(matches!(
+        cache.get_or_build(&key("ab"), &opts, |d| fake_build(d, 0, None)),
+        Err(CacheError::NoProcess(_))
+    ));
+}
+
+#[test]
+fn pin_with_a_reused_pid_is_dead() {
+    let root = tempfile::tempdir().unwrap();
+    let cache = Cache::open(root.path()).unwrap();
+    let me = kiln_cache::ProcessId::current().unwrap();
+    // Same PID as a live process (us) but another start time: a pin left by an earlier
+    // process that had our PID. And one that really is ours.
+    let stale = cache
+        .path()
+        .join(format!("pin-{}-{}-0-ab", me.pid, me.start + 1));
+    let live = cache
+        .path()
+        .join(format!("pin-{}-{}-999999-ab", me.pid, me.start));
+    for d in [&stale, &live] {
+        fs::create_dir(d).unwrap();
+        fs::write(d.join("kernel"), "x").unwrap();
+    }
+    let r = cache.gc(&GcPolicy::debris_only()).unwrap();
+    assert_eq!(r.dead_pins, 1);
+    assert!(!stale.exists());
+    assert!(live.exists());
+}

@@ -1,0 +1,408 @@
+//! supermin 5's command line, parsed exactly as supermin parses it, so that callers
+//! written for supermin (libguestfs above all) run unchanged with kiln installed as
+//! `/usr/bin/supermin`.
+//!
+//! supermin uses OCaml's `Arg` module: arguments are taken strictly left to right,
+//! options with an immediate effect (`--help`, `--version`, `--list-drivers`, and the
+//! error-only `--names`/`--dtb`) act when reached, so an earlier error wins. Syntax
+//! errors print `supermin: <why>` plus the usage text on stderr and exit 2. This module
+//! only parses; it never touches the filesystem.
+
+use std::path::PathBuf;
+
+/// The usage text supermin prints for `--help` (stdout) and after syntax errors (stderr).
+pub const USAGE: &str = "\
+supermin - tool for creating supermin appliances
+Copyright (C) 2009-2014 Red Hat Inc.
+
+Usage:
+
+  supermin --prepare LIST OF PACKAGES ...
+  supermin --build INPUT [INPUT ...]
+
+For full instructions, read the supermin(1) man page.
+
+Options:
+
+  --build                      Build a full appliance
+  --copy-kernel                Copy kernel instead of symlinking
+  --dtb                        Obsolete option, do not use
+  -f chroot|ext2               Set output format
+  --format                     -\"-
+  --host-cpu ARCH              Set host CPU architecture
+  --if-newer                   Only build if needed
+  --include-packagelist        Add a file with the list of packages
+  --list-drivers               Display list of drivers and exit
+  --lock LOCKFILE              Use a lock file
+  --names                      Give an error for people needing supermin 4
+  -o OUTPUTDIR                 Set output directory
+  --packager-config CONFIGFILE Set packager config file
+  --prepare                    Prepare a supermin appliance
+  --size                       Set the size of the ext2 filesystem
+  --use-installed              Use installed files instead of accessing network
+  -v                           Enable debugging messages
+  --verbose                    -\"-
+  -V                           Display version and exit
+  --version                    -\"-
+  -help                        Display this list of options
+  --help                       Display this list of options
+";
+
+/// The version string kiln reports as supermin. Callers (libguestfs's configure,
+/// scripts) compare it against 5.x, so kiln claims the supermin 5 interface it
+/// implements and names itself after it.
+pub fn version_line() -> String {
+    format!("supermin 5.2.2 (kiln {})", env!("CARGO_PKG_VERSION"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Build,
+    Prepare,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Chroot,
+    Ext2,
+}
+
+/// A valid supermin command line.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Args {
+    pub mode: Option<Mode>,
+    pub format: Option<Format>,
+    pub output: String,
+    pub copy_kernel: bool,
+    pub host_cpu: Option<String>,
+    pub if_newer: bool,
+    pub lock: Option<PathBuf>,
+    /// The `--size` text, validated here, converted by the image stage.
+    pub size: Option<String>,
+    pub include_packagelist: bool,
+    pub packager_config: Option<String>,
+    pub use_installed: bool,
+    pub verbose: u32,
+    /// Inputs (build) or package names (prepare), in order.
+    pub anon: Vec<String>,
+}
+
+/// What to do after parsing: run, or exit at once with the given output.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    Run(Args),
+    Exit {
+        code: i32,
+        stdout: String,
+        stderr: String,
+    },
+}
+
+fn syntax(msg: String) -> Parsed {
+    Parsed::Exit {
+        code: 2,
+        stdout: String::new(),
+        stderr: format!("supermin: {msg}\n{USAGE}"),
+    }
+}
+
+fn fatal(msg: &str) -> Parsed {
+    Parsed::Exit {
+        code: 1,
+        stdout: String::new(),
+        stderr: format!("supermin: {msg}\n"),
+    }
+}
+
+const NAMES_ERROR: &str = "*** error: This is supermin version 5.
+supermin: *** It looks like you are looking for supermin version 4.
+
+This version of supermin will not work.  You need to find the old version
+or upgrade to libguestfs >= 1.26.";
+
+const DTB_ERROR: &str = "*** error: The --dtb option was removed in supermin 5.1.18.
+
+Normally you can just drop this option and the wildcard following
+it.  Modern QEMU will generate a correct DTB for the supermin
+appliance automatically.
+";
+
+/// True when `s` is a valid supermin size (`^[.0-9]+[bKMG]$`). The number itself is
+/// converted later.
+fn size_syntax_ok(s: &str) -> bool {
+    let Some(last) = s.chars().last() else {
+        return false;
+    };
+    let num = &s[..s.len() - last.len_utf8()];
+    matches!(last, 'b' | 'K' | 'M' | 'G')
+        && !num.is_empty()
+        && num.bytes().all(|b| b == b'.' || b.is_ascii_digit())
+}
+
+/// Parse supermin's arguments (without argv[0]).
+pub fn parse(argv: &[String]) -> Parsed {
+    let mut a = Args::default();
+    let mut mode_set = false;
+    let mut i = 0;
+    while i < argv.len() {
+        let arg = &argv[i];
+        i += 1;
+        if !arg.starts_with('-') {
+            a.anon.push(arg.clone());
+            continue;
+        }
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") || n.len() == 2 => (n, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let takes_value = matches!(
+            name,
+            "-f" | "--format" | "-o" | "--host-cpu" | "--lock" | "--size" | "--packager-config"
+        );
+        let known_flag = matches!(
+            name,
+            "--build"
+                | "--prepare"
+                | "--copy-kernel"
+                | "--if-newer"
+                | "--include-packagelist"
+                | "--use-installed"
+                | "-v"
+                | "--verbose"
+                | "-V"
+                | "--version"
+                | "--list-drivers"
+                | "--names"
+                | "--dtb"
+                | "-help"
+                | "--help"
+        );
+        if !takes_value && !known_flag {
+            return syntax(format!("unknown option '{arg}'."));
+        }
+        if known_flag && name != "--dtb" {
+            if let Some(v) = &inline {
+                return syntax(format!(
+                    "wrong argument '{v}'; option '{arg}' expects no argument."
+                ));
+            }
+        }
+        let value = if takes_value || name == "--dtb" {
+            match inline {
+                Some(v) => Some(v),
+                None => {
+                    if i < argv.len() {
+                        i += 1;
+                        Some(argv[i - 1].clone())
+                    } else {
+                        return syntax(format!("option '{name}' needs an argument."));
+                    }
+                }
+            }
+        } else {
+            None
+        };
+        let value = value.unwrap_or_default();
+        match name {
+            "--build" | "--prepare" => {
+                if mode_set {
+                    return fatal("you must use --prepare or --build to select the mode");
+                }
+                mode_set = true;
+                a.mode = Some(if name == "--build" {
+                    Mode::Build
+                } else {
+                    Mode::Prepare
+                });
+            }
+            "-f" | "--format" => {
+                a.format = Some(match value.as_str() {
+                    "chroot" | "fs" | "filesystem" => Format::Chroot,
+                    "ext2" => Format::Ext2,
+                    other => return fatal(&format!("unknown --format option ({other})\n")),
+                })
+            }
+            "-o" => {
+                let mut v = value;
+                if v.len() > 1 && v.ends_with('/') {
+                    v.pop();
+                }
+                a.output = v;
+            }
+            "--host-cpu" => a.host_cpu = Some(value),
+            "--lock" => a.lock = Some(PathBuf::from(value)),
+            "--size" => {
+                if !size_syntax_ok(&value) {
+                    return fatal(&format!("cannot parse size field '{value}'"));
+                }
+                a.size = Some(value);
+            }
+            "--packager-config" => a.packager_config = Some(value),
+            "--copy-kernel" => a.copy_kernel = true,
+            "--if-newer" => a.if_newer = true,
+            "--include-packagelist" => a.include_packagelist = true,
+            "--use-installed" => a.use_installed = true,
+            "-v" | "--verbose" => a.verbose += 1,
+            "-V" | "--version" => {
+                return Parsed::Exit {
+                    code: 0,
+                    stdout: format!("{}\n", version_line()),
+                    stderr: String::new(),
+                };
+            }
+            "--list-drivers" => {
+                return Parsed::Exit {
+                    code: 0,
+                    stdout: "debian/dpkg\tdetected\n".into(),
+                    stderr: String::new(),
+                };
+            }
+            "--names" => return fatal(NAMES_ERROR),
+            "--dtb" => return fatal(DTB_ERROR),
+            _ => {
+                return Parsed::Exit {
+                    code: 0,
+                    stdout: USAGE.into(),
+                    stderr: String::new(),
+                };
+            }
+        }
+    }
+    // Validation after parsing, in supermin's order.
+    let Some(mode) = a.mode else {
+        return fatal("you must use --prepare or --build to select the mode");
+    };
+    if mode == Mode::Prepare && a.format.is_some() {
+        return fatal("cannot use --prepare and --format options together");
+    }
+    if mode == Mode::Build && a.format.is_none() {
+        return fatal("when using --build, you must specify an output --format");
+    }
+    if a.output.is_empty() {
+        return fatal("supermin: output directory (-o option) must be supplied");
+    }
+    Parsed::Run(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Parsed {
+        parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+    fn code(args: &[&str]) -> i32 {
+        match p(args) {
+            Parsed::Exit { code, .. } => code,
+            Parsed::Run(_) => 0,
+        }
+    }
+    fn stderr(args: &[&str]) -> String {
+        match p(args) {
+            Parsed::Exit { stderr, .. } => stderr,
+            Parsed::Run(_) => String::new(),
+        }
+    }
+
+    #[test]
+    fn libguestfs_invocation() {
+        let Parsed::Run(a) = p(&[
+            "--build",
+            "--verbose",
+            "--if-newer",
+            "--lock",
+            "/c/lock",
+            "--copy-kernel",
+            "-f",
+            "ext2",
+            "--host-cpu",
+            "x86_64",
+            "/usr/lib/guestfs/supermin.d",
+            "-o",
+            "/c/appliance.d/",
+        ]) else {
+            panic!("expected a run");
+        };
+        assert_eq!(a.mode, Some(Mode::Build));
+        assert_eq!(a.format, Some(Format::Ext2));
+        assert!(a.if_newer && a.copy_kernel);
+        assert_eq!(a.verbose, 1);
+        assert_eq!(a.lock, Some(PathBuf::from("/c/lock")));
+        assert_eq!(a.host_cpu.as_deref(), Some("x86_64"));
+        assert_eq!(a.output, "/c/appliance.d");
+        assert_eq!(a.anon, ["/usr/lib/guestfs/supermin.d"]);
+    }
+
+    #[test]
+    fn syntax_errors_exit_2_with_usage() {
+        assert_eq!(code(&["--bogus"]), 2);
+        assert!(stderr(&["--bogus"]).starts_with("supermin: unknown option '--bogus'.\n"));
+        assert!(stderr(&["--bogus"]).contains("supermin --build INPUT"));
+        assert_eq!(code(&["--build", "-o"]), 2);
+        assert!(stderr(&["-o"]).starts_with("supermin: option '-o' needs an argument."));
+        assert_eq!(code(&["--version=1"]), 2);
+        assert!(stderr(&["--version=1"]).contains("option '--version=1' expects no argument"));
+        assert_eq!(code(&["--"]), 2);
+    }
+
+    #[test]
+    fn earlier_arguments_win() {
+        assert_eq!(code(&["--bogus", "-V"]), 2);
+        match p(&["-V", "--bogus"]) {
+            Parsed::Exit { code, stdout, .. } => {
+                assert_eq!(code, 0);
+                assert!(stdout.starts_with("supermin 5"));
+            }
+            Parsed::Run(_) => panic!("expected exit"),
+        }
+        match p(&["--help"]) {
+            Parsed::Exit { code, stdout, .. } => {
+                assert_eq!(code, 0);
+                assert_eq!(stdout, USAGE);
+            }
+            Parsed::Run(_) => panic!("expected exit"),
+        }
+    }
+
+    #[test]
+    fn validation_order_and_messages() {
+        assert!(stderr(&[]).contains("you must use --prepare or --build"));
+        assert_eq!(code(&[]), 1);
+        assert!(stderr(&["--build", "--build"]).contains("select the mode"));
+        assert!(stderr(&["--prepare", "-f", "ext2", "-o", "x"]).contains("cannot use --prepare"));
+        assert!(stderr(&["--build", "-o", "x"]).contains("must specify an output --format"));
+        assert!(stderr(&["--build", "-f", "ext2"]).contains("-o option) must be supplied"));
+        assert!(
+            stderr(&["--build", "-f", "tar", "-o", "x"]).contains("unknown --format option (tar)")
+        );
+        assert_eq!(code(&["--names"]), 1);
+        assert_eq!(code(&["--dtb", "x"]), 1);
+    }
+
+    #[test]
+    fn size_syntax() {
+        for ok in ["32G", "512M", "10737418240b", "1.5G", "4K"] {
+            assert!(size_syntax_ok(ok), "{ok}");
+        }
+        for bad in ["4096", "10k", "1T", "G", "", "-1G"] {
+            assert!(!size_syntax_ok(bad), "{bad}");
+        }
+        assert!(stderr(&["--size", "4096"]).contains("cannot parse size field '4096'"));
+        assert_eq!(code(&["--size=4096"]), 1);
+    }
+
+    #[test]
+    fn inline_values_and_aliases() {
+        let Parsed::Run(a) = p(&["--build", "--format=chroot", "-o=/x", "in"]) else {
+            panic!("expected a run");
+        };
+        assert_eq!(a.format, Some(Format::Chroot));
+        assert_eq!(a.output, "/x");
+        let Parsed::Run(a) = p(&["--build", "-f", "fs", "-o", "/", "-v", "-v"]) else {
+            panic!("expected a run");
+        };
+        assert_eq!(a.format, Some(Format::Chroot));
+        assert_eq!(a.output, "/");
+        assert_eq!(a.verbose, 2);
+    }
+}

@@ -1,0 +1,65 @@
+//! Write a file set as an ext2 image, for benchmarks and for poking at images by hand.
+//!
+//! `write-tree SRC OUT [SIZE]`: the host directory tree SRC becomes the image's root.
+//! `write-tree --supermin-d DIR OUT [SIZE]`: the file set of a supermin appliance
+//! (DIR = e.g. libguestfs's supermin.d, plus the newest kernel's modules tree), as the
+//! build pipeline makes it.
+//!
+//! Prints the time of making the set and of writing the image, and the report.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+fn newest_modules() -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir("/lib/modules")?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("modules.dep").exists())
+        .collect();
+    v.sort();
+    v.pop()
+        .ok_or_else(|| "no kernel modules in /lib/modules".into())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (set_src, rest) = match args.first().map(String::as_str) {
+        Some("--supermin-d") if args.len() >= 3 => ((true, &args[1]), &args[2..]),
+        Some(_) if args.len() >= 2 => ((false, &args[0]), &args[1..]),
+        _ => return Err("usage: write-tree [--supermin-d] SRC OUT [SIZE]".into()),
+    };
+    let mut opts = kiln_image::ImageOptions::default();
+    if let Some(s) = rest.get(1) {
+        opts.size = kiln_image::parse_size(s)?;
+    }
+    if let Ok(t) = std::env::var("KILN_IMAGE_THREADS") {
+        opts.threads = t.parse()?;
+    }
+    let t0 = Instant::now();
+    let set = if set_src.0 {
+        let inputs = kiln_inputs::read_inputs(&[PathBuf::from(set_src.1)])?;
+        let mut r = kiln_fileset::resolve(&inputs, &kiln_fileset::Options::default())?;
+        let m = newest_modules()?;
+        r.builder.add_host_tree(&m, &m)?;
+        r.builder.finish()?
+    } else {
+        let entries = kiln_fileset::scan::scan_tree(Path::new(set_src.1), Path::new("/"))?;
+        kiln_fileset::FileSet::new(entries)?
+    };
+    let t1 = Instant::now();
+    let report = kiln_image::write_image(&set, Path::new(&rest[0]), &opts)?;
+    let t2 = Instant::now();
+    eprintln!(
+        "set {:.3}s, write {:.3}s; {} entries, {} data bytes; uuid {}; blocks {}/{}, inodes {}/{}, fallback copy: {}",
+        (t1 - t0).as_secs_f64(),
+        (t2 - t1).as_secs_f64(),
+        set.len(),
+        report.data_bytes,
+        report.uuid_string(),
+        report.blocks_used,
+        report.blocks_count,
+        report.inodes_used,
+        report.inodes_count,
+        report.used_fallback_copy,
+    );
+    Ok(())
+}

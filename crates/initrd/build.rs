@@ -1,0 +1,102 @@
+//! Builds kiln's static init (crates/init) and hands it to the crate as
+//! `$OUT_DIR/kiln-init`, so that a plain `cargo build`/`cargo test` needs no extra step.
+//!
+//! A nested `cargo build -p kiln-init --release --target <target>` in a private target
+//! directory, with `-Ctarget-feature=+crt-static` given through CARGO_ENCODED_RUSTFLAGS:
+//! with an explicit `--target` the flag reaches only the init, not build scripts or
+//! proc-macros. The nested cargo shares the outer jobserver (CARGO_MAKEFLAGS), so the
+//! two never run more jobs than asked for.
+//!
+//! `KILN_INIT_BINARY=/path` skips the nested build and embeds that file instead (for
+//! packagers); either way the result must be a static ELF (no PT_INTERP).
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("kiln-initrd build script: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR not set")?);
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("no manifest dir")?);
+    let init_dir = manifest.join("../init");
+    let dest = out_dir.join("kiln-init");
+    println!("cargo:rerun-if-env-changed=KILN_INIT_BINARY");
+
+    let built: PathBuf = if let Some(p) = env::var_os("KILN_INIT_BINARY") {
+        println!("cargo:rerun-if-changed={}", Path::new(&p).display());
+        PathBuf::from(p)
+    } else {
+        for f in ["src", "Cargo.toml"] {
+            println!("cargo:rerun-if-changed={}", init_dir.join(f).display());
+        }
+        let workspace = manifest.join("../..");
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join("Cargo.lock").display()
+        );
+        let target = env::var("TARGET").map_err(|e| format!("TARGET: {e}"))?;
+        let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let target_dir = out_dir.join("init-target");
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&workspace)
+            .args(["build", "-p", "kiln-init", "--release", "--target", &target])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("CARGO_PRIMARY_PACKAGE")
+            .env_remove("RUSTC_WORKSPACE_WRAPPER");
+        if let Some(mf) = env::var_os("CARGO_MAKEFLAGS") {
+            cmd.env("MAKEFLAGS", mf);
+        }
+        if env::var_os("CARGO_NET_OFFLINE").is_some() {
+            cmd.arg("--offline");
+        }
+        let status = cmd
+            .status()
+            .map_err(|e| format!("cannot run cargo for kiln-init: {e}"))?;
+        if !status.success() {
+            return Err(format!("building the static kiln-init failed ({status})"));
+        }
+        target_dir.join(&target).join("release").join("kiln-init")
+    };
+    let bytes = fs::read(&built).map_err(|e| format!("{}: {e}", built.display()))?;
+    if has_interp(&bytes)? {
+        return Err(format!(
+            "{} is dynamically linked (has PT_INTERP); the initrd needs a static init",
+            built.display()
+        ));
+    }
+    fs::write(&dest, &bytes).map_err(|e| format!("{}: {e}", dest.display()))?;
+    Ok(())
+}
+
+// The same check as kiln_initrd::check_static_init, duplicated because a build script
+// cannot use its own crate.
+fn has_interp(b: &[u8]) -> Result<bool, String> {
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 || b[5] != 1 {
+        return Err("the init is not a 64-bit little-endian ELF file".into());
+    }
+    let u16at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[32..40].try_into().map_err(|_| "bad ELF")?) as usize;
+    let (phentsize, phnum) = (u16at(54), u16at(56));
+    for i in 0..phnum {
+        let o = phoff + i * phentsize;
+        if o + 4 > b.len() {
+            return Err("truncated ELF program headers".into());
+        }
+        if u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) == 3 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
