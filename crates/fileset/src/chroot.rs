@@ -284,6 +284,53 @@ fn write_entry(
     Ok(())
 }
 
+/// Write regular files with a few threads; the first error stops the others.
+fn copy_parallel(
+    tmp: &Path,
+    files: &[&Entry],
+    root: bool,
+    stats: ChrootStats,
+) -> Result<ChrootStats, ChrootError> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Vec<Result<ChrootStats, ChrootError>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut st = ChrootStats::default();
+                    while !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(e) = files.get(i) else { break };
+                        if let Err(err) = write_entry(tmp, e, root, &mut st) {
+                            failed.store(true, Ordering::Relaxed);
+                            return Err(err);
+                        }
+                    }
+                    Ok(st)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(output_err(tmp, "a copying thread panicked")))
+            })
+            .collect()
+    });
+    let mut total = stats;
+    for r in results {
+        let st = r?;
+        total.entries += st.entries;
+        total.bytes += st.bytes;
+        total.skipped_devices += st.skipped_devices;
+        total.failed_xattrs += st.failed_xattrs;
+    }
+    Ok(total)
+}
+
 /// Write `set` as a directory tree at `out`, replacing an existing directory atomically.
 pub fn write_chroot(set: &FileSet, out: &Path) -> Result<ChrootStats, ChrootError> {
     let name = out
@@ -319,7 +366,20 @@ pub fn write_chroot(set: &FileSet, out: &Path) -> Result<ChrootStats, ChrootErro
     let root = rustix::process::geteuid().is_root();
     let mut stats = ChrootStats::default();
     let entries = set.entries();
-    for e in &entries[1..] {
+    // Directories first, then regular files on several threads (copying is most of
+    // the time), then everything else (hard links need their files).
+    for e in entries[1..].iter().filter(|e| e.kind == Kind::Dir) {
+        write_entry(&tmp, e, root, &mut stats)?;
+    }
+    let files: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::File(_)))
+        .collect();
+    stats = copy_parallel(&tmp, &files, root, stats)?;
+    for e in entries[1..]
+        .iter()
+        .filter(|e| !matches!(e.kind, Kind::Dir | Kind::File(_)))
+    {
         write_entry(&tmp, e, root, &mut stats)?;
     }
     // Directories last, children before parents, so mtimes and read-only modes stick.
