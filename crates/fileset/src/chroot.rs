@@ -525,3 +525,77 @@ mod tests {
         assert_eq!(names, ["file", "link", "out", "src"]);
     }
 }
+
+#[cfg(test)]
+mod node_tests {
+    use super::*;
+    use crate::entry::Xattr;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    fn entry(p: &str, kind: Kind, perm: u32) -> Entry {
+        Entry {
+            path: p.into(),
+            kind,
+            meta: Meta::new(perm),
+        }
+    }
+
+    #[test]
+    fn writes_xattrs_fifos_sockets_owners_and_devices_when_root() {
+        let t = tempfile::tempdir().unwrap();
+        let mut f = entry("/f", Kind::File(Content::Bytes(b"x"[..].into())), 0o640);
+        f.meta.xattrs = vec![Xattr {
+            name: b"user.kiln".to_vec(),
+            value: b"yes".to_vec(),
+        }];
+        f.meta.uid = 123;
+        f.meta.gid = 456;
+        f.meta.mtime = 1_000_000;
+        f.meta.mtime_nsec = 5;
+        let set = FileSet::new(vec![
+            entry("/", Kind::Dir, 0o755),
+            entry("/dev", Kind::Dir, 0o755),
+            entry("/dev/null", Kind::CharDev(0x103), 0o666),
+            f,
+            entry("/fifo", Kind::Fifo, 0o600),
+            entry("/sock", Kind::Socket, 0o755),
+        ])
+        .unwrap();
+        let out = t.path().join("out");
+        let stats = write_chroot(&set, &out).unwrap();
+        let root = rustix::process::geteuid().is_root();
+        let md = fs::metadata(out.join("f")).unwrap();
+        assert_eq!(md.mode() & 0o7777, 0o640);
+        assert_eq!((md.mtime(), md.mtime_nsec()), (1_000_000, 5));
+        if root {
+            assert_eq!((md.uid(), md.gid()), (123, 456));
+        }
+        // user.* xattrs work on the usual filesystems (tmpfs, ext4); count a failure.
+        let mut buf = [0u8; 16];
+        match rustix::fs::getxattr(out.join("f"), "user.kiln", &mut buf[..]) {
+            Ok(n) => assert_eq!(&buf[..n], b"yes"),
+            Err(_) => assert_eq!(stats.failed_xattrs, 1),
+        }
+        assert!(
+            fs::symlink_metadata(out.join("fifo"))
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        assert!(
+            fs::symlink_metadata(out.join("sock"))
+                .unwrap()
+                .file_type()
+                .is_socket()
+        );
+        let dev = fs::symlink_metadata(out.join("dev/null"));
+        if root {
+            let dev = dev.unwrap();
+            assert!(dev.file_type().is_char_device());
+            assert_eq!(dev.rdev(), 0x103);
+        } else {
+            assert!(dev.is_err());
+            assert_eq!(stats.skipped_devices, 1);
+        }
+    }
+}
