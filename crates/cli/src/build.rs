@@ -21,8 +21,10 @@ pub enum FormatArg {
 /// names) or a single input file. Files are recognised by content, optionally gzip-,
 /// xz- or zstd-compressed: a tar archive is a base image; a list whose first line starts
 /// with `/` lists host file globs, with `-` exclude patterns, with a letter or digit
-/// package names. Packages are resolved with their dependencies from the host's dpkg
-/// database.
+/// package names; after the first line, empty lines and `#` comments are ignored.
+/// Packages are resolved with their dependencies from the host's dpkg database; names
+/// that are not installed, and host files this user cannot read, are reported on stderr
+/// and left out.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  kiln build -v -f chroot /usr/lib/x86_64-linux-gnu/guestfs/supermin.d -o /tmp/appliance\n  kiln build -f ext2 examples/hello/supermin.d -o /tmp/hello && kiln boot /tmp/hello"
