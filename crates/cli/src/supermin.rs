@@ -171,9 +171,10 @@ fn build(a: &Args, out: &Path) -> anyhow::Result<()> {
 
 /// ext2 from one supermin.d: through the cache, then `OUT` made of hard links to the slot.
 fn build_cached(a: &Args, opts: &kiln::BuildOptions, supermin_d: &Path) -> anyhow::Result<()> {
+    // The same key options `kiln locate` uses, so both share one slot per appliance.
     let key_opts = KeyOptions {
         host_cpu: opts.host_cpu.clone(),
-        size: Some(opts.size),
+        size: a.size.as_ref().map(|_| opts.size),
         ..KeyOptions::default()
     };
     let key = appliance_key(supermin_d, &key_opts)
