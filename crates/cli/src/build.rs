@@ -21,8 +21,10 @@ pub enum FormatArg {
 /// names) or a single input file. Files are recognised by content, optionally gzip-,
 /// xz- or zstd-compressed: a tar archive is a base image; a list whose first line starts
 /// with `/` lists host file globs, with `-` exclude patterns, with a letter or digit
-/// package names. Packages are resolved with their dependencies from the host's dpkg
-/// database.
+/// package names; after the first line, empty lines and `#` comments are ignored.
+/// Packages are resolved with their dependencies from the host's dpkg database; names
+/// that are not installed, and host files this user cannot read, are reported on stderr
+/// and left out.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  kiln build -v -f chroot /usr/lib/x86_64-linux-gnu/guestfs/supermin.d -o /tmp/appliance\n  kiln build -f ext2 examples/hello/supermin.d -o /tmp/hello && kiln boot /tmp/hello"
@@ -53,6 +55,10 @@ pub struct Args {
     #[arg(long)]
     copy_kernel: bool,
 
+    /// Print a summary of the build as JSON on stdout (see the README for the fields).
+    #[arg(long)]
+    json: bool,
+
     /// Stop after resolving the file set (nothing is written); for benchmarks.
     #[arg(long, hide = true)]
     resolve_only: bool,
@@ -70,6 +76,13 @@ fn parse_size(s: &str) -> Result<u64, String> {
     kiln_image::parse_size(s).map_err(|e| e.to_string())
 }
 
+impl Args {
+    /// True when `--json` was given (no progress display then).
+    pub fn json(&self) -> bool {
+        self.json
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let format = match args.format {
         FormatArg::Chroot => kiln::Format::Chroot,
@@ -84,6 +97,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(cpu) = args.host_cpu {
         opts.host_cpu = cpu;
     }
-    kiln::build(&opts).with_context(|| format!("building {}", opts.output.display()))?;
+    let started = std::time::Instant::now();
+    let report =
+        kiln::build(&opts).with_context(|| format!("building {}", opts.output.display()))?;
+    if args.json {
+        println!(
+            "{}",
+            summary(&opts, &report, started.elapsed().as_secs_f64())
+        );
+    }
     Ok(())
+}
+
+/// The `--json` summary; field names are documented in the README and stable.
+fn summary(opts: &kiln::BuildOptions, r: &kiln::BuildReport, seconds: f64) -> serde_json::Value {
+    let ap = r.appliance.as_ref();
+    serde_json::json!({
+        "format": match opts.format {
+            kiln::Format::Chroot => "chroot",
+            kiln::Format::Ext2 => "ext2",
+        },
+        "output": opts.output,
+        "written": !opts.resolve_only,
+        "packages": r.packages.len(),
+        "entries": r.entries,
+        "content_bytes": r.content_bytes,
+        "kernel": ap.map(|a| &a.kernel),
+        "kernel_version": ap.map(|a| &a.kernel_version),
+        "root_uuid": ap.map(|a| &a.root_uuid),
+        "root_blocks_used": ap.map(|a| a.image.blocks_used),
+        "root_inodes_used": ap.map(|a| a.image.inodes_used),
+        "root_size": ap.map(|a| a.image.size),
+        "initrd_modules": ap.map(|a| a.initrd_modules.len()),
+        "initrd_bytes": ap.map(|a| a.initrd_bytes),
+        "seconds": seconds,
+    })
 }

@@ -14,6 +14,7 @@ mod checksum;
 mod gc;
 mod locate;
 mod prepare;
+mod progress;
 mod size;
 mod supermin;
 mod supermin_args;
@@ -54,6 +55,13 @@ enum Command {
 /// (tracing filter syntax) overrides the level chosen by -v. The cache's notices
 /// ("building …", "waiting for PID N building …") are shown by default.
 pub(crate) fn init_logging(verbose: u8) {
+    init_logging_with(verbose, false);
+}
+
+/// As [`init_logging`]; with `progress`, also the terminal progress line
+/// ([`progress`]), when stderr is a terminal and `verbose` is 0.
+fn init_logging_with(verbose: u8, progress: bool) {
+    use tracing_subscriber::prelude::*;
     let level = match verbose {
         0 => "warn,kiln_cache=info",
         1 => "info",
@@ -62,13 +70,15 @@ pub(crate) fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_timer(tracing_subscriber::fmt::time::uptime())
         .with_target(false)
-        .init();
+        .with_filter(filter);
+    let bar = (progress && verbose == 0 && std::io::stderr().is_terminal())
+        .then(|| progress::layer().with_filter(tracing_subscriber::filter::LevelFilter::INFO));
+    tracing_subscriber::registry().with(fmt).with(bar).init();
 }
 
 fn main() -> ExitCode {
@@ -84,7 +94,12 @@ fn main() -> ExitCode {
         return exit(supermin::main(argv[2..].to_vec()));
     }
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    let progress = match &cli.command {
+        Command::Build(a) => !a.json(),
+        Command::Prepare(_) => true,
+        _ => false,
+    };
+    init_logging_with(cli.verbose, progress);
     let result = match cli.command {
         Command::Build(args) => build::run(args),
         Command::Boot(args) => match boot::run(args) {
@@ -98,6 +113,7 @@ fn main() -> ExitCode {
         Command::Prepare(args) => prepare::run(args),
         Command::Supermin { args } => return exit(supermin::main(args)),
     };
+    progress::finish();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

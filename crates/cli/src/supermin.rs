@@ -24,8 +24,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use kiln::cache::{BuildMeta, Cache, GetOptions};
+use kiln::cache::{Cache, GetOptions};
 use kiln::key::{KeyOptions, appliance_key};
+use kiln::locate::{BuildRequest, pipeline_builder};
 use kiln_outdir::Staging;
 
 use crate::supermin_args::{Args, Format, Mode, Parsed, parse, version_line};
@@ -158,7 +159,13 @@ fn build(a: &Args, out: &Path) -> anyhow::Result<()> {
     opts.copy_kernel = a.copy_kernel;
     opts.include_packagelist = a.include_packagelist;
 
-    if format == kiln::Format::Ext2 && inputs.len() == 1 && fs::metadata(&inputs[0])?.is_dir() {
+    // One supermin.d to ext2 goes through the cache. (`/packagelist` is not part of the
+    // cache key, so a build that asks for it is done directly.)
+    if format == kiln::Format::Ext2
+        && inputs.len() == 1
+        && !a.include_packagelist
+        && fs::metadata(&inputs[0])?.is_dir()
+    {
         return build_cached(a, &opts, &inputs[0]);
     }
     if a.if_newer && up_to_date_by_mtime(a, out)? {
@@ -171,9 +178,10 @@ fn build(a: &Args, out: &Path) -> anyhow::Result<()> {
 
 /// ext2 from one supermin.d: through the cache, then `OUT` made of hard links to the slot.
 fn build_cached(a: &Args, opts: &kiln::BuildOptions, supermin_d: &Path) -> anyhow::Result<()> {
+    // The same key options `kiln locate` uses, so both share one slot per appliance.
     let key_opts = KeyOptions {
         host_cpu: opts.host_cpu.clone(),
-        size: Some(opts.size),
+        size: a.size.as_ref().map(|_| opts.size),
         ..KeyOptions::default()
     };
     let key = appliance_key(supermin_d, &key_opts)
@@ -190,16 +198,15 @@ fn build_cached(a: &Args, opts: &kiln::BuildOptions, supermin_d: &Path) -> anyho
         force_rebuild: !a.if_newer,
         ..GetOptions::default()
     };
-    // A slot always holds a copy of the kernel: the triple then belongs together even
-    // if /boot changes later.
-    let mut slot_opts = opts.clone();
-    slot_opts.copy_kernel = true;
-    let pin = cache.get_or_build(&key, &get, |dir| {
-        let r = kiln::build_into(&slot_opts, dir)?;
-        Ok::<_, kiln::BuildError>(BuildMeta {
-            root_uuid: r.appliance.map(|ap| ap.root_uuid),
-        })
-    })?;
+    // The same builder as `kiln locate`: kiln's pipeline into the slot, with a copy of
+    // the kernel so the triple belongs together even if /boot changes later.
+    let builder = pipeline_builder();
+    let req = BuildRequest {
+        supermin_d,
+        key: &key,
+        options: &key_opts,
+    };
+    let pin = cache.get_or_build(&key, &get, |dir| builder(&req, dir))?;
     say(
         a,
         format!(
