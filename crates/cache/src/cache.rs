@@ -918,7 +918,8 @@ impl Pinned {
 
 impl Drop for Pinned {
     fn drop(&mut self) {
-        if self.remove_on_drop {
+        // Only the owner removes it: a forked child dropping its copy must not.
+        if self.remove_on_drop && std::process::id() == self.owner.pid {
             let _ = fsx::remove_tree(self.dir.as_fd(), &self.pin_name);
         }
     }
