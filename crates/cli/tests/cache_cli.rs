@@ -224,3 +224,28 @@ fn fixed_and_old_style_appliances_are_printed_as_they_are() {
             .exists()
     );
 }
+
+#[test]
+fn cache_root_is_libguestfs_cachedir_else_tmpdir() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    std::fs::create_dir(&a).unwrap();
+    std::fs::create_dir(&b).unwrap();
+    let name = format!(".guestfs-{}", rustix::process::geteuid().as_raw());
+    let ls = |envs: &[(&str, &Path)]| {
+        let mut c = Command::new(KILN);
+        c.args(["cache", "ls"])
+            .env_remove("LIBGUESTFS_CACHEDIR")
+            .env_remove("TMPDIR");
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        assert!(c.output().unwrap().status.success());
+    };
+    ls(&[("LIBGUESTFS_CACHEDIR", &a), ("TMPDIR", &b)]);
+    assert!(a.join(&name).is_dir() && !b.join(&name).exists());
+    std::fs::remove_dir(a.join(&name)).unwrap();
+    // An empty LIBGUESTFS_CACHEDIR is ignored, as libguestfs does.
+    ls(&[("LIBGUESTFS_CACHEDIR", Path::new("")), ("TMPDIR", &b)]);
+    assert!(b.join(&name).is_dir() && !a.join(&name).exists());
+}
