@@ -77,7 +77,7 @@ fn stress_rebuilds_and_gc_never_mix_a_triple_or_lose_a_pin() {
     let stop = Arc::new(AtomicBool::new(false));
     let rebuilds = Arc::new(AtomicUsize::new(0));
     let pins = Arc::new(AtomicUsize::new(0));
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let start = Instant::now();
 
     let mut threads = Vec::new();
     {
@@ -132,7 +132,11 @@ fn stress_rebuilds_and_gc_never_mix_a_triple_or_lose_a_pin() {
             }
         }));
     }
-    while Instant::now() < deadline {
+    // A few seconds, and long enough for real contention even on a loaded machine.
+    let enough = || rebuilds.load(Ordering::Relaxed) >= 5 && pins.load(Ordering::Relaxed) >= 64;
+    while start.elapsed() < Duration::from_secs(3)
+        || (!enough() && start.elapsed() < Duration::from_secs(60))
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     stop.store(true, Ordering::Relaxed);
