@@ -97,7 +97,7 @@ pub struct ImageReport {
     pub inodes_count: u64,
     /// Inodes in use, including the reserved inodes 1–10.
     pub inodes_used: u64,
-    /// Bytes of regular file content written.
+    /// Bytes of regular file content (each inode once, holes included).
     pub data_bytes: u64,
     /// True if some data went in with `pread`/`pwrite` because `copy_file_range`
     /// could not be used between the source and image filesystems.
