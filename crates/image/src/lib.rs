@@ -300,8 +300,17 @@ pub fn write_image(
         no_cfr: AtomicBool::new(false),
         fallback_used: AtomicBool::new(false),
     };
-    copier.run(&plan.jobs, opts.threads)?;
-    let counts = write_metadata(&plan, file, uuid, seed, opts).map_err(out_err)?;
+    // Metadata goes in from its own thread while the data copy runs (it touches only
+    // blocks no file data uses).
+    let (copied, counts) = std::thread::scope(|s| {
+        let meta = s.spawn(|| write_metadata(&plan, file, uuid, seed, opts));
+        let copied = copier.run(&plan.jobs, opts.threads);
+        (copied, meta.join())
+    });
+    copied?;
+    let counts = counts
+        .map_err(|_| ImageError::Internal("the metadata thread panicked"))?
+        .map_err(out_err)?;
     if opts.fsync {
         file.sync_all().map_err(out_err)?;
     }
