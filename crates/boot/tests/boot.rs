@@ -86,6 +86,9 @@ fn boots_fixture_root_and_ignores_uuid_twin_without_magic() {
     fs::write(&twin, &b).unwrap();
     let o = BootOptions {
         extra_disks: vec![twin],
+        append: std::env::var("KILN_TEST_APPEND")
+            .map(|a| a.split_whitespace().map(String::from).collect())
+            .unwrap_or_default(),
         ..opts()
     };
     let out = boot(dir.path(), &o).unwrap();
@@ -130,4 +133,46 @@ fn missing_root_names_what_it_waited_for() {
         .and_then(|s| s.parse().ok())
         .unwrap();
     assert!((3.0..10.0).contains(&secs), "{line}");
+}
+
+/// libguestfs, unmodified, runs on kiln's initrd + init: its own appliance root (built by
+/// supermin from libguestfs's supermin.d) with kiln's initrd in place of supermin's,
+/// used as a "fixed appliance". The root is attached on virtio-scsi, as libguestfs does.
+#[test]
+fn libguestfs_test_tool_passes_with_kiln_initrd() {
+    let supermin_d = Path::new("/usr/lib/x86_64-linux-gnu/guestfs/supermin.d");
+    assert!(
+        supermin_d.exists(),
+        "libguestfs-tools is needed (scripts/setup-host)"
+    );
+    let _one = ONE_QEMU.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    let st = Command::new("supermin")
+        .args(["--build", "-f", "ext2"])
+        .arg(supermin_d)
+        .arg("-o")
+        .arg(&app)
+        .env("TMPDIR", dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let k = kiln_kernel::choose_host("x86_64").unwrap();
+    kiln_initrd::build(&k.modules, &app.join("initrd")).unwrap();
+    fs::write(app.join("README.fixed"), "").unwrap();
+    let out = Command::new("libguestfs-test-tool")
+        .env("LIBGUESTFS_PATH", &app)
+        .env("LIBGUESTFS_CACHEDIR", dir.path())
+        .env("TMPDIR", dir.path())
+        .env("LIBGUESTFS_BACKEND", "direct")
+        .env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+        .output()
+        .unwrap();
+    let all =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        all.contains("kiln-init: exec /init"),
+        "kiln's init did not run:\n{all}"
+    );
+    assert!(all.contains("===== TEST FINISHED OK ====="), "{all}");
 }

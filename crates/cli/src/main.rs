@@ -1,2 +1,129 @@
-//! The `kiln` command line.
-fn main() {}
+//! The `kiln` command line: a thin layer over the `kiln` library, one module per
+//! subcommand. Errors are printed with their full context and exit with status 1.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod boot;
+mod build;
+mod cache_ls;
+mod checksum;
+mod gc;
+mod locate;
+mod prepare;
+mod size;
+mod supermin;
+mod supermin_args;
+
+/// Build, cache and boot VM appliances made from the host's own files.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, propagate_version = true)]
+struct Cli {
+    /// More output on stderr: -v traces each stage with counts, -vv adds the package
+    /// list and excluded paths, -vvv every file.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Build(build::Args),
+    Boot(boot::Args),
+    Locate(locate::Args),
+    Gc(gc::Args),
+    Checksum(checksum::Args),
+    Cache(cache_ls::Args),
+    Prepare(prepare::Args),
+    /// Run kiln's supermin-compatible front end: `kiln supermin --build ...` behaves as
+    /// `supermin --build ...` (also used when kiln is invoked under the name `supermin`).
+    #[command(disable_help_flag = true)]
+    Supermin {
+        /// supermin 5 arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Timestamped (time since start), uncoloured unless stderr is a terminal. `KILN_LOG`
+/// (tracing filter syntax) overrides the level chosen by -v. The cache's notices
+/// ("building …", "waiting for PID N building …") are shown by default.
+pub(crate) fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn,kiln_cache=info",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_timer(tracing_subscriber::fmt::time::uptime())
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let invoked_as = argv
+        .first()
+        .map(|a| Path::new(a).file_name().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    if invoked_as == "supermin" {
+        return exit(supermin::main(argv[1..].to_vec()));
+    }
+    if argv.get(1).map(String::as_str) == Some("supermin") {
+        return exit(supermin::main(argv[2..].to_vec()));
+    }
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Build(args) => build::run(args),
+        Command::Boot(args) => match boot::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Command::Locate(args) => locate::run(args),
+        Command::Gc(args) => gc::run(args),
+        Command::Checksum(args) => checksum::run(args),
+        Command::Cache(args) => cache_ls::run(args),
+        Command::Prepare(args) => prepare::run(args),
+        Command::Supermin { args } => return exit(supermin::main(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kiln: error: {}", message(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping causes whose text the message already
+/// contains (library errors often include their source's text).
+pub(crate) fn message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if msg.contains(&c) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&c);
+    }
+    msg
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

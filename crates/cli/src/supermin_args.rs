@@ -180,12 +180,13 @@ pub fn parse(argv: &[String]) -> Parsed {
         if !takes_value && !known_flag {
             return syntax(format!("unknown option '{arg}'."));
         }
-        if known_flag && name != "--dtb" {
-            if let Some(v) = &inline {
-                return syntax(format!(
-                    "wrong argument '{v}'; option '{arg}' expects no argument."
-                ));
-            }
+        if known_flag
+            && name != "--dtb"
+            && let Some(v) = &inline
+        {
+            return syntax(format!(
+                "wrong argument '{v}'; option '{arg}' expects no argument."
+            ));
         }
         let value = if takes_value || name == "--dtb" {
             match inline {
@@ -372,7 +373,9 @@ mod tests {
         assert!(stderr(&["--prepare", "-f", "ext2", "-o", "x"]).contains("cannot use --prepare"));
         assert!(stderr(&["--build", "-o", "x"]).contains("must specify an output --format"));
         assert!(stderr(&["--build", "-f", "ext2"]).contains("-o option) must be supplied"));
-        assert!(stderr(&["--build", "-f", "tar", "-o", "x"]).contains("unknown --format option (tar)"));
+        assert!(
+            stderr(&["--build", "-f", "tar", "-o", "x"]).contains("unknown --format option (tar)")
+        );
         assert_eq!(code(&["--names"]), 1);
         assert_eq!(code(&["--dtb", "x"]), 1);
     }

@@ -53,7 +53,10 @@ fn libguestfs_test_tool_finishes_ok_on_kiln() {
     assert!(o.status.success(), "{all}");
     assert!(all.contains("===== TEST FINISHED OK ====="), "{all}");
     // The appliance really came from kiln, not from a supermin left on the machine.
-    assert!(all.contains("kiln"), "kiln did not build the appliance:\n{all}");
+    assert!(
+        all.contains("kiln"),
+        "kiln did not build the appliance:\n{all}"
+    );
 }
 
 #[test]

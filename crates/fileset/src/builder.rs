@@ -18,7 +18,8 @@
 //!   `lib/`) moves the directory's contents through the symlink, where existing entries
 //!   win; any other non-directory over a directory drops the directory's subtree.
 
-use std::collections::BTreeMap;
+use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -55,7 +56,11 @@ const MAX_HOPS: u32 = 40;
 /// A file set under construction. See the module doc for the merge rules.
 #[derive(Debug, Clone)]
 pub struct SetBuilder {
-    map: BTreeMap<PathBuf, Entry>,
+    /// Keys are where entries landed, so every key is a canonical in-set path.
+    map: HashMap<PathBuf, Entry>,
+    /// Host inode (device, inode) of host files with more than one link, by landing
+    /// path, recorded by [`SetBuilder::insert_host`] for hard link detection.
+    inodes: HashMap<PathBuf, (u64, u64, PathBuf)>,
     /// Entries dropped while merging (a directory replaced by a non-directory...).
     pub warnings: Vec<String>,
 }
@@ -69,7 +74,7 @@ impl Default for SetBuilder {
 impl SetBuilder {
     /// A set with only `/` (0755, 0:0, time 0).
     pub fn new() -> SetBuilder {
-        let mut map = BTreeMap::new();
+        let mut map = HashMap::new();
         map.insert(
             PathBuf::from("/"),
             Entry {
@@ -80,6 +85,7 @@ impl SetBuilder {
         );
         SetBuilder {
             map,
+            inodes: HashMap::new(),
             warnings: Vec::new(),
         }
     }
@@ -92,6 +98,7 @@ impl SetBuilder {
                 .into_iter()
                 .map(|e| (e.path.clone(), e))
                 .collect(),
+            inodes: HashMap::new(),
             warnings: Vec::new(),
         }
     }
@@ -114,6 +121,13 @@ impl SetBuilder {
     /// Resolve `dir` through the set's symlinks; `Some` with the canonical path when it
     /// is a directory of the set.
     pub fn resolve_dir(&self, dir: &Path) -> Option<PathBuf> {
+        // Fast path: keys are canonical, so a directory key resolves to itself.
+        if let Some(Entry {
+            kind: Kind::Dir, ..
+        }) = self.map.get(dir)
+        {
+            return Some(dir.to_path_buf());
+        }
         self.resolve_dir_in(Path::new("/"), dir, 0)
     }
 
@@ -193,16 +207,17 @@ impl SetBuilder {
         Ok(cur)
     }
 
-    /// Remove `dir`'s descendants (not `dir`), returning them in order.
+    /// Remove `dir`'s descendants (not `dir`), returning them in set order.
     fn take_subtree(&mut self, dir: &Path) -> Vec<Entry> {
         let keys: Vec<PathBuf> = self
             .map
-            .range::<Path, _>((std::ops::Bound::Excluded(dir), std::ops::Bound::Unbounded))
-            .map(|(k, _)| k)
-            .take_while(|k| k.starts_with(dir))
+            .keys()
+            .filter(|k| k.starts_with(dir) && k.as_path() != dir)
             .cloned()
             .collect();
-        keys.iter().filter_map(|k| self.map.remove(k)).collect()
+        let mut out: Vec<Entry> = keys.iter().filter_map(|k| self.map.remove(k)).collect();
+        out.sort_by(|a, b| set_order(&a.path, &b.path));
+        out
     }
 
     /// Add one entry (its `path` is where it is *named*; the parent is resolved in the
@@ -315,9 +330,55 @@ impl SetBuilder {
     /// links to the first of them in set order.
     pub fn finish(self) -> Result<FileSet, SetError> {
         let mut entries: Vec<Entry> = self.map.into_values().collect();
-        scan::link_hard_links(&mut entries);
+        // Presorted with a cheap byte comparison; FileSet::new's sort is then linear.
+        entries.sort_unstable_by(|a, b| set_order(&a.path, &b.path));
+        let mut first: HashMap<(u64, u64), PathBuf> = HashMap::new();
+        for e in entries.iter_mut() {
+            let Some((dev, ino, src)) = self.inodes.get(&e.path) else {
+                continue;
+            };
+            // Only if the entry is still the host file recorded (not replaced since).
+            if !matches!(&e.kind, Kind::File(Content::Host { path, .. }) if path == src) {
+                continue;
+            }
+            match first.get(&(*dev, *ino)) {
+                Some(p) => e.kind = Kind::HardLink(p.clone()),
+                None => {
+                    first.insert((*dev, *ino), e.path.clone());
+                }
+            }
+        }
         FileSet::new(entries)
     }
+
+    /// Add a host object read with [`scan::host_entry_from`]; `md` is its lstat. Files
+    /// with several links are remembered so [`SetBuilder::finish`] turns later names of
+    /// the same inode into hard links.
+    pub fn insert_host(&mut self, e: Entry, md: &std::fs::Metadata) -> Result<PathBuf, PlaceError> {
+        use std::os::unix::fs::MetadataExt;
+        let src = match &e.kind {
+            Kind::File(Content::Host { path, .. }) if md.nlink() > 1 => Some(path.clone()),
+            _ => None,
+        };
+        let dest = self.insert(e, Source::Host)?;
+        if let Some(src) = src {
+            self.inodes.insert(dest.clone(), (md.dev(), md.ino(), src));
+        }
+        Ok(dest)
+    }
+}
+
+/// File set order (component-wise, bytewise within a component) for normalised absolute
+/// paths: bytewise with `/` sorting before every other byte.
+pub fn set_order(a: &Path, b: &Path) -> Ordering {
+    let (a, b) = (a.as_os_str().as_bytes(), b.as_os_str().as_bytes());
+    let key = |c: u8| if c == b'/' { 0 } else { u16::from(c) + 1 };
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return key(*x).cmp(&key(*y));
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 /// An error adding a host tree.
@@ -361,6 +422,18 @@ mod tests {
             .iter()
             .map(|e| e.path.to_str().unwrap())
             .collect()
+    }
+
+    #[test]
+    fn set_order_is_path_order() {
+        let mut v: Vec<PathBuf> = ["/a-b", "/a/b", "/a", "/", "/a/b/c", "/a.b", "/ab", "/a/a"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let mut w = v.clone();
+        v.sort();
+        w.sort_by(|a, b| set_order(a, b));
+        assert_eq!(v, w);
     }
 
     #[test]

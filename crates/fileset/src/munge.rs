@@ -3,7 +3,7 @@
 //! the host filesystem. Done in-process (stat, readlink, realpath) instead of one
 //! `readlink -f` shell per file.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -26,12 +26,34 @@ impl HostFile {
     }
 }
 
-fn is_dir_following(p: &Path) -> bool {
-    fs::metadata(p).is_ok_and(|m| m.is_dir())
+/// Memoised `lstat` results, shared by the filters, munging and the merge so each host
+/// path is looked at once.
+#[derive(Debug, Default)]
+pub struct StatCache {
+    l: HashMap<PathBuf, Option<fs::Metadata>>,
 }
 
-fn is_symlink(p: &Path) -> bool {
-    fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+impl StatCache {
+    /// `lstat(p)`, `None` when it fails.
+    pub fn lstat(&mut self, p: &Path) -> Option<fs::Metadata> {
+        if let Some(m) = self.l.get(p) {
+            return m.clone();
+        }
+        let m = fs::symlink_metadata(p).ok();
+        self.l.insert(p.to_path_buf(), m.clone());
+        m
+    }
+
+    /// (is a directory after following symlinks, is a symlink).
+    fn dir_and_link(&mut self, p: &Path) -> (bool, bool) {
+        match self.lstat(p) {
+            Some(m) if m.file_type().is_symlink() => {
+                (fs::metadata(p).is_ok_and(|m| m.is_dir()), true)
+            }
+            Some(m) => (m.is_dir(), false),
+            None => (false, false),
+        }
+    }
 }
 
 fn parent_of(p: &Path) -> PathBuf {
@@ -59,7 +81,7 @@ fn symlink_dir_target(p: &Path) -> Option<PathBuf> {
 /// Munge `files` (sorted bytewise by path first, duplicates kept). The result is the
 /// copy order: every entry's parent directory (or a symlink to it) comes before it, and
 /// every directory symlink's target comes before the symlink.
-pub fn munge(mut files: Vec<HostFile>) -> Vec<HostFile> {
+pub fn munge(mut files: Vec<HostFile>, cache: &mut StatCache) -> Vec<HostFile> {
     files.sort_by(|a, b| {
         a.path
             .as_os_str()
@@ -78,12 +100,12 @@ pub fn munge(mut files: Vec<HostFile>) -> Vec<HostFile> {
             seen.insert(p.clone());
             continue;
         }
-        let is_dir = is_dir_following(p);
+        let (is_dir, is_link) = cache.dir_and_link(p);
         if is_dir && seen.contains(p) {
             out.push(e);
             continue;
         }
-        let needed = if is_dir && is_symlink(p) {
+        let needed = if is_dir && is_link {
             seen.insert(p.clone());
             symlink_dir_target(p).filter(|t| !seen.contains(t))
         } else {
@@ -141,7 +163,7 @@ mod tests {
         list.push(HostFile::same(r.join("bin/sh")));
         list.push(HostFile::same(r.join("lib/x/libc.so")));
         let n_ancestors = r.ancestors().count() - 1; // `/` itself is dropped
-        let out = munge(list);
+        let out = munge(list, &mut StatCache::default());
         let got = rel(&r, &out[n_ancestors..]);
         assert_eq!(
             got,
@@ -169,7 +191,7 @@ mod tests {
             .collect();
         list.push(HostFile::same(r.join("gone")));
         list.push(HostFile::same(r.join("gone")));
-        let out = munge(list);
+        let out = munge(list, &mut StatCache::default());
         let got = rel(&r, &out);
         assert_eq!(got.iter().filter(|p| p.ends_with("/gone")).count(), 2);
     }

@@ -27,6 +27,70 @@ pub fn fnmatch(pattern: &[u8], name: &[u8]) -> bool {
     unsafe { libc::fnmatch(p.as_ptr(), n.as_ptr(), libc::FNM_NOESCAPE) == 0 }
 }
 
+/// A set of [`fnmatch`] patterns compiled to C strings once (excludefiles are matched
+/// against thousands of paths).
+///
+/// The common shapes are matched without calling into libc: a pattern without `*`, `?`
+/// or `[` is an exact comparison, and one whose only metacharacter is a final `*` is a
+/// prefix test (with FNM_NOESCAPE and no FNM_PATHNAME, `*` matches any rest, `/`
+/// included). Everything else goes to fnmatch(3), only for names that start with the
+/// pattern's literal beginning.
+#[derive(Debug, Clone, Default)]
+pub struct FnMatchSet {
+    patterns: Vec<Pat>,
+}
+
+#[derive(Debug, Clone)]
+enum Pat {
+    Exact(Vec<u8>),
+    Prefix(Vec<u8>),
+    /// The literal text before the first metacharacter, and the whole pattern.
+    Glob(Vec<u8>, CString),
+}
+
+fn has_meta(p: &[u8]) -> bool {
+    p.iter().any(|b| matches!(b, b'*' | b'?' | b'['))
+}
+
+impl FnMatchSet {
+    /// Patterns containing NUL bytes are dropped (they could never match a path).
+    pub fn new<'a>(patterns: impl IntoIterator<Item = &'a [u8]>) -> FnMatchSet {
+        FnMatchSet {
+            patterns: patterns
+                .into_iter()
+                .filter(|p| !p.contains(&0))
+                .filter_map(|p| match p.strip_suffix(b"*") {
+                    _ if !has_meta(p) => Some(Pat::Exact(p.to_vec())),
+                    Some(pre) if !has_meta(pre) => Some(Pat::Prefix(pre.to_vec())),
+                    _ => {
+                        let lit = p.iter().position(|b| matches!(b, b'*' | b'?' | b'['));
+                        let prefix = p[..lit.unwrap_or(p.len())].to_vec();
+                        CString::new(p).ok().map(|c| Pat::Glob(prefix, c))
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// True when any pattern matches `name` (as [`fnmatch`]).
+    pub fn matches(&self, name: &[u8]) -> bool {
+        let mut cname = None;
+        self.patterns.iter().any(|p| match p {
+            Pat::Exact(x) => name == x.as_slice(),
+            Pat::Prefix(x) => name.starts_with(x),
+            // A name without the pattern's literal start cannot match.
+            Pat::Glob(prefix, _) if !name.starts_with(prefix) => false,
+            Pat::Glob(_, g) => {
+                let n = cname.get_or_insert_with(|| CString::new(name).ok());
+                n.as_ref().is_some_and(|n| {
+                    // SAFETY: both are valid NUL-terminated strings alive for the call.
+                    unsafe { libc::fnmatch(g.as_ptr(), n.as_ptr(), libc::FNM_NOESCAPE) == 0 }
+                })
+            }
+        })
+    }
+}
+
 /// `glob(pattern, GLOB_NOESCAPE)`: matches sorted bytewise (the process never sets a
 /// locale), dot files only when the pattern component starts with `.`, no brace or tilde
 /// expansion; no match gives an empty list. Unreadable directories are skipped.
@@ -79,6 +143,55 @@ mod tests {
         assert!(fnmatch(b"/usr/share/pkg", b"/usr/share/pkg"));
         assert!(!fnmatch(b"/usr/share/pkg", b"/usr/share/pkg/x"));
         assert!(!fnmatch(b"/a\0", b"/a"));
+        let set = FnMatchSet::new([&b"/boot/*"[..], b"/usr/share/doc/*"]);
+        assert!(set.matches(b"/usr/share/doc/x/y"));
+        assert!(!set.matches(b"/usr/share/docs"));
+        assert!(!FnMatchSet::default().matches(b"/x"));
+    }
+
+    #[test]
+    fn fast_paths_agree_with_fnmatch() {
+        let pats: &[&[u8]] = &[
+            b"/usr/share/doc/*",
+            b"/usr/share/pkg",
+            b"/usr/*/doc",
+            b"/lib/modules/*",
+            b"/a?c*",
+            b"/[ab]*",
+            b"*",
+            b"",
+            b"/x\\*",
+            b"/var/log/*.gz",
+            b"/var/log/?tmp",
+        ];
+        let names: &[&[u8]] = &[
+            b"/usr/share/doc",
+            b"/usr/share/doc/",
+            b"/usr/share/doc/a/b",
+            b"/usr/share/pkg",
+            b"/usr/share/pkg/x",
+            b"/usr/x/y/doc",
+            b"/lib/modules",
+            b"/abc/d",
+            b"/b",
+            b"",
+            b"/x\\y",
+            b"/var/log/wtmp",
+            b"/var/log/a/b.gz",
+            b"/var/lo",
+        ];
+        for p in pats {
+            let set = FnMatchSet::new([*p]);
+            for n in names {
+                assert_eq!(
+                    set.matches(n),
+                    fnmatch(p, n),
+                    "{:?} {:?}",
+                    String::from_utf8_lossy(p),
+                    String::from_utf8_lossy(n)
+                );
+            }
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ use kiln_inputs::{BaseImage, Inputs, Member, MemberKind, Origin};
 use crate::builder::{PlaceError, SetBuilder, Source};
 use crate::dpkg::{DpkgDb, DpkgError};
 use crate::entry::{Content, Entry, Kind, Meta};
-use crate::munge::{HostFile, munge};
+use crate::munge::{HostFile, StatCache, munge};
 use crate::pattern::{self, PatternError};
 use crate::scan;
 
@@ -217,7 +217,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
             path: p,
         })
         .collect();
-    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files.sort_unstable_by(|a, b| crate::builder::set_order(&a.path, &b.path));
     counts.files = files.len();
     tracing::info!("{} files", counts.files);
 
@@ -261,14 +261,13 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
 
     // 5. Existence, then readability; a diverted file is read from where dpkg put it.
     let mut noted = false;
+    let mut cache = StatCache::default();
+    let root = rustix::process::geteuid().is_root();
     files.retain_mut(|f| {
         let md = if f.source == f.path {
-            fs::symlink_metadata(&f.path).ok()
+            cache.lstat(&f.path)
         } else {
-            match (
-                fs::symlink_metadata(&f.source).ok(),
-                fs::symlink_metadata(&f.path).ok(),
-            ) {
+            match (cache.lstat(&f.source), cache.lstat(&f.path)) {
                 (Some(s), _) if s.is_file() => Some(s),
                 (_, Some(p)) => {
                     f.source = f.path.clone();
@@ -278,7 +277,8 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
             }
         };
         let Some(md) = md else { return false };
-        if !md.is_file() {
+        // Root reads everything (CAP_DAC_OVERRIDE): no need to ask.
+        if !md.is_file() || root {
             return true;
         }
         match readable(&f.source) {
@@ -307,7 +307,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
     );
 
     // 6. Munging.
-    let munged = munge(files);
+    let munged = munge(files, &mut cache);
     counts.after_munging = munged.len();
     tracing::info!("{} files, after munging", counts.after_munging);
     for f in &munged {
@@ -318,14 +318,18 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
     let mut builder = SetBuilder::new();
     counts.base_members = add_base_images(&mut builder, &inputs.base_images)?;
     for f in &munged {
-        let entry = match scan::host_entry(&f.source, f.path.clone()) {
+        let Some(md) = cache.lstat(&f.source) else {
+            tracing::warn!("{}: vanished while building (ignored)", f.source.display());
+            continue;
+        };
+        let entry = match scan::host_entry_from(&f.source, f.path.clone(), &md) {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!("{e} (ignored: it vanished while building)");
+                tracing::warn!("{e} (ignored)");
                 continue;
             }
         };
-        if let Err(e) = builder.insert(entry, Source::Host) {
+        if let Err(e) = builder.insert_host(entry, &md) {
             tracing::warn!("{e} (ignored)");
         }
     }

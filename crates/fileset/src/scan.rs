@@ -88,6 +88,11 @@ pub fn host_entry(src: &Path, dest: PathBuf) -> Result<Entry, ScanError> {
     entry_from(src, dest, &md)
 }
 
+/// [`host_entry`] with the lstat result already at hand.
+pub fn host_entry_from(src: &Path, dest: PathBuf, md: &fs::Metadata) -> Result<Entry, ScanError> {
+    entry_from(src, dest, md)
+}
+
 fn entry_from(src: &Path, dest: PathBuf, md: &fs::Metadata) -> Result<Entry, ScanError> {
     let ft = md.file_type();
     let kind = if ft.is_dir() {

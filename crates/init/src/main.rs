@@ -1,7 +1,9 @@
 //! kiln's static init: PID 1 of the mini initrd.
 //!
 //! It mounts /proc, /sys and /dev (devtmpfs), loads the modules listed in `/modules` in
-//! order (`finit_module`; a failure is reported, never fatal by itself), finds the root
+//! order (`finit_module`; a failure is reported, never fatal by itself; the list comes in
+//! stages separated by `-` lines, and once the root device is visible at a stage boundary
+//! the drivers for other buses are not loaded — `kiln.allmodules` loads all), finds the root
 //! device from `root=UUID=…` (the 16 bytes at 0x468 *and* the ext magic 0xEF53 at 0x438,
 //! so a disk that merely carries the same UUID bytes is not taken) or `root=/dev/NAME`,
 //! waiting at most `kiln.rootwait=SECONDS` (default 30), mounts it `ext4` (which also
@@ -33,6 +35,7 @@ const DEFAULT_ROOTWAIT: u64 = 30;
 
 struct Log {
     quiet: bool,
+    debug: bool,
     t0: Instant,
     uptime0: f64,
 }
@@ -92,6 +95,10 @@ fn uuid_string(u: &[u8; 16]) -> String {
 #[derive(Debug, PartialEq, Eq)]
 struct Cmdline {
     quiet: bool,
+    /// `kiln.debug`: one timing line per module.
+    debug: bool,
+    /// `kiln.allmodules`: load every module in the initrd, not only up to the root's bus.
+    allmodules: bool,
     root: Option<Result<Root, String>>,
     rootwait: Duration,
 }
@@ -114,12 +121,18 @@ fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
 fn parse_cmdline(line: &str) -> Cmdline {
     let mut c = Cmdline {
         quiet: false,
+        debug: false,
+        allmodules: false,
         root: None,
         rootwait: Duration::from_secs(DEFAULT_ROOTWAIT),
     };
     for w in line.split_whitespace() {
         if w == "quiet" {
             c.quiet = true;
+        } else if w == "kiln.debug" {
+            c.debug = true;
+        } else if w == "kiln.allmodules" {
+            c.allmodules = true;
         } else if let Some(v) = w.strip_prefix("root=") {
             c.root = Some(if let Some(u) = v.strip_prefix("UUID=") {
                 parse_uuid(u).map(Root::Uuid)
@@ -157,20 +170,45 @@ fn mount_fs(log: &Log, fstype: &str, target: &str) {
     }
 }
 
-fn load_modules(log: &Log) -> (usize, usize) {
+/// Load the modules listed in `/modules` in order. A line `-` ends a stage: if the root
+/// is visible by then (checked for up to [`STAGE_GRACE`], as SCSI scans run
+/// asynchronously), the remaining stages (drivers for other buses) are skipped unless
+/// `all` is set. Returns (loaded, failed, skipped).
+fn load_modules(log: &Log, root: Option<&Root>, all: bool) -> (usize, usize, usize) {
     let list = match fs::read_to_string("/modules") {
         Ok(s) => s,
         Err(e) => {
             log.warn(&format!("cannot read /modules: {e}; loading no modules"));
-            return (0, 0);
+            return (0, 0, 0);
         }
     };
+    let lines: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let (mut ok, mut failed) = (0, 0);
-    for name in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+    for (i, name) in lines.iter().enumerate() {
+        if *name == "-" {
+            if let Some(r) = root
+                && !all
+                && root_visible_within(r, STAGE_GRACE)
+            {
+                let skipped = lines[i..].iter().filter(|l| **l != "-").count();
+                log.info(&format!(
+                    "root visible; skipping {skipped} modules for other buses (kiln.allmodules loads them)"
+                ));
+                return (ok, failed, skipped);
+            }
+            continue;
+        }
         let path = format!("/{name}");
         let res = fs::File::open(&path)
             .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))
             .and_then(|f| rustix::system::finit_module(&f, c"", 0));
+        if log.debug {
+            log.info(&format!("module {name}: {res:?}"));
+        }
         match res {
             Ok(()) => ok += 1,
             // Built in or already loaded: nothing to do.
@@ -181,7 +219,25 @@ fn load_modules(log: &Log) -> (usize, usize) {
             }
         }
     }
-    (ok, failed)
+    (ok, failed, 0)
+}
+
+/// How long a stage boundary waits for the root before loading the next stage.
+const STAGE_GRACE: Duration = Duration::from_millis(100);
+
+fn root_visible_within(root: &Root, grace: Duration) -> bool {
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(1);
+    loop {
+        if find_root_once(root).is_ok() {
+            return true;
+        }
+        if start.elapsed() >= grace {
+            return false;
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(20));
+    }
 }
 
 fn read_dev_number(sysdir: &Path) -> Option<(u32, u32)> {
@@ -361,6 +417,7 @@ fn run() -> ! {
     let c = parse_cmdline(&cmdline);
     let log = Log {
         quiet: c.quiet,
+        debug: c.debug,
         t0,
         uptime0: read_uptime(),
     };
@@ -372,14 +429,15 @@ fn run() -> ! {
     mount_fs(&log, "sysfs", "/sys");
     mount_fs(&log, "devtmpfs", "/dev");
 
-    let (ok, failed) = load_modules(&log);
-    log.info(&format!("loaded {ok} modules ({failed} failed)"));
-
     let root = match c.root {
         Some(Ok(r)) => r,
         Some(Err(e)) => fatal(&e),
         None => fatal("no root= on the kernel command line (root=UUID=… or root=/dev/NAME)"),
     };
+    let (ok, failed, skipped) = load_modules(&log, Some(&root), c.allmodules);
+    log.info(&format!(
+        "loaded {ok} modules ({failed} failed, {skipped} not needed)"
+    ));
     let (name, maj, min) = wait_for_root(&log, &root, c.rootwait);
     log.info(&format!("root is {name} ({maj}:{min})"));
 

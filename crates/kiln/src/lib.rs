@@ -1,1 +1,37 @@
-//! kiln kiln stage (see the crate's documentation once it lands).
+//! kiln as a library: build an appliance from a supermin appliance ([`pipeline`]), and
+//! locate (build and cache) the appliance a VM launcher boots ([`locate`]).
+//!
+//! - [`pipeline`]: inputs → file set → output, one call per stage crate; this crate
+//!   only sequences the stages and carries their errors.
+//! - [`locate`]: the search path walk (supermin → fixed → old-style) and the pinned
+//!   handle callers get ([`locate::Pinned`]).
+//! - [`key`]: the cache key of a supermin appliance (a checksum of everything that ends
+//!   up in it, cheap enough for every launch).
+//!
+//! The per-user cache itself (slots, locks, pins, gc) is the `kiln-cache` crate.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let appliance = kiln::locate(&kiln::LocateOptions::default())?;
+//! println!("kernel {}", appliance.kernel().display());
+//! println!("initrd {}", appliance.initrd().display());
+//! if let Some(root) = appliance.root() {
+//!     println!("root {} UUID {:?}", root.display(), appliance.root_uuid());
+//! }
+//! // Until `appliance` is dropped these files are this process's own hard links: a
+//! // rebuild by another process cannot swap them underneath (or pair them with
+//! // another build's root UUID).
+//! # Ok(()) }
+//! ```
+
+pub mod key;
+pub mod locate;
+pub mod pipeline;
+
+pub use kiln_cache as cache;
+pub use locate::{LocateError, LocateOptions, Pinned, locate};
+pub use pipeline::{
+    ApplianceReport, BuildError, BuildOptions, BuildReport, Format, build, build_into,
+};

@@ -1,0 +1,114 @@
+//! `kiln boot`: boot an appliance directory under qemu and say whether its /init ran.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::ValueEnum;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AccelArg {
+    /// KVM when /dev/kvm works, else TCG (also when qemu fails to start with KVM).
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// Boot an appliance (DIR/kernel, DIR/initrd, DIR/root) under qemu.
+///
+/// The root is attached read-only (snapshot=on) as a virtio disk and found by the UUID
+/// in DIR/root; the console is printed on stdout. Exit status: 0 when the appliance's
+/// /init ran and qemu exited by itself, 2 when /init ran but the timeout stopped qemu,
+/// 1 when /init was never reached (the console says why).
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example:\n  kiln build -f ext2 examples/hello/supermin.d -o /tmp/hello && kiln boot /tmp/hello"
+)]
+pub struct Args {
+    /// Extra kernel command-line arguments (e.g. `quiet`, `kiln.debug`, `kiln.rootwait=60`).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    append: Vec<String>,
+
+    /// Stop qemu after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
+    timeout: f64,
+
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = 512)]
+    memory: u32,
+
+    /// Accelerator.
+    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+    accel: AccelArg,
+
+    /// The qemu binary.
+    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+
+    /// The appliance directory.
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !(args.timeout.is_finite() && args.timeout > 0.0) {
+        anyhow::bail!(
+            "--timeout {}: give a positive number of seconds",
+            args.timeout
+        );
+    }
+    let opts = kiln_boot::BootOptions {
+        append: args
+            .append
+            .iter()
+            .flat_map(|a| a.split_whitespace().map(String::from))
+            .collect(),
+        timeout: Duration::from_secs_f64(args.timeout),
+        memory_mib: args.memory,
+        accel: match args.accel {
+            AccelArg::Auto => kiln_boot::Accel::Auto,
+            AccelArg::Kvm => kiln_boot::Accel::Kvm,
+            AccelArg::Tcg => kiln_boot::Accel::Tcg,
+        },
+        qemu: args.qemu,
+        echo: true,
+        ..Default::default()
+    };
+    let out = kiln_boot::boot(&args.dir, &opts)
+        .with_context(|| format!("booting {}", args.dir.display()))?;
+    tracing::info!(
+        "qemu ({}) ran {:.2} s, exit status {:?}",
+        out.accel,
+        out.elapsed.as_secs_f64(),
+        out.qemu_status
+    );
+    match (out.init_ran, out.timed_out) {
+        (true, false) => Ok(ExitCode::SUCCESS),
+        (true, true) => {
+            eprintln!(
+                "kiln: the appliance's /init ran, but qemu was still running after {} s and was stopped",
+                args.timeout
+            );
+            Ok(ExitCode::from(2))
+        }
+        (false, timed_out) => {
+            let why = if timed_out {
+                format!("qemu was stopped after {} s", args.timeout)
+            } else {
+                format!("qemu exited with status {:?}", out.qemu_status)
+            };
+            let stderr = out.qemu_stderr.trim();
+            eprintln!(
+                "kiln: error: the appliance's /init did not run ({why}); see the console above{}{}",
+                if stderr.is_empty() {
+                    ""
+                } else {
+                    "; qemu said: "
+                },
+                stderr
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

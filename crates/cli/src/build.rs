@@ -1,0 +1,89 @@
+//! `kiln build`: build an appliance from supermin appliance inputs.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::ValueEnum;
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// A directory tree (also accepted as `fs` and `filesystem`, as supermin does).
+    #[value(alias = "fs", alias = "filesystem")]
+    Chroot,
+    /// A bootable appliance: OUT/kernel, OUT/initrd and OUT/root (ext2 image).
+    Ext2,
+}
+
+/// Build an appliance from supermin appliance inputs (`supermin --build`).
+///
+/// Each INPUT is a supermin.d directory (its files are read in byte order of their
+/// names) or a single input file. Files are recognised by content, optionally gzip-,
+/// xz- or zstd-compressed: a tar archive is a base image; a list whose first line starts
+/// with `/` lists host file globs, with `-` exclude patterns, with a letter or digit
+/// package names. Packages are resolved with their dependencies from the host's dpkg
+/// database.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  kiln build -v -f chroot /usr/lib/x86_64-linux-gnu/guestfs/supermin.d -o /tmp/appliance\n  kiln build -f ext2 examples/hello/supermin.d -o /tmp/hello && kiln boot /tmp/hello"
+)]
+pub struct Args {
+    /// Output format.
+    #[arg(short = 'f', long = "format", value_enum)]
+    format: FormatArg,
+
+    /// Output directory; replaced atomically if it exists.
+    #[arg(short = 'o', value_name = "DIR")]
+    output: PathBuf,
+
+    /// Add /packagelist: the resolved packages, one `name_version_arch` per line.
+    #[arg(long)]
+    include_packagelist: bool,
+
+    /// ext2: size of the root image, as supermin: a number with a suffix b, K, M or G
+    /// (`4G`, `512M`, `10737418240b`). The file is sparse.
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
+    size: u64,
+
+    /// ext2: the CPU architecture whose kernel to pick (default: this machine's).
+    #[arg(long, value_name = "ARCH")]
+    host_cpu: Option<String>,
+
+    /// ext2: copy the kernel into OUT instead of symlinking it.
+    #[arg(long)]
+    copy_kernel: bool,
+
+    /// Stop after resolving the file set (nothing is written); for benchmarks.
+    #[arg(long, hide = true)]
+    resolve_only: bool,
+
+    /// Root directory of the dpkg database to use instead of `/`.
+    #[arg(long, value_name = "DIR", hide = true, default_value = "/")]
+    dpkg_root: PathBuf,
+
+    /// supermin.d directories or input files.
+    #[arg(value_name = "INPUT", required = true)]
+    inputs: Vec<PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    kiln_image::parse_size(s).map_err(|e| e.to_string())
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let format = match args.format {
+        FormatArg::Chroot => kiln::Format::Chroot,
+        FormatArg::Ext2 => kiln::Format::Ext2,
+    };
+    let mut opts = kiln::BuildOptions::new(args.inputs, format, args.output);
+    opts.include_packagelist = args.include_packagelist;
+    opts.resolve_only = args.resolve_only;
+    opts.dpkg_root = args.dpkg_root;
+    opts.size = args.size;
+    opts.copy_kernel = args.copy_kernel;
+    if let Some(cpu) = args.host_cpu {
+        opts.host_cpu = cpu;
+    }
+    kiln::build(&opts).with_context(|| format!("building {}", opts.output.display()))?;
+    Ok(())
+}

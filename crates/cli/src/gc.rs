@@ -1,0 +1,66 @@
+//! `kiln gc`: clean the per-user appliance cache.
+
+use std::path::PathBuf;
+
+use kiln::cache::{Cache, DEFAULT_KEEP, GcPolicy};
+
+use crate::size::{human, parse_size};
+
+/// Remove pins of exited processes, leftovers of interrupted builds, and the least
+/// recently used appliances beyond --keep / --max-size. An appliance pinned by a
+/// running process is never removed.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Cache root; the cache is DIR/.guestfs-$EUID.
+    #[arg(long, value_name = "DIR")]
+    cachedir: Option<PathBuf>,
+
+    /// Keep at most N appliances (default 4, unless --max-size is given).
+    #[arg(long, value_name = "N")]
+    keep: Option<usize>,
+
+    /// Keep at most this much disk space of appliances (e.g. 2G).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_size: Option<u64>,
+
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let cache = match &args.cachedir {
+        Some(d) => Cache::open(d)?,
+        None => Cache::open_default()?,
+    };
+    let policy = GcPolicy {
+        keep: args.keep.or(if args.max_size.is_none() {
+            Some(DEFAULT_KEEP)
+        } else {
+            None
+        }),
+        max_size: args.max_size,
+    };
+    let r = cache.gc(&policy)?;
+    if args.json {
+        let v = serde_json::json!({
+            "dead_pins": r.dead_pins,
+            "debris": r.debris,
+            "removed": r.removed.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+            "freed": r.freed,
+            "slots": r.slots,
+            "bytes": r.bytes,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "removed {} dead pins, {} leftovers, {} appliances ({} freed); {} appliances kept",
+            r.dead_pins,
+            r.debris,
+            r.removed.len(),
+            human(r.freed),
+            r.slots
+        );
+    }
+    Ok(())
+}

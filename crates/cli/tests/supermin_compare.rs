@@ -1,0 +1,260 @@
+//! `kiln build -f chroot` against `supermin --build -f chroot` on libguestfs's real
+//! supermin.d and the host's real dpkg database.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SUPERMIN_D: &str = "/usr/lib/x86_64-linux-gnu/guestfs/supermin.d";
+
+/// Packages kiln includes and supermin 5.2.2 drops, each with the reason.
+const EXTRA_PACKAGES: &[(&str, &str)] = &[
+    (
+        "perl",
+        "`perl:any` (sleuthkit, libdate-manip-perl): supermin drops :any names",
+    ),
+    ("perl-base", "dependency of perl"),
+    ("libperl5.36", "dependency of perl"),
+    ("perl-modules-5.36", "dependency of perl"),
+    ("libgdbm6", "dependency of libperl5.36"),
+    ("libgdbm-compat4", "dependency of libperl5.36"),
+    (
+        "usr-is-merged",
+        "`usrmerge | usr-is-merged` (init-system-helpers): supermin only tries the first alternative",
+    ),
+    (
+        "sysvinit-utils",
+        "provides the virtual `lsb-base` (lvm2, mdadm...): supermin never resolves Provides",
+    ),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Info {
+    kind: char,
+    perm: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    target: Vec<u8>,
+}
+
+fn walk(root: &Path) -> BTreeMap<PathBuf, Info> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for de in fs::read_dir(&d).unwrap() {
+            let p = de.unwrap().path();
+            let md = fs::symlink_metadata(&p).unwrap();
+            let ft = md.file_type();
+            let kind = if ft.is_dir() {
+                stack.push(p.clone());
+                'd'
+            } else if ft.is_symlink() {
+                'l'
+            } else if ft.is_file() {
+                'f'
+            } else {
+                'o'
+            };
+            let target = if kind == 'l' {
+                // supermin writes `..//x` for absolute targets; kiln `../x`.
+                let t = fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec();
+                let mut n: Vec<u8> = Vec::new();
+                for b in t {
+                    if !(b == b'/' && n.last() == Some(&b'/')) {
+                        n.push(b);
+                    }
+                }
+                n
+            } else {
+                Vec::new()
+            };
+            let rel = Path::new("/").join(p.strip_prefix(root).unwrap());
+            out.insert(
+                rel,
+                Info {
+                    kind,
+                    perm: md.mode() & 0o7777,
+                    uid: md.uid(),
+                    gid: md.gid(),
+                    mtime: md.mtime(),
+                    target,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Where a packaged host path lands in an appliance built from this host: its parent
+/// canonicalised (merged /usr), its own name kept.
+fn placed(p: &Path) -> Option<PathBuf> {
+    let parent = fs::canonicalize(p.parent()?).ok()?;
+    Some(parent.join(p.file_name()?))
+}
+
+fn package_paths(pkg: &str) -> BTreeSet<PathBuf> {
+    let info = Path::new("/var/lib/dpkg/info");
+    let list = fs::read(info.join(format!("{pkg}.list")))
+        .or_else(|_| fs::read(info.join(format!("{pkg}:amd64.list"))))
+        .unwrap_or_else(|e| panic!("{pkg}: {e}"));
+    let mut out = BTreeSet::new();
+    for l in list.split(|&b| b == b'\n').filter(|l| l.starts_with(b"/")) {
+        let p = PathBuf::from(std::ffi::OsStr::from_bytes(l));
+        if let Some(q) = placed(&p) {
+            for a in q.ancestors() {
+                out.insert(a.to_path_buf());
+            }
+        }
+    }
+    out
+}
+
+/// Resolve `path` inside a walked tree: every symlink component followed (relative to
+/// its directory, absolute ones from the tree's root), `..` clamped at `/`.
+fn resolve_in(tree: &BTreeMap<PathBuf, Info>, path: &Path, hops: &mut u32) -> PathBuf {
+    let mut cur = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            std::path::Component::RootDir | std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                cur.pop();
+            }
+            std::path::Component::Normal(n) => {
+                let next = cur.join(n);
+                match tree.get(&next) {
+                    Some(i) if i.kind == 'l' && *hops < 40 => {
+                        *hops += 1;
+                        let t = PathBuf::from(std::ffi::OsStr::from_bytes(&i.target));
+                        cur = resolve_in(tree, &cur.join(t), hops);
+                    }
+                    _ => cur = next,
+                }
+            }
+            std::path::Component::Prefix(_) => unreachable!(),
+        }
+    }
+    cur
+}
+
+#[test]
+fn chroot_matches_supermin_except_listed_improvements() {
+    if !Path::new(SUPERMIN_D).is_dir() {
+        panic!("{SUPERMIN_D} missing: run scripts/setup-host (libguestfs-tools)");
+    }
+    let t = tempfile::tempdir().unwrap();
+    let sm = t.path().join("supermin");
+    let kn = t.path().join("kiln");
+    let st = Command::new("supermin")
+        .args(["--build", "-f", "chroot", SUPERMIN_D, "-o"])
+        .arg(&sm)
+        .env("TMPDIR", t.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", "-f", "chroot", SUPERMIN_D, "-o"])
+        .arg(&kn)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let a = walk(&sm);
+    let b = walk(&kn);
+    assert!(
+        a.len() > 4000,
+        "supermin chroot has only {} entries",
+        a.len()
+    );
+
+    // Paths only in kiln: all from the extra packages (or their directories).
+    let mut allowed = BTreeSet::new();
+    for (pkg, _why) in EXTRA_PACKAGES {
+        allowed.extend(package_paths(pkg));
+    }
+    let only_kiln: Vec<&PathBuf> = b.keys().filter(|p| !a.contains_key(*p)).collect();
+    let unexplained: Vec<&&PathBuf> = only_kiln
+        .iter()
+        .filter(|p| !allowed.contains(**p))
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "only in kiln, unexplained: {unexplained:#?}"
+    );
+    // Each extra package really contributes something (the list is not stale).
+    for (pkg, why) in EXTRA_PACKAGES {
+        let theirs = package_paths(pkg);
+        assert!(
+            only_kiln.iter().any(|p| theirs.contains(*p)) || *pkg == "usr-is-merged",
+            "{pkg} ({why}) adds nothing any more: update EXTRA_PACKAGES"
+        );
+    }
+
+    // Paths only in supermin: none.
+    let only_supermin: Vec<&PathBuf> = a.keys().filter(|p| !b.contains_key(*p)).collect();
+    assert!(
+        only_supermin.is_empty(),
+        "only in supermin: {only_supermin:#?}"
+    );
+
+    // Common paths: same type, permissions, owner, symlink target; files: same bytes and
+    // mtime (directory and symlink times are not preserved by supermin's chroot).
+    let mut diffs = Vec::new();
+    let mut compared_bytes = 0u64;
+    for (p, x) in &a {
+        let y = &b[p];
+        // supermin turns an absolute target relative using the depth of the name the
+        // package lists (`/sbin/depmod`), kiln the depth where the link lands
+        // (`/usr/sbin/depmod`). The texts differ; kiln's must lead where the host's
+        // absolute target leads. supermin's sometimes leads elsewhere: `/lib/systemd/
+        // system/rc.service -> /dev/null` becomes `/usr/dev/null` in its tree.
+        let same_place = x.kind == 'l' && y.kind == 'l' && {
+            let host_target = fs::read_link(p).unwrap();
+            host_target.is_absolute()
+                && resolve_in(&b, p, &mut 0) == resolve_in(&b, &host_target, &mut 0)
+        };
+        if (x.kind, x.perm, x.uid, x.gid) != (y.kind, y.perm, y.uid, y.gid)
+            || (x.target != y.target && !same_place)
+        {
+            diffs.push(format!("{}: supermin {x:?} kiln {y:?}", p.display()));
+            continue;
+        }
+        if x.kind == 'f' {
+            if x.mtime != y.mtime {
+                diffs.push(format!(
+                    "{}: mtime supermin {} kiln {}",
+                    p.display(),
+                    x.mtime,
+                    y.mtime
+                ));
+            }
+            let rel = p.strip_prefix("/").unwrap();
+            let (da, db) = (
+                fs::read(sm.join(rel)).unwrap(),
+                fs::read(kn.join(rel)).unwrap(),
+            );
+            compared_bytes += da.len() as u64;
+            if da != db {
+                diffs.push(format!("{}: contents differ", p.display()));
+            }
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "{} differences:\n{}",
+        diffs.len(),
+        diffs.join("\n")
+    );
+    assert!(
+        compared_bytes > 100 << 20,
+        "only {compared_bytes} bytes compared"
+    );
+}

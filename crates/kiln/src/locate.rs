@@ -1,0 +1,340 @@
+//! Locate (and if needed build) the appliance a VM launcher should boot.
+//!
+//! The search path (`--path`, else `LIBGUESTFS_PATH`, else libguestfs's default
+//! directories) is split on `:` (an empty element means `.`). Each element is tried in
+//! order, and within it, as libguestfs does since 1.36:
+//! 1. a supermin appliance (`supermin.d/` with `base.tar.gz` and `packages`): its key is
+//!    computed and the cache hands out a pinned slot, building it first on a miss;
+//! 2. a fixed appliance (`README.fixed`, `kernel`, `initrd`, `root`): used as it is;
+//! 3. an old-style appliance (`vmlinuz.$cpu`, `initramfs.$cpu.img`): used as it is,
+//!    without a root disk.
+//!
+//! Nothing found is an error naming the whole search path. A failed build is an error
+//! too; later elements are not tried (libguestfs behaves the same).
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln_cache::{BuildError, BuildMeta, Cache, CacheError, GcPolicy, GetOptions, Key};
+
+use crate::key::{KeyError, KeyOptions, appliance_key};
+
+/// What [`locate`] can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum LocateError {
+    #[error(
+        "cannot find any suitable supermin, fixed or old-style appliance on the search path {path:?}; \
+         point --path or LIBGUESTFS_PATH at a directory holding supermin.d/ (with base.tar.gz and packages), \
+         a fixed appliance (README.fixed, kernel, initrd, root) or vmlinuz.{cpu} + initramfs.{cpu}.img"
+    )]
+    NotFound { path: OsString, cpu: String },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+/// What the caller asks a builder for.
+#[derive(Debug)]
+pub struct BuildRequest<'a> {
+    /// The `supermin.d` directory.
+    pub supermin_d: &'a Path,
+    pub key: &'a Key,
+    /// Host CPU, size, kernel overrides, … (the same options the key was made from).
+    pub options: &'a KeyOptions,
+}
+
+/// A builder: write `kernel`, `initrd` and `root` for the request into the directory.
+pub type BuildFn = dyn Fn(&BuildRequest<'_>, &Path) -> Result<BuildMeta, BuildError> + Send + Sync;
+
+/// Options of [`locate`]. `LocateOptions::default()` behaves like libguestfs: search
+/// `LIBGUESTFS_PATH`, cache under `LIBGUESTFS_CACHEDIR`/`TMPDIR`//var/tmp, pin to the
+/// calling process.
+#[derive(Clone, Default)]
+pub struct LocateOptions {
+    /// The search path; `None` means `LIBGUESTFS_PATH`, else [`default_path`].
+    pub path: Option<OsString>,
+    /// The cache root; `None` means [`kiln_cache::default_root`].
+    pub cachedir: Option<PathBuf>,
+    /// Pin to this process instead of the caller (see [`kiln_cache::GetOptions::pin_to`]).
+    pub pin_to: Option<u32>,
+    /// Rebuild even on a hit.
+    pub force_rebuild: bool,
+    /// Options that go into the key and the build.
+    pub key: KeyOptions,
+    /// Bounds of the opportunistic gc after locating; `None` means the default policy.
+    pub gc: Option<GcPolicy>,
+    /// The builder; `None` means [`default_builder`].
+    pub builder: Option<Arc<BuildFn>>,
+}
+
+impl std::fmt::Debug for LocateOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocateOptions")
+            .field("path", &self.path)
+            .field("cachedir", &self.cachedir)
+            .field("pin_to", &self.pin_to)
+            .field("force_rebuild", &self.force_rebuild)
+            .field("key", &self.key)
+            .field("gc", &self.gc)
+            .field("builder", &self.builder.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+/// Which kind of appliance was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplianceKind {
+    /// Built from `supermin.d` and handed out from the cache, pinned.
+    Supermin,
+    /// A fixed appliance, used in place.
+    Fixed,
+    /// An old-style kernel + initramfs, no root disk.
+    OldStyle,
+}
+
+/// A located appliance. For a supermin appliance the paths are per-process pins in the
+/// cache: they stay valid and belong to one build until the handle is dropped (or, with
+/// `pin_to`, until that process exits).
+#[derive(Debug)]
+pub struct Pinned {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    root: Option<PathBuf>,
+    root_uuid: Option<String>,
+    key: Option<Key>,
+    built: bool,
+    kind: ApplianceKind,
+    element: PathBuf,
+    pin: Option<kiln_cache::Pinned>,
+}
+
+impl Pinned {
+    pub fn kernel(&self) -> &Path {
+        &self.kernel
+    }
+    pub fn initrd(&self) -> &Path {
+        &self.initrd
+    }
+    /// The root disk; `None` for an old-style appliance.
+    pub fn root(&self) -> Option<&Path> {
+        self.root.as_deref()
+    }
+    /// The root filesystem's UUID (for `root=UUID=`), if the root is an ext filesystem.
+    pub fn root_uuid(&self) -> Option<&str> {
+        self.root_uuid.as_deref()
+    }
+    /// The cache key (supermin appliances only).
+    pub fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+    /// True if this call built the appliance.
+    pub fn built(&self) -> bool {
+        self.built
+    }
+    pub fn kind(&self) -> ApplianceKind {
+        self.kind
+    }
+    /// The search path element the appliance was found in.
+    pub fn element(&self) -> &Path {
+        &self.element
+    }
+    /// The cache pin, for supermin appliances.
+    pub fn cache_pin(&self) -> Option<&kiln_cache::Pinned> {
+        self.pin.as_ref()
+    }
+    /// Leave the pin in place after the handle is dropped (gc removes it once the
+    /// owning process has exited).
+    pub fn keep(mut self) {
+        if let Some(p) = self.pin.take() {
+            p.keep();
+        }
+    }
+}
+
+/// libguestfs's default appliance directories for this architecture, colon-separated.
+pub fn default_path() -> OsString {
+    let arch = std::env::consts::ARCH;
+    OsString::from(format!(
+        "/usr/lib/{arch}-linux-gnu/guestfs:/usr/lib64/guestfs:/usr/lib/guestfs"
+    ))
+}
+
+/// The search path `opts` resolves to.
+pub fn search_path(opts: &LocateOptions) -> OsString {
+    opts.path
+        .clone()
+        .or_else(|| std::env::var_os("LIBGUESTFS_PATH"))
+        .unwrap_or_else(default_path)
+}
+
+/// The elements of a search path; an empty element means the current directory.
+pub fn split_path(path: &OsStr) -> Vec<PathBuf> {
+    path.as_bytes()
+        .split(|&b| b == b':')
+        .map(|e| {
+            if e.is_empty() {
+                PathBuf::from(".")
+            } else {
+                PathBuf::from(OsStr::from_bytes(e))
+            }
+        })
+        .collect()
+}
+
+fn exists(dir: &Path, names: &[&str]) -> bool {
+    names.iter().all(|n| dir.join(n).exists())
+}
+
+/// Find the appliance on the search path; build and cache it if it is a supermin one.
+///
+/// ```no_run
+/// use kiln::locate::{LocateOptions, locate};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let appliance = locate(&LocateOptions::default())?;
+/// // Boot it: the three files stay exactly as they are until `appliance` is dropped.
+/// let mut qemu = std::process::Command::new("qemu-system-x86_64");
+/// qemu.arg("-kernel").arg(appliance.kernel()).arg("-initrd").arg(appliance.initrd());
+/// if let (Some(root), Some(uuid)) = (appliance.root(), appliance.root_uuid()) {
+///     qemu.arg("-drive")
+///         .arg(format!("file={},snapshot=on,format=raw,if=virtio", root.display()))
+///         .arg("-append")
+///         .arg(format!("root=UUID={uuid} console=ttyS0"));
+/// }
+/// # Ok(()) }
+/// ```
+pub fn locate(opts: &LocateOptions) -> Result<Pinned, LocateError> {
+    let path = search_path(opts);
+    let cpu = &opts.key.host_cpu;
+    for element in split_path(&path) {
+        let supermin_d = element.join("supermin.d");
+        if exists(&supermin_d, &["base.tar.gz", "packages"]) {
+            return locate_supermin(opts, &element, &supermin_d);
+        }
+        if exists(&element, &["README.fixed", "kernel", "initrd", "root"]) {
+            let root = element.join("root");
+            let root_uuid = std::fs::File::open(&root)
+                .ok()
+                .and_then(|f| kiln_cache::ext_uuid(&f).ok().flatten());
+            return Ok(Pinned {
+                kernel: element.join("kernel"),
+                initrd: element.join("initrd"),
+                root: Some(root),
+                root_uuid,
+                key: None,
+                built: false,
+                kind: ApplianceKind::Fixed,
+                element,
+                pin: None,
+            });
+        }
+        let (k, i) = (format!("vmlinuz.{cpu}"), format!("initramfs.{cpu}.img"));
+        if exists(&element, &[&k, &i]) {
+            return Ok(Pinned {
+                kernel: element.join(k),
+                initrd: element.join(i),
+                root: None,
+                root_uuid: None,
+                key: None,
+                built: false,
+                kind: ApplianceKind::OldStyle,
+                element,
+                pin: None,
+            });
+        }
+    }
+    Err(LocateError::NotFound {
+        path,
+        cpu: cpu.clone(),
+    })
+}
+
+fn locate_supermin(
+    opts: &LocateOptions,
+    element: &Path,
+    supermin_d: &Path,
+) -> Result<Pinned, LocateError> {
+    let key = appliance_key(supermin_d, &opts.key)?;
+    let cache = match &opts.cachedir {
+        Some(d) => Cache::open(d)?,
+        None => Cache::open_default()?,
+    };
+    let get = GetOptions {
+        pin_to: opts.pin_to,
+        force_rebuild: opts.force_rebuild,
+        gc: Some(opts.gc.clone().unwrap_or_default()),
+    };
+    let builder = opts.builder.clone().unwrap_or_else(default_builder);
+    let req = BuildRequest {
+        supermin_d,
+        key: &key,
+        options: &opts.key,
+    };
+    let pin = cache.get_or_build(&key, &get, |dir| builder(&req, dir))?;
+    Ok(Pinned {
+        kernel: pin.kernel().to_path_buf(),
+        initrd: pin.initrd().to_path_buf(),
+        root: Some(pin.root().to_path_buf()),
+        root_uuid: pin.root_uuid().map(str::to_owned),
+        key: Some(key),
+        built: pin.built(),
+        kind: ApplianceKind::Supermin,
+        element: element.to_path_buf(),
+        pin: Some(pin),
+    })
+}
+
+/// The builder used when [`LocateOptions::builder`] is `None`.
+///
+/// TODO(merge): switch to kiln's own build pipeline once it is on main; until then
+/// this runs supermin (`KILN_SUPERMIN`, else `/usr/bin/supermin`) into the slot.
+pub fn default_builder() -> Arc<BuildFn> {
+    let program = std::env::var_os("KILN_SUPERMIN")
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/supermin"));
+    supermin_builder(program)
+}
+
+/// A builder that runs `supermin --build -f ext2 --copy-kernel` and moves its output
+/// into the slot directory.
+pub fn supermin_builder(program: PathBuf) -> Arc<BuildFn> {
+    Arc::new(
+        move |req: &BuildRequest<'_>, dir: &Path| -> Result<BuildMeta, BuildError> {
+            let out = dir.join("supermin.out");
+            let mut cmd = std::process::Command::new(&program);
+            cmd.args(["--build", "-f", "ext2", "--copy-kernel", "--host-cpu"])
+                .arg(&req.options.host_cpu);
+            if let Some(size) = req.options.size {
+                cmd.arg("--size").arg(format!("{size}b"));
+            }
+            cmd.arg(req.supermin_d).arg("-o").arg(&out);
+            let k = &req.options.kernel;
+            for (var, v) in [
+                ("SUPERMIN_KERNEL", &k.kernel),
+                ("SUPERMIN_KERNEL_VERSION", &k.version),
+                ("SUPERMIN_MODULES", &k.modules),
+            ] {
+                match v {
+                    Some(v) => cmd.env(var, v),
+                    None => cmd.env_remove(var),
+                };
+            }
+            let status = cmd
+                .status()
+                .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+            if !status.success() {
+                return Err(format!("{} --build failed ({status})", program.display()).into());
+            }
+            for f in ["kernel", "initrd", "root"] {
+                std::fs::rename(out.join(f), dir.join(f))
+                    .map_err(|e| format!("{}: {e}", out.join(f).display()))?;
+            }
+            std::fs::remove_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            Ok(BuildMeta::default())
+        },
+    )
+}
