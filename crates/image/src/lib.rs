@@ -245,6 +245,14 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Test hook run once a source file is open and its size checked, before its data
+    /// is copied (only seen by copies on the calling thread: use `threads: 1`).
+    static AFTER_OPEN: std::cell::RefCell<Option<Box<dyn FnOnce(&Path)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Write `set` as an ext2 image at `path` (replacing any file there).
 ///
 /// The image is built in a temporary file in `path`'s directory and renamed into place
@@ -696,6 +704,47 @@ mod tests {
         );
         assert!(err.to_string().contains("changed during the build"));
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn source_shrinking_while_copied_is_an_error() {
+        for fallback in [false, true] {
+            let src = tempfile::tempdir().unwrap();
+            let victim = src.path().join("victim");
+            std::fs::write(&victim, vec![1u8; 100_000]).unwrap();
+            let mut entries = kiln_fileset::scan::scan_tree(src.path(), Path::new("/")).unwrap();
+            entries[0].meta = Meta::new(0o755);
+            let set = FileSet::new(entries).unwrap();
+            AFTER_OPEN.with(|h| {
+                *h.borrow_mut() = Some(Box::new(|p: &Path| {
+                    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+                    f.set_len(50_000).unwrap();
+                }))
+            });
+            // Output on tmpfs: copy_file_range gives EXDEV, the fallback reads.
+            let out = if fallback {
+                tempfile::tempdir_in("/dev/shm").unwrap()
+            } else {
+                tempfile::tempdir_in(src.path()).unwrap()
+            };
+            let opts = ImageOptions {
+                threads: 1,
+                ..ImageOptions::default()
+            };
+            let err = write_image(&set, &out.path().join("root"), &opts).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ImageError::SourceChanged {
+                        found: Some(50_000),
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(err.to_string().contains(victim.to_str().unwrap()), "{err}");
+            assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+        }
     }
 
     #[test]
