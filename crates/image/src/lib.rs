@@ -246,10 +246,13 @@ thread_local! {
 }
 
 #[cfg(test)]
+type PathHook = Option<Box<dyn FnOnce(&Path)>>;
+
+#[cfg(test)]
 thread_local! {
     /// Test hook run once a source file is open and its size checked, before its data
     /// is copied (only seen by copies on the calling thread: use `threads: 1`).
-    static AFTER_OPEN: std::cell::RefCell<Option<Box<dyn FnOnce(&Path)>>> =
+    static AFTER_OPEN: std::cell::RefCell<PathHook> =
         const { std::cell::RefCell::new(None) };
 }
 
