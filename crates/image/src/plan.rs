@@ -340,7 +340,9 @@ pub fn plan<'a>(
     lost_found_meta: &'a Meta,
 ) -> Result<Plan<'a>, ImageError> {
     let entries = set.entries();
-    let root = entries.first().ok_or(ImageError::LostFound)?;
+    let root = entries
+        .first()
+        .ok_or(ImageError::Internal("file set without a root"))?;
     let mut nodes: Vec<Node<'a>> = Vec::with_capacity(entries.len() + 1);
     let mut children: Vec<Vec<DirEnt<'a>>> = Vec::with_capacity(entries.len() + 1);
     let mut parent_ino: Vec<u32> = Vec::with_capacity(entries.len() + 1);
