@@ -385,11 +385,15 @@ impl Cache {
         meta: SlotMeta,
         built: bool,
     ) -> Result<Pinned> {
+        let mut tries = 0;
         let (pin_name, pin_fd) = loop {
             let name = format!("{PIN}{}-{}-{}-{key}", owner.pid, owner.start, next_seq());
+            tries += 1;
             match fsx::make_dir(self.fd(), &name, 0o755) {
                 Ok(fd) => break (name, fd),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                // NotFound: gc removed it at once, so the owner has just exited.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 10_000 => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 100 => continue,
                 Err(e) => return Err(CacheError::io(self.path.join(&name), "mkdir", e)),
             }
         };
@@ -397,7 +401,15 @@ impl Cache {
         let res = (|| {
             for (i, f) in FILES.iter().enumerate() {
                 rustix::fs::linkat(slot, *f, &pin_fd, *f, AtFlags::empty())
-                    .map_err(|e| CacheError::io(pin_path.join(f), "link", e))?;
+                    .map_err(|e| {
+                        let op = match e {
+                            Errno::PERM | Errno::OPNOTSUPP | Errno::MLINK => {
+                                "hard link (the cache needs a filesystem with hard links: set --cachedir or LIBGUESTFS_CACHEDIR)"
+                            }
+                            _ => "hard link",
+                        };
+                        CacheError::io(pin_path.join(f), op, e)
+                    })?;
                 if i == 0 {
                     fault("pin-partial");
                 }
@@ -434,7 +446,7 @@ impl Cache {
 
     /// Take the exclusive build lock of `key`; if someone holds it, say whom we wait
     /// for and wait. Returns the lock and the PID waited for.
-    fn lock_build(&self, key: &Key) -> Result<(File, Option<u32>)> {
+    fn lock_build(&self, key: &Key) -> Result<(BuildLock, Option<u32>)> {
         let name = format!("{LOCK}{key}");
         let path = self.path.join(&name);
         let mut waited = None;
@@ -461,7 +473,15 @@ impl Cache {
             match f.try_lock() {
                 Ok(()) => {}
                 Err(std::fs::TryLockError::WouldBlock) => {
-                    let holder = read_holder(&f);
+                    // The holder writes its PID just after locking; give it a moment.
+                    let mut holder = read_holder(&f);
+                    for _ in 0..100 {
+                        if holder.is_some() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                        holder = read_holder(&f);
+                    }
                     match holder {
                         Some(pid) => tracing::info!("waiting for PID {pid} building {key}"),
                         None => tracing::info!("waiting for another process building {key}"),
@@ -482,7 +502,7 @@ impl Cache {
             let line = format!("{} {me}\n", std::process::id());
             let _ = f.set_len(0);
             let _ = f.write_all_at(line.as_bytes(), 0);
-            return Ok((f, waited));
+            return Ok((BuildLock(f), waited));
         }
     }
 
@@ -493,7 +513,15 @@ impl Cache {
             let name = format!("{TMP}{key}-{}-{}", std::process::id(), next_seq());
             let fd = match fsx::make_dir(self.fd(), &name, 0o700) {
                 Ok(fd) => fd,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                // NotFound: a racing gc took it for debris before we locked it.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::AlreadyExists | io::ErrorKind::NotFound
+                    ) =>
+                {
+                    continue;
+                }
                 Err(e) => return Err(CacheError::io(self.path.join(&name), "mkdir", e)),
             };
             let f = File::from(fd);
@@ -542,9 +570,21 @@ impl Cache {
             }
         };
         fault("before-publish");
-        self.publish(key, &tmp_name)?;
+        let replaced = match self.publish(key, &tmp_name) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = fsx::remove_tree(self.fd(), pinned.pin_name());
+                let _ = fsx::remove_tree(self.fd(), &tmp_name);
+                return Err(e);
+            }
+        };
         fault("after-publish");
+        // Let readers at the new slot before clearing away the old one.
         drop(tmp);
+        if replaced {
+            // After RENAME_EXCHANGE `tmp_name` names the old slot.
+            self.discard(&tmp_name);
+        }
         Ok(pinned)
     }
 
@@ -622,18 +662,19 @@ impl Cache {
     /// Make the private directory the slot of `key` with one rename. If a slot is
     /// already there (forced rebuild, or a broken slot) swap them atomically with
     /// `RENAME_EXCHANGE` and delete the old one once no reader is pinning from it.
-    fn publish(&self, key: &Key, tmp_name: &str) -> Result<()> {
+    /// Returns true when an old slot was swapped out to `tmp_name` (to be discarded).
+    fn publish(&self, key: &Key, tmp_name: &str) -> Result<bool> {
         let slot_name = format!("{SLOT}{key}");
         let slot_path = self.path.join(&slot_name);
         let d = self.fd();
         match rustix::fs::renameat_with(d, tmp_name, d, &slot_name, RenameFlags::NOREPLACE) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(false),
             Err(Errno::EXIST) | Err(Errno::NOTEMPTY) => {}
             Err(Errno::INVAL) => {
                 // No RENAME_NOREPLACE here; we hold the build lock, and renaming a
                 // directory over a non-empty one fails anyway.
                 match rustix::fs::renameat(d, tmp_name, d, &slot_name) {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => return Ok(false),
                     Err(Errno::EXIST) | Err(Errno::NOTEMPTY) => {}
                     Err(e) => return Err(CacheError::io(&slot_path, "rename", e)),
                 }
@@ -643,9 +684,7 @@ impl Cache {
         match rustix::fs::renameat_with(d, tmp_name, d, &slot_name, RenameFlags::EXCHANGE) {
             Ok(()) => {
                 fault("after-exchange");
-                // `tmp_name` now names the old slot.
-                self.discard(tmp_name);
-                Ok(())
+                Ok(true)
             }
             Err(Errno::INVAL) => {
                 // No RENAME_EXCHANGE (e.g. some overlayfs): move the old slot aside
@@ -662,7 +701,7 @@ impl Cache {
                 rustix::fs::renameat(d, tmp_name, d, &slot_name)
                     .map_err(|e| CacheError::io(&slot_path, "rename", e))?;
                 let _ = fsx::remove_tree(d, &trash);
-                Ok(())
+                Ok(false)
             }
             Err(e) => Err(CacheError::io(&slot_path, "rename", e)),
         }
@@ -730,6 +769,16 @@ pub(crate) fn read_holder(f: &File) -> Option<u32> {
     let n = f.read_at(&mut buf, 0).ok()?;
     let text = std::str::from_utf8(&buf[..n]).ok()?;
     text.split_ascii_whitespace().next()?.parse().ok()
+}
+
+/// The held build lock; its PID record is cleared on release so a later waiter never
+/// names a builder that has finished.
+struct BuildLock(File);
+
+impl Drop for BuildLock {
+    fn drop(&mut self) {
+        let _ = self.0.set_len(0);
+    }
 }
 
 enum Probe {

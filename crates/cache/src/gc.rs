@@ -97,13 +97,28 @@ fn private_key(name: &str) -> Option<&str> {
     rest.split('-').next()
 }
 
+/// Start times of processes, read once per gc however many pins a process holds.
+#[derive(Default)]
+struct Alive(HashMap<u32, Option<u64>>);
+
+impl Alive {
+    fn check(&mut self, p: &ProcessId) -> bool {
+        *self
+            .0
+            .entry(p.pid)
+            .or_insert_with(|| crate::proc::process_start_time(p.pid))
+            == Some(p.start)
+    }
+}
+
 impl Cache {
     /// Live pins by key: PIDs.
     fn live_pins(&self, names: &[String]) -> HashMap<Key, Vec<u32>> {
+        let mut alive = Alive::default();
         let mut out: HashMap<Key, Vec<u32>> = HashMap::new();
         for n in names {
             if let Some((owner, key)) = parse_pin(n)
-                && owner.is_alive()
+                && alive.check(&owner)
             {
                 out.entry(key).or_default().push(owner.pid);
             }

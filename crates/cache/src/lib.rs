@@ -17,6 +17,10 @@
 //!
 //! Other names (libguestfs's own `appliance.d`, `lock`, …) are left alone.
 //!
+//! For the crash tests, `KILN_CACHE_CRASH_AT=<step>` makes the process SIGKILL itself at
+//! that step of a build, publish or gc (`after-build`, `before-pin`, `pin-partial`,
+//! `before-publish`, `after-publish`, `after-exchange`, `gc-after-rename`).
+//!
 //! # Invariants
 //!
 //! 1. A pin's three files come from one build: they are linked from one directory

@@ -359,3 +359,44 @@ fn pin_with_a_reused_pid_is_dead() {
     assert!(!stale.exists());
     assert!(live.exists());
 }
+
+/// A setuid caller (real UID root, effective UID 65534): the cache directory is named
+/// after, owned by and checked against the effective UID, and so is everything in it.
+#[test]
+fn setuid_caller_uses_the_effective_uid() {
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!("skipped: needs root to make a setuid binary");
+        return;
+    }
+    let bin_dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(bin_dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = bin_dir.path().join("helper");
+    fs::copy(std::env::current_exe().unwrap(), &bin).unwrap();
+    std::os::unix::fs::chown(&bin, Some(65534), Some(65534)).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o4755)).unwrap();
+    // A shared, sticky root like /var/tmp.
+    let root = tempfile::tempdir().unwrap();
+    fs::set_permissions(root.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["--exact", "helper", "--nocapture", "--test-threads=1", "-q"])
+        .env("KILN_CACHE_HELPER", "get")
+        .env("KILN_T_ROOT", root.path())
+        .env("KILN_T_KEY", "5e701d")
+        .env("KILN_T_HOLD_MS", "0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = root.path().join(".guestfs-65534");
+    assert!(!root.path().join(".guestfs-0").exists());
+    for p in [
+        dir.clone(),
+        dir.join("slot-5e701d"),
+        dir.join("slot-5e701d/root"),
+    ] {
+        assert_eq!(fs::metadata(&p).unwrap().uid(), 65534, "{p:?}");
+    }
+}

@@ -136,9 +136,12 @@ fn stress_rebuilds_and_gc_never_mix_a_triple_or_lose_a_pin() {
         std::thread::sleep(Duration::from_millis(50));
     }
     stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().unwrap();
-    }
+    // Join them all before failing, so the cache is not deleted under running threads.
+    let results: Vec<_> = threads.into_iter().map(|t| t.join()).collect();
+    assert!(
+        results.iter().all(|r| r.is_ok()),
+        "a thread failed (see above)"
+    );
     eprintln!(
         "{} rebuilds, {} pins",
         rebuilds.load(Ordering::Relaxed),

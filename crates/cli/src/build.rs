@@ -11,7 +11,7 @@ pub enum FormatArg {
     /// A directory tree (also accepted as `fs` and `filesystem`, as supermin does).
     #[value(alias = "fs", alias = "filesystem")]
     Chroot,
-    /// A bootable appliance: OUT/kernel, OUT/initrd and the ext2 image OUT/root.
+    /// A bootable appliance: OUT/kernel, OUT/initrd and OUT/root (ext2 image).
     Ext2,
 }
 
@@ -21,8 +21,10 @@ pub enum FormatArg {
 /// names) or a single input file. Files are recognised by content, optionally gzip-,
 /// xz- or zstd-compressed: a tar archive is a base image; a list whose first line starts
 /// with `/` lists host file globs, with `-` exclude patterns, with a letter or digit
-/// package names. Packages are resolved with their dependencies from the host's dpkg
-/// database.
+/// package names; after the first line, empty lines and `#` comments are ignored.
+/// Packages are resolved with their dependencies from the host's dpkg database; names
+/// that are not installed, and host files this user cannot read, are reported on stderr
+/// and left out.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  kiln build -v -f chroot /usr/lib/x86_64-linux-gnu/guestfs/supermin.d -o /tmp/appliance\n  kiln build -f ext2 examples/hello/supermin.d -o /tmp/hello && kiln boot /tmp/hello"
@@ -40,17 +42,22 @@ pub struct Args {
     #[arg(long)]
     include_packagelist: bool,
 
-    /// ext2: copy the kernel into OUT/kernel instead of symlinking it.
+    /// ext2: size of the root image, as supermin: a number with a suffix b, K, M or G
+    /// (`4G`, `512M`, `10737418240b`). The file is sparse.
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
+    size: u64,
+
+    /// ext2: the CPU architecture whose kernel to pick (default: this machine's).
+    #[arg(long, value_name = "ARCH")]
+    host_cpu: Option<String>,
+
+    /// ext2: copy the kernel into OUT instead of symlinking it.
     #[arg(long)]
     copy_kernel: bool,
 
-    /// ext2: host CPU architecture whose kernels are preferred in /boot.
-    #[arg(long, value_name = "ARCH", default_value = std::env::consts::ARCH)]
-    host_cpu: String,
-
-    /// ext2: size of the root image, e.g. 4G or 512M (default 4G, sparse).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    size: Option<u64>,
+    /// Print a summary of the build as JSON on stdout (see the README for the fields).
+    #[arg(long)]
+    json: bool,
 
     /// Stop after resolving the file set (nothing is written); for benchmarks.
     #[arg(long, hide = true)]
@@ -65,6 +72,17 @@ pub struct Args {
     inputs: Vec<PathBuf>,
 }
 
+fn parse_size(s: &str) -> Result<u64, String> {
+    kiln_image::parse_size(s).map_err(|e| e.to_string())
+}
+
+impl Args {
+    /// True when `--json` was given (no progress display then).
+    pub fn json(&self) -> bool {
+        self.json
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let format = match args.format {
         FormatArg::Chroot => kiln::Format::Chroot,
@@ -74,13 +92,44 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     opts.include_packagelist = args.include_packagelist;
     opts.resolve_only = args.resolve_only;
     opts.dpkg_root = args.dpkg_root;
-    opts.copy_kernel = args.copy_kernel;
-    opts.host_cpu = args.host_cpu;
     opts.size = args.size;
-    kiln::build(&opts).with_context(|| format!("building {}", opts.output.display()))?;
+    opts.copy_kernel = args.copy_kernel;
+    if let Some(cpu) = args.host_cpu {
+        opts.host_cpu = cpu;
+    }
+    let started = std::time::Instant::now();
+    let report =
+        kiln::build(&opts).with_context(|| format!("building {}", opts.output.display()))?;
+    if args.json {
+        println!(
+            "{}",
+            summary(&opts, &report, started.elapsed().as_secs_f64())
+        );
+    }
     Ok(())
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    kiln_image::parse_size(s).map_err(|e| e.to_string())
+/// The `--json` summary; field names are documented in the README and stable.
+fn summary(opts: &kiln::BuildOptions, r: &kiln::BuildReport, seconds: f64) -> serde_json::Value {
+    let ap = r.appliance.as_ref();
+    serde_json::json!({
+        "format": match opts.format {
+            kiln::Format::Chroot => "chroot",
+            kiln::Format::Ext2 => "ext2",
+        },
+        "output": opts.output,
+        "written": !opts.resolve_only,
+        "packages": r.packages.len(),
+        "entries": r.entries,
+        "content_bytes": r.content_bytes,
+        "kernel": ap.map(|a| &a.kernel),
+        "kernel_version": ap.map(|a| &a.kernel_version),
+        "root_uuid": ap.map(|a| &a.root_uuid),
+        "root_blocks_used": ap.map(|a| a.image.blocks_used),
+        "root_inodes_used": ap.map(|a| a.image.inodes_used),
+        "root_size": ap.map(|a| a.image.size),
+        "initrd_modules": ap.map(|a| a.initrd_modules.len()),
+        "initrd_bytes": ap.map(|a| a.initrd_bytes),
+        "seconds": seconds,
+    })
 }

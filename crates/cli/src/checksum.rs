@@ -20,6 +20,10 @@ pub struct Args {
     /// Size of the root filesystem image (e.g. 4G).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     size: Option<u64>,
+
+    /// Print `{"key": …, "supermin_d": …}` as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -28,6 +32,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         size: args.size,
         ..Default::default()
     };
-    println!("{}", kiln::key::appliance_key(&args.supermin_d, &opts)?);
+    let key = kiln::key::appliance_key(&args.supermin_d, &opts)?;
+    if args.json {
+        let v = serde_json::json!({ "key": key.as_str(), "supermin_d": args.supermin_d });
+        println!("{v}");
+    } else {
+        println!("{key}");
+    }
     Ok(())
 }

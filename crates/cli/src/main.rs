@@ -2,6 +2,7 @@
 //! subcommand. Errors are printed with their full context and exit with status 1.
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -12,7 +13,11 @@ mod cache_ls;
 mod checksum;
 mod gc;
 mod locate;
+mod prepare;
+mod progress;
 mod size;
+mod supermin;
+mod supermin_args;
 
 /// Build, cache and boot VM appliances made from the host's own files.
 #[derive(Debug, Parser)]
@@ -35,12 +40,28 @@ enum Command {
     Gc(gc::Args),
     Checksum(checksum::Args),
     Cache(cache_ls::Args),
+    Prepare(prepare::Args),
+    /// Run kiln's supermin-compatible front end: `kiln supermin --build ...` behaves as
+    /// `supermin --build ...` (also used when kiln is invoked under the name `supermin`).
+    #[command(disable_help_flag = true)]
+    Supermin {
+        /// supermin 5 arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Timestamped (time since start), uncoloured unless stderr is a terminal. `KILN_LOG`
 /// (tracing filter syntax) overrides the level chosen by -v. The cache's notices
 /// ("building …", "waiting for PID N building …") are shown by default.
-fn init_logging(verbose: u8) {
+pub(crate) fn init_logging(verbose: u8) {
+    init_logging_with(verbose, false);
+}
+
+/// As [`init_logging`]; with `progress`, also the terminal progress line
+/// ([`progress`]), when stderr is a terminal and `verbose` is 0.
+fn init_logging_with(verbose: u8, progress: bool) {
+    use tracing_subscriber::prelude::*;
     let level = match verbose {
         0 => "warn,kiln_cache=info",
         1 => "info",
@@ -49,18 +70,36 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_timer(tracing_subscriber::fmt::time::uptime())
         .with_target(false)
-        .init();
+        .with_filter(filter);
+    let bar = (progress && verbose == 0 && std::io::stderr().is_terminal())
+        .then(|| progress::layer().with_filter(tracing_subscriber::filter::LevelFilter::INFO));
+    tracing_subscriber::registry().with(fmt).with(bar).init();
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let invoked_as = argv
+        .first()
+        .map(|a| Path::new(a).file_name().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    if invoked_as == "supermin" {
+        return exit(supermin::main(argv[1..].to_vec()));
+    }
+    if argv.get(1).map(String::as_str) == Some("supermin") {
+        return exit(supermin::main(argv[2..].to_vec()));
+    }
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    let progress = match &cli.command {
+        Command::Build(a) => !a.json(),
+        Command::Prepare(_) => true,
+        _ => false,
+    };
+    init_logging_with(cli.verbose, progress);
     let result = match cli.command {
         Command::Build(args) => build::run(args),
         Command::Boot(args) => match boot::run(args) {
@@ -71,7 +110,10 @@ fn main() -> ExitCode {
         Command::Gc(args) => gc::run(args),
         Command::Checksum(args) => checksum::run(args),
         Command::Cache(args) => cache_ls::run(args),
+        Command::Prepare(args) => prepare::run(args),
+        Command::Supermin { args } => return exit(supermin::main(args)),
     };
+    progress::finish();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -83,7 +125,7 @@ fn main() -> ExitCode {
 
 /// The error and its causes on one line, skipping causes whose text the message already
 /// contains (library errors often include their source's text).
-fn message(e: &anyhow::Error) -> String {
+pub(crate) fn message(e: &anyhow::Error) -> String {
     let mut msg = String::new();
     for cause in e.chain() {
         let c = cause.to_string();
@@ -96,4 +138,8 @@ fn message(e: &anyhow::Error) -> String {
         msg.push_str(&c);
     }
     msg
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

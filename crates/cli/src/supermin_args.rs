@@ -180,12 +180,13 @@ pub fn parse(argv: &[String]) -> Parsed {
         if !takes_value && !known_flag {
             return syntax(format!("unknown option '{arg}'."));
         }
-        if known_flag && name != "--dtb" {
-            if let Some(v) = &inline {
-                return syntax(format!(
-                    "wrong argument '{v}'; option '{arg}' expects no argument."
-                ));
-            }
+        if known_flag
+            && name != "--dtb"
+            && let Some(v) = &inline
+        {
+            return syntax(format!(
+                "wrong argument '{v}'; option '{arg}' expects no argument."
+            ));
         }
         let value = if takes_value || name == "--dtb" {
             match inline {

@@ -174,3 +174,53 @@ fn errors_are_clear_and_exit_non_zero() {
     ]);
     assert_eq!(out.status.code(), Some(2), "bad size is a usage error");
 }
+
+#[test]
+fn fixed_and_old_style_appliances_are_printed_as_they_are() {
+    let t = tempfile::tempdir().unwrap();
+    let fixed = t.path().join("fixed");
+    std::fs::create_dir(&fixed).unwrap();
+    for f in ["README.fixed", "kernel", "initrd", "root"] {
+        std::fs::write(fixed.join(f), f).unwrap();
+    }
+    let old = t.path().join("old");
+    std::fs::create_dir(&old).unwrap();
+    let cpu = std::env::consts::ARCH;
+    std::fs::write(old.join(format!("vmlinuz.{cpu}")), "k").unwrap();
+    std::fs::write(old.join(format!("initramfs.{cpu}.img")), "i").unwrap();
+    let cachedir = t.path().to_str().unwrap();
+
+    let out = kiln(&[
+        "locate",
+        "--path",
+        fixed.to_str().unwrap(),
+        "--cachedir",
+        cachedir,
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let f = |n: &str| fixed.join(n).display().to_string();
+    assert_eq!(
+        text,
+        format!("{}\n{}\n{}\n", f("kernel"), f("initrd"), f("root"))
+    );
+
+    let path = format!("{}:{}", t.path().join("empty").display(), old.display());
+    let out = kiln(&["locate", "--path", &path, "--cachedir", cachedir, "--json"]);
+    assert!(out.status.success());
+    let v = json(&out.stdout);
+    assert_eq!(
+        v["kernel"],
+        old.join(format!("vmlinuz.{cpu}")).display().to_string()
+    );
+    assert_eq!(v["root"], serde_json::Value::Null);
+    assert_eq!(v["root_uuid"], serde_json::Value::Null);
+    assert_eq!(v["key"], serde_json::Value::Null);
+    assert_eq!(v["built"], false);
+    // No cache was needed, so none was made.
+    assert!(
+        !t.path()
+            .join(format!(".guestfs-{}", rustix::process::geteuid().as_raw()))
+            .exists()
+    );
+}

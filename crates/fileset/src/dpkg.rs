@@ -426,4 +426,4 @@ fn parse_diversions(data: &str) -> HashMap<PathBuf, Diversion> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -2,11 +2,26 @@
 //! sorted list of entries of the appliance root ([`FileSet`]), and write a file set out
 //! as a directory tree ([`chroot`]).
 //!
-//! The types in [`entry`] are the contract with the writers that follow (chroot, ext2);
-//! [`scan`] reads host objects into entries; [`dpkg`] reads the package database;
-//! [`pattern`] wraps glob(3)/fnmatch(3); [`munge`] is supermin's parent/symlink
-//! completion; [`builder`] merges base images and host entries; [`resolve`] is the whole
-//! stage.
+//! Modules: [`entry`] holds the types that are the contract with the writers that follow
+//! (chroot, ext2); [`scan`] reads host objects into entries; [`dpkg`] reads the package
+//! database by hand (status, `info/*.list`, diversions; the root is configurable for
+//! tests); [`pattern`] wraps glob(3)/fnmatch(3) with supermin's flags; [`munge`] is
+//! supermin's parent/symlink completion, in-process; [`builder`] merges base images and
+//! host entries into one tree, resolving paths through the set's own symlinks;
+//! [`mod@resolve`] runs the whole stage with supermin's counts; [`chroot`] writes a set.
+//!
+//! Invariants and choices (details in each module):
+//! - the output is a valid [`FileSet`]: sorted, unique, parents are directories, hard
+//!   links name earlier files; the same inputs on the same host give the same set;
+//! - nothing is read through a shell or an external program; no host path outside the
+//!   package lists, hostfiles globs and (later) added trees is ever looked at;
+//! - the root `/` is 0755, 0:0, time 0 (a tarball's own `./` entry is ignored);
+//! - directory metadata: a host directory's metadata wins over a base image's (supermin
+//!   chroot behaviour; its ext2 output keeps the tarball's, see [`builder`]);
+//! - hard links: host files sharing an inode stay hard links; tarball hard links become
+//!   separate files with the same bytes;
+//! - unreadable host files are left out with a warning naming them, never written as
+//!   empty files; packages that are not installed are warned about and ignored.
 
 pub mod builder;
 pub mod chroot;

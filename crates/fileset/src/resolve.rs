@@ -357,3 +357,138 @@ pub fn packagelist(packages: &[String]) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_inputs::{Line, Member};
+    use std::os::unix::fs::symlink;
+    use std::sync::Arc;
+
+    fn origin() -> Origin {
+        Origin {
+            file: "test".into(),
+            line: 1,
+        }
+    }
+
+    /// A host tree in a temp dir, a dpkg root whose lists name its files, and a base
+    /// image: every step of the stage, checked on the resulting set.
+    #[test]
+    fn resolves_packages_excludes_hostfiles_diversions_and_base_images() {
+        let host = tempfile::tempdir().unwrap();
+        let h = fs::canonicalize(host.path()).unwrap();
+        let hs = h.display().to_string();
+        for d in ["usr/bin", "usr/share/doc/app", "etc/app", "opt"] {
+            fs::create_dir_all(h.join(d)).unwrap();
+        }
+        fs::write(h.join("usr/bin/app"), b"app").unwrap();
+        fs::write(h.join("usr/bin/tool.real"), b"diverted").unwrap();
+        fs::write(h.join("usr/share/doc/app/README"), b"doc").unwrap();
+        fs::write(h.join("etc/app/app.conf"), b"conf").unwrap();
+        fs::write(h.join("opt/.hidden"), b"h").unwrap();
+        fs::write(h.join("opt/visible"), b"v").unwrap();
+        symlink("usr/bin", h.join("bin")).unwrap();
+        let list = format!(
+            "/.\n{hs}\n{hs}/bin\n{hs}/bin/app\n{hs}/usr/bin/tool\n{hs}/usr/share/doc\n{hs}/usr/share/doc/app/README\n\
+             {hs}/etc/app/app.conf\n{hs}/gone\n"
+        );
+        // The conf file is a dpkg conffile (outside /etc here, so only that rule drops it).
+        let status = format!(
+            "Package: app\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n\
+             Conffiles:\n {hs}/etc/app/app.conf 0123456789abcdef\n"
+        );
+        let diversions = format!("{hs}/usr/bin/tool\n{hs}/usr/bin/tool.real\nother\n");
+        let root = crate::dpkg::tests::fake_root(&status, &[("app", &list)], &diversions);
+
+        let line = |v: &str| Line {
+            value: v.to_string(),
+            origin: origin(),
+        };
+        let inputs = Inputs {
+            packages: vec![line("app"), line("missing-pkg")],
+            excludes: vec![Line {
+                value: format!("{hs}/usr/share/doc/*").into_bytes(),
+                origin: origin(),
+            }],
+            hostfiles: vec![Line {
+                value: h.join("opt/*"),
+                origin: origin(),
+            }],
+            base_images: vec![BaseImage {
+                source: "base.tar".into(),
+                members: vec![Member {
+                    path: h.join("etc/app/app.conf"),
+                    kind: MemberKind::File(Arc::from(&b"from base"[..])),
+                    perm: 0o600,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 7,
+                }],
+            }],
+            ..Inputs::default()
+        };
+        let r = resolve(
+            &inputs,
+            &Options {
+                dpkg_root: root.path().to_path_buf(),
+            },
+        )
+        .unwrap();
+        assert_eq!(r.packages, ["app_1_amd64"]);
+        assert_eq!(r.counts.missing_packages, 1);
+        // Listed: the root dir, bin, bin/app, tool, doc, README, gone (conf: dropped).
+        assert_eq!(r.counts.files, 7);
+        assert_eq!(r.counts.after_excludes, 6);
+        assert_eq!(r.counts.after_hostfiles, 7, "`*` does not match .hidden");
+        assert_eq!(r.counts.after_unreadable, 6, "`gone` does not exist");
+        let set = r.builder.finish().unwrap();
+        let get = |p: &str| set.entries().iter().find(|e| e.path == h.join(p));
+        // Named through the `bin` symlink: lands in usr/bin.
+        assert!(matches!(
+            get("usr/bin/app").map(|e| &e.kind),
+            Some(Kind::File(_))
+        ));
+        assert!(matches!(get("bin").map(|e| &e.kind), Some(Kind::Symlink(t)) if t == b"usr/bin"));
+        // Diverted: the path the package names, the bytes from where dpkg put them.
+        assert!(matches!(get("usr/bin/tool").map(|e| &e.kind),
+            Some(Kind::File(Content::Host { path, .. })) if path == &h.join("usr/bin/tool.real")));
+        assert!(get("usr/share/doc/app/README").is_none());
+        assert!(
+            get("usr/share/doc").is_some(),
+            "the matched directory itself stays"
+        );
+        assert!(get("usr/share/doc/app").is_none());
+        assert!(get("opt/visible").is_some() && get("opt/.hidden").is_none());
+        // The config file comes from the base image.
+        let conf = get("etc/app/app.conf").unwrap();
+        assert_eq!(
+            conf.kind,
+            Kind::File(Content::Bytes(Arc::from(&b"from base"[..])))
+        );
+        assert_eq!(conf.meta.perm, 0o600);
+    }
+
+    #[test]
+    fn relative_hostfile_names_its_origin() {
+        let root = crate::dpkg::tests::fake_root("", &[], "");
+        let inputs = Inputs {
+            hostfiles: vec![Line {
+                value: "etc/passwd".into(),
+                origin: Origin {
+                    file: "supermin.d/hostfiles".into(),
+                    line: 3,
+                },
+            }],
+            ..Inputs::default()
+        };
+        let e = resolve(
+            &inputs,
+            &Options {
+                dpkg_root: root.path().to_path_buf(),
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("supermin.d/hostfiles:3"), "{e}");
+    }
+}

@@ -9,9 +9,10 @@
 //!   plus the target and metadata of symlinks;
 //! - the package database: `lstat` metadata of dpkg's `status` and `diversions` (dpkg
 //!   rewrites `status` on every install, upgrade or removal);
-//! - the kernel: the `SUPERMIN_KERNEL*` overrides and the metadata of the files they
-//!   name, else of every kernel candidate (`/lib/modules/*/vmlinuz`, `/boot/vmlinu?-*`)
-//!   and every `modules.dep` (rewritten by depmod whenever modules change);
+//! - the kernel: the `SUPERMIN_KERNEL*` overrides and the kernel `kiln-kernel` chooses
+//!   (path, version, metadata of the file, of its modules tree and of `modules.dep`,
+//!   which depmod rewrites whenever modules change); if no kernel can be chosen, every
+//!   candidate's metadata, so the key changes when one appears;
 //! - options (host CPU, size), kiln's appliance format version, euid and egid.
 //!
 //! Package files themselves are not stat'ed: like supermin, kiln trusts the package
@@ -19,11 +20,10 @@
 //! hostfiles lists, so a cache hit costs a few hundred `lstat`s and a hash of
 //! `supermin.d` (~2 MB for libguestfs), milliseconds.
 //!
-//! TODO(merge): when `kiln-inputs` and `kiln-kernel` are on main, take the hostfile
-//! patterns from `kiln_inputs` and the chosen kernel from `kiln_kernel::choose`
-//! instead of the local sniffing and the "all candidates" kernel identity here.
+//! Sniffing and file order come from `kiln-inputs`, glob expansion from `kiln-fileset`
+//! and the kernel choice from `kiln-kernel`, so the key sees what the build will use.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
@@ -31,6 +31,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use kiln_cache::Key;
+use kiln_inputs::{Class, Compression, InputKind, classify, detect_compression};
+pub use kiln_kernel::{KernelEnv, Roots};
 
 /// Bump when the appliance kiln builds changes in a way old cached slots lack.
 pub const FORMAT_VERSION: u32 = 1;
@@ -40,43 +42,27 @@ pub const FORMAT_VERSION: u32 = 1;
 pub enum KeyError {
     #[error("reading supermin appliance {path:?}: {source}")]
     Read { path: PathBuf, source: io::Error },
-    #[error("supermin appliance {0:?}: directories nested too deeply (a symlink loop?)")]
-    TooDeep(PathBuf),
-}
-
-/// The `SUPERMIN_KERNEL`, `SUPERMIN_KERNEL_VERSION` and `SUPERMIN_MODULES` overrides.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KernelOverrides {
-    pub kernel: Option<OsString>,
-    pub version: Option<OsString>,
-    pub modules: Option<OsString>,
-}
-
-impl KernelOverrides {
-    /// Read the overrides from the environment (empty values count as unset).
-    pub fn from_env() -> KernelOverrides {
-        let get = |v: &str| std::env::var_os(v).filter(|s| !s.is_empty());
-        KernelOverrides {
-            kernel: get("SUPERMIN_KERNEL"),
-            version: get("SUPERMIN_KERNEL_VERSION"),
-            modules: get("SUPERMIN_MODULES"),
-        }
-    }
+    #[error("reading supermin appliance {path:?}: {source}")]
+    Inputs {
+        path: PathBuf,
+        source: Box<kiln_inputs::InputError>,
+    },
 }
 
 /// Everything besides `supermin.d` that the key depends on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct KeyOptions {
     /// `--host-cpu` (default: this machine's architecture).
     pub host_cpu: String,
-    /// `--size` of the root image in bytes, if given.
+    /// `--size` of the root image in bytes (`None`: kiln's default, 4 GiB).
     pub size: Option<u64>,
     /// dpkg's status file (its directory's `diversions` is covered too).
     pub dpkg_status: PathBuf,
-    pub kernel: KernelOverrides,
+    /// `SUPERMIN_KERNEL`, `SUPERMIN_KERNEL_VERSION`, `SUPERMIN_MODULES` (default: the
+    /// process environment, which is also what the build pipeline reads).
+    pub kernel: KernelEnv,
     /// Where kernels and modules are looked for (tests use fixture trees).
-    pub boot_dir: PathBuf,
-    pub lib_modules: PathBuf,
+    pub roots: Roots,
     /// The effective IDs the appliance is built for.
     pub euid: u32,
     pub egid: u32,
@@ -88,9 +74,8 @@ impl Default for KeyOptions {
             host_cpu: std::env::consts::ARCH.to_owned(),
             size: None,
             dpkg_status: PathBuf::from("/var/lib/dpkg/status"),
-            kernel: KernelOverrides::from_env(),
-            boot_dir: PathBuf::from("/boot"),
-            lib_modules: PathBuf::from("/lib/modules"),
+            kernel: KernelEnv::from_process(),
+            roots: Roots::default(),
             euid: rustix::process::geteuid().as_raw(),
             egid: rustix::process::getegid().as_raw(),
         }
@@ -155,15 +140,17 @@ pub fn appliance_key(supermin_d: &Path, opts: &KeyOptions) -> Result<Key, KeyErr
     h.u64("format", FORMAT_VERSION as u64);
     h.bytes("version", env!("CARGO_PKG_VERSION").as_bytes());
     h.bytes("host_cpu", opts.host_cpu.as_bytes());
-    h.u64("size", opts.size.map_or(u64::MAX, |s| s));
+    // The effective size, so "default" and "4G given" name the same appliance.
+    h.u64("size", opts.size.unwrap_or(kiln_image::DEFAULT_SIZE));
     h.u64("euid", opts.euid as u64);
     h.u64("egid", opts.egid as u64);
 
     let mut patterns = Vec::new();
-    hash_inputs(&mut h, supermin_d, Path::new(""), 0, &mut patterns)?;
+    hash_inputs(&mut h, supermin_d, &mut patterns)?;
     for pat in &patterns {
         h.bytes("glob", pat);
-        for m in glob(pat) {
+        // A pattern glob(3) cannot expand is hashed as such; the build reports it.
+        for m in kiln_fileset::pattern::glob(OsStr::from_bytes(pat)).unwrap_or_default() {
             h.meta(&m);
         }
     }
@@ -182,95 +169,49 @@ fn read_err(path: &Path) -> impl FnOnce(io::Error) -> KeyError + '_ {
     }
 }
 
-/// Hash a supermin.d entry (file or directory, links followed) and collect the
-/// patterns of hostfiles lists.
-fn hash_inputs(
-    h: &mut H,
-    path: &Path,
-    rel: &Path,
-    depth: u32,
-    patterns: &mut Vec<Vec<u8>>,
-) -> Result<(), KeyError> {
-    if depth > 32 {
-        return Err(KeyError::TooDeep(path.to_path_buf()));
-    }
-    let md = fs::metadata(path).map_err(read_err(path))?;
-    if md.is_dir() {
-        h.path("dir", rel);
-        let mut names: Vec<OsString> = fs::read_dir(path)
-            .map_err(read_err(path))?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()
-            .map_err(read_err(path))?;
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        for n in names {
-            hash_inputs(h, &path.join(&n), &rel.join(&n), depth + 1, patterns)?;
+/// Hash the files of `supermin_d` in supermin's order (relative path and content) and
+/// collect the patterns of its hostfiles lists.
+fn hash_inputs(h: &mut H, supermin_d: &Path, patterns: &mut Vec<Vec<u8>>) -> Result<(), KeyError> {
+    let files =
+        kiln_inputs::input_files(&[supermin_d.to_path_buf()]).map_err(|e| KeyError::Inputs {
+            path: supermin_d.to_path_buf(),
+            source: Box::new(e),
+        })?;
+    for path in files {
+        let data = fs::read(&path).map_err(read_err(&path))?;
+        h.path("file", path.strip_prefix(supermin_d).unwrap_or(&path));
+        h.bytes("content", &data);
+        // A corrupt compressed file is not a list; its bytes are hashed above and the
+        // build reports it, naming the file.
+        if let Ok(Some(text)) = hostfiles_text(&data) {
+            patterns.extend(
+                text.split(|&b| b == b'\n')
+                    .filter(|l| l.first() == Some(&b'/'))
+                    .map(<[u8]>::to_vec),
+            );
         }
-        return Ok(());
-    }
-    let data = fs::read(path).map_err(read_err(path))?;
-    h.path("file", rel);
-    h.bytes("content", &data);
-    // A corrupt compressed file is not a list; its bytes are hashed above and the
-    // build reports it, naming the file.
-    if let Ok(Some(text)) = hostfiles_text(&data) {
-        patterns.extend(
-            text.split(|&b| b == b'\n')
-                .filter(|l| l.first() == Some(&b'/'))
-                .map(<[u8]>::to_vec),
-        );
     }
     Ok(())
 }
 
-/// The decompressed text of a hostfiles list (first byte `/`), else `None`.
+/// The decompressed text of a hostfiles list, else `None`.
 fn hostfiles_text(data: &[u8]) -> io::Result<Option<Vec<u8>>> {
-    let mut reader: Box<dyn Read + '_> = if data.starts_with(&[0x1f, 0x8b, 0x08]) {
-        Box::new(flate2::read::MultiGzDecoder::new(data))
-    } else if data.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Box::new(liblzma::read::XzDecoder::new(data))
-    } else if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(zstd::stream::read::Decoder::new(data)?)
-    } else {
-        return Ok(if data.first() == Some(&b'/') {
-            Some(data.to_vec())
-        } else {
-            None
-        });
+    let decoder = |data| -> io::Result<Box<dyn Read + '_>> {
+        Ok(match detect_compression(data) {
+            Compression::None => Box::new(data),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
+            Compression::Xz => Box::new(liblzma::read::XzDecoder::new(data)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(data)?),
+        })
     };
-    let mut first = [0u8; 1];
-    if reader.read(&mut first)? == 0 || first[0] != b'/' {
+    let mut sample = Vec::with_capacity(512);
+    decoder(data)?.take(512).read_to_end(&mut sample)?;
+    if classify(&sample) != Class::Kind(InputKind::Hostfiles) {
         return Ok(None); // a tarball or another list: its bytes are already hashed
     }
-    let mut text = first.to_vec();
-    reader.read_to_end(&mut text)?;
+    let mut text = Vec::new();
+    decoder(data)?.read_to_end(&mut text)?;
     Ok(Some(text))
-}
-
-/// glob(3) without escapes, as supermin expands hostfiles; sorted matches.
-fn glob(pattern: &[u8]) -> Vec<PathBuf> {
-    let Ok(c) = CString::new(pattern) else {
-        return Vec::new();
-    };
-    // SAFETY: glob_t is a plain C struct for which all-zero is the documented initial
-    // state; glob() fills it and globfree() releases what it allocated. gl_pathv holds
-    // gl_pathc valid NUL-terminated strings until globfree, and we copy them first.
-    unsafe {
-        let mut g: libc::glob_t = std::mem::zeroed();
-        let r = libc::glob(c.as_ptr(), libc::GLOB_NOESCAPE, None, &mut g);
-        let mut out = Vec::new();
-        if r == 0 {
-            for i in 0..g.gl_pathc {
-                let p = *g.gl_pathv.add(i);
-                if !p.is_null() {
-                    let bytes = std::ffi::CStr::from_ptr(p).to_bytes();
-                    out.push(PathBuf::from(OsStr::from_bytes(bytes)));
-                }
-            }
-        }
-        libc::globfree(&mut g);
-        out
-    }
 }
 
 fn hash_kernel(h: &mut H, opts: &KeyOptions) {
@@ -285,29 +226,36 @@ fn hash_kernel(h: &mut H, opts: &KeyOptions) {
             None => h.bytes(tag, b"\0unset"),
         }
     }
+    // The files the overrides name, whether or not the chooser accepts them.
     if let Some(kernel) = &k.kernel {
         h.meta(Path::new(kernel));
     }
     if let Some(m) = &k.modules {
-        h.meta(Path::new(m));
         h.meta(&Path::new(m).join("modules.dep"));
     }
-    // Every candidate the chooser could pick, so installing or removing a kernel or
-    // rebuilding modules changes the key (a superset of what the choice depends on).
-    let mut boot: Vec<PathBuf> = list_sorted(&opts.boot_dir)
-        .into_iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.as_bytes().starts_with(b"vmlinu"))
-        })
-        .collect();
-    boot.sort();
-    for p in boot {
-        h.meta(&p);
-    }
-    for dir in list_sorted(&opts.lib_modules) {
-        h.meta(&dir.join("vmlinuz"));
-        h.meta(&dir.join("modules.dep"));
+    match kiln_kernel::choose(&opts.host_cpu, &opts.kernel, &opts.roots) {
+        Ok(chosen) => {
+            h.bytes("version", chosen.version.as_bytes());
+            h.meta(&chosen.path);
+            h.meta(&chosen.modules);
+            h.meta(&chosen.modules.join("modules.dep"));
+        }
+        Err(e) => {
+            // The build will fail the same way; the key must still change when a
+            // kernel appears, so take every candidate in.
+            h.bytes("no-kernel", e.to_string().as_bytes());
+            for p in list_sorted(&opts.roots.boot) {
+                if p.file_name()
+                    .is_some_and(|n| n.as_bytes().starts_with(b"vmlinu"))
+                {
+                    h.meta(&p);
+                }
+            }
+            for dir in list_sorted(&opts.roots.lib_modules) {
+                h.meta(&dir.join("vmlinuz"));
+                h.meta(&dir.join("modules.dep"));
+            }
+        }
     }
 }
 
@@ -334,20 +282,5 @@ mod tests {
         std::io::Write::write_all(&mut gz, b"/lib/*.so\n").unwrap();
         let gz = gz.finish().unwrap();
         assert_eq!(hostfiles_text(&gz).unwrap(), Some(b"/lib/*.so\n".to_vec()));
-    }
-
-    #[test]
-    fn glob_matches_like_the_shell() {
-        let d = tempfile::tempdir().unwrap();
-        for n in ["a.aug", "b.aug", ".h.aug", "c.txt"] {
-            fs::write(d.path().join(n), "").unwrap();
-        }
-        let pat = format!("{}/*.aug", d.path().display());
-        let got: Vec<_> = glob(pat.as_bytes())
-            .into_iter()
-            .map(|p| p.file_name().unwrap().to_owned())
-            .collect();
-        assert_eq!(got, ["a.aug", "b.aug"]);
-        assert!(glob(b"/nonexistent/*").is_empty());
     }
 }

@@ -32,4 +32,6 @@ pub mod pipeline;
 
 pub use kiln_cache as cache;
 pub use locate::{LocateError, LocateOptions, Pinned, locate};
-pub use pipeline::{BuildError, BuildOptions, BuildReport, Format, build};
+pub use pipeline::{
+    ApplianceReport, BuildError, BuildOptions, BuildReport, Format, build, build_into,
+};

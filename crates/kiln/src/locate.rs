@@ -3,8 +3,9 @@
 //! The search path (`--path`, else `LIBGUESTFS_PATH`, else libguestfs's default
 //! directories) is split on `:` (an empty element means `.`). Each element is tried in
 //! order, and within it, as libguestfs does since 1.36:
-//! 1. a supermin appliance (`supermin.d/` with `base.tar.gz` and `packages`): its key is
-//!    computed and the cache hands out a pinned slot, building it first on a miss;
+//! 1. a supermin appliance (`supermin.d/` with a `packages` list): its key is computed
+//!    and the cache hands out a pinned slot, building it first on a miss (libguestfs
+//!    also wants `supermin.d/base.tar.gz`; kiln's own appliances need no base image);
 //! 2. a fixed appliance (`README.fixed`, `kernel`, `initrd`, `root`): used as it is;
 //! 3. an old-style appliance (`vmlinuz.$cpu`, `initramfs.$cpu.img`): used as it is,
 //!    without a root disk.
@@ -26,7 +27,7 @@ use crate::key::{KeyError, KeyOptions, appliance_key};
 pub enum LocateError {
     #[error(
         "cannot find any suitable supermin, fixed or old-style appliance on the search path {path:?}; \
-         point --path or LIBGUESTFS_PATH at a directory holding supermin.d/ (with base.tar.gz and packages), \
+         point --path or LIBGUESTFS_PATH at a directory holding supermin.d/ (with a packages list), \
          a fixed appliance (README.fixed, kernel, initrd, root) or vmlinuz.{cpu} + initramfs.{cpu}.img"
     )]
     NotFound { path: OsString, cpu: String },
@@ -52,7 +53,7 @@ pub type BuildFn = dyn Fn(&BuildRequest<'_>, &Path) -> Result<BuildMeta, BuildEr
 /// Options of [`locate`]. `LocateOptions::default()` behaves like libguestfs: search
 /// `LIBGUESTFS_PATH`, cache under `LIBGUESTFS_CACHEDIR`/`TMPDIR`//var/tmp, pin to the
 /// calling process.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct LocateOptions {
     /// The search path; `None` means `LIBGUESTFS_PATH`, else [`default_path`].
     pub path: Option<OsString>,
@@ -64,10 +65,25 @@ pub struct LocateOptions {
     pub force_rebuild: bool,
     /// Options that go into the key and the build.
     pub key: KeyOptions,
-    /// Bounds of the opportunistic gc after locating; `None` means the default policy.
+    /// Bounds of the cheap gc run after locating (default: [`GcPolicy::default`]);
+    /// `None` skips it.
     pub gc: Option<GcPolicy>,
     /// The builder; `None` means [`default_builder`].
     pub builder: Option<Arc<BuildFn>>,
+}
+
+impl Default for LocateOptions {
+    fn default() -> Self {
+        LocateOptions {
+            path: None,
+            cachedir: None,
+            pin_to: None,
+            force_rebuild: false,
+            key: KeyOptions::default(),
+            gc: Some(GcPolicy::default()),
+            builder: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for LocateOptions {
@@ -211,7 +227,7 @@ pub fn locate(opts: &LocateOptions) -> Result<Pinned, LocateError> {
     let cpu = &opts.key.host_cpu;
     for element in split_path(&path) {
         let supermin_d = element.join("supermin.d");
-        if exists(&supermin_d, &["base.tar.gz", "packages"]) {
+        if exists(&supermin_d, &["packages"]) {
             return locate_supermin(opts, &element, &supermin_d);
         }
         if exists(&element, &["README.fixed", "kernel", "initrd", "root"]) {
@@ -265,7 +281,7 @@ fn locate_supermin(
     let get = GetOptions {
         pin_to: opts.pin_to,
         force_rebuild: opts.force_rebuild,
-        gc: Some(opts.gc.clone().unwrap_or_default()),
+        gc: opts.gc.clone(),
     };
     let builder = opts.builder.clone().unwrap_or_else(default_builder);
     let req = BuildRequest {
@@ -287,16 +303,36 @@ fn locate_supermin(
     })
 }
 
-/// The builder used when [`LocateOptions::builder`] is `None`.
-///
-/// TODO(merge): switch to kiln's own build pipeline once it is on main; until then
-/// this runs supermin (`KILN_SUPERMIN`, else `/usr/bin/supermin`) into the slot.
+/// The builder used when [`LocateOptions::builder`] is `None`: kiln's own pipeline
+/// ([`pipeline_builder`]).
 pub fn default_builder() -> Arc<BuildFn> {
-    let program = std::env::var_os("KILN_SUPERMIN")
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/supermin"));
-    supermin_builder(program)
+    pipeline_builder()
+}
+
+/// kiln's build pipeline (`kiln build -f ext2 --copy-kernel`) writing into the slot,
+/// with the same host CPU, size and kernel choice the key was made from.
+pub fn pipeline_builder() -> Arc<BuildFn> {
+    Arc::new(
+        |req: &BuildRequest<'_>, dir: &Path| -> Result<BuildMeta, BuildError> {
+            let mut o = crate::pipeline::BuildOptions::new(
+                vec![req.supermin_d.to_path_buf()],
+                crate::pipeline::Format::Ext2,
+                dir.to_path_buf(),
+            );
+            o.host_cpu = req.options.host_cpu.clone();
+            if let Some(size) = req.options.size {
+                o.size = size;
+            }
+            // Pins are hard links: the kernel must be a file of the slot, not a symlink.
+            o.copy_kernel = true;
+            o.kernel_env = req.options.kernel.clone();
+            o.kernel_roots = req.options.roots.clone();
+            let report = crate::pipeline::build_into(&o, dir)?;
+            Ok(BuildMeta {
+                root_uuid: report.appliance.map(|a| a.root_uuid),
+            })
+        },
+    )
 }
 
 /// A builder that runs `supermin --build -f ext2 --copy-kernel` and moves its output

@@ -4,23 +4,25 @@
 //! read_inputs ─► resolve (dpkg, globs, excludes, munging, base images)
 //!             ─► [+ /packagelist] ─► finish (validated FileSet) ─► write (chroot)
 //! ```
-//! The ext2 format adds its stages: the kernel is chosen ([`kiln_kernel::choose`]) and
-//! its modules tree added at `/lib/modules/VERSION` (via `SetBuilder::add_host_tree`)
-//! before `finish`; then `OUT/kernel`, `OUT/root` (kiln-image) and `OUT/initrd`
-//! (kiln-initrd) are written into a staging directory that replaces `OUT` in one rename.
+//! The ext2 format chooses the kernel first (so a missing kernel fails before any work),
+//! adds its modules tree to the file set at `/lib/modules/VERSION`, then writes
+//! `OUT/root` (ext2 image), `OUT/initrd` (mini initrd) and `OUT/kernel` into a private
+//! staging directory that replaces `OUT` atomically.
 
 use std::path::{Path, PathBuf};
 
 use kiln_fileset::chroot::{ChrootError, ChrootStats};
 use kiln_fileset::{Counts, Meta, Options, ResolveError, SetError};
+use kiln_image::{ImageError, ImageOptions};
 use kiln_inputs::InputError;
+use kiln_outdir::{OutdirError, Staging};
 
 /// The output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// A plain directory tree (supermin's `chroot`, `fs`, `filesystem`).
     Chroot,
-    /// A bootable appliance: `OUT/kernel`, `OUT/initrd` and the ext2 image `OUT/root`.
+    /// `OUT/kernel`, `OUT/initrd` and `OUT/root` (an ext2 image): a bootable appliance.
     Ext2,
 }
 
@@ -38,16 +40,21 @@ pub struct BuildOptions {
     pub resolve_only: bool,
     /// Root of the dpkg database (`/` for the host).
     pub dpkg_root: PathBuf,
-    /// ext2: `--host-cpu` (kernel choice patterns). Default: this machine's architecture.
+    /// ext2: image size in bytes.
+    pub size: u64,
+    /// ext2: the CPU architecture whose kernel to pick (supermin's `--host-cpu`).
     pub host_cpu: String,
-    /// ext2: copy the kernel into `OUT/kernel` instead of symlinking it.
+    /// ext2: copy the kernel into `OUT` instead of symlinking it.
     pub copy_kernel: bool,
-    /// ext2: image size in bytes (default 4 GiB, sparse).
-    pub size: Option<u64>,
     /// ext2: `SUPERMIN_KERNEL`, `SUPERMIN_KERNEL_VERSION`, `SUPERMIN_MODULES`.
     pub kernel_env: kiln_kernel::KernelEnv,
     /// ext2: where kernels and modules are looked for (`/boot`, `/lib/modules`).
     pub kernel_roots: kiln_kernel::Roots,
+}
+
+/// The host CPU name supermin uses by default (`x86_64`, `aarch64`, ...).
+pub fn default_host_cpu() -> String {
+    std::env::consts::ARCH.to_string()
 }
 
 impl BuildOptions {
@@ -60,9 +67,9 @@ impl BuildOptions {
             include_packagelist: false,
             resolve_only: false,
             dpkg_root: PathBuf::from("/"),
-            host_cpu: std::env::consts::ARCH.to_string(),
+            size: kiln_image::DEFAULT_SIZE,
+            host_cpu: default_host_cpu(),
             copy_kernel: false,
-            size: None,
             kernel_env: kiln_kernel::KernelEnv::from_process(),
             kernel_roots: kiln_kernel::Roots::default(),
         }
@@ -81,12 +88,22 @@ pub struct BuildReport {
     pub content_bytes: u64,
     /// Set when a chroot was written.
     pub chroot: Option<ChrootStats>,
-    /// ext2: the kernel chosen.
-    pub kernel: Option<kiln_kernel::Kernel>,
-    /// ext2: the root image written.
-    pub image: Option<kiln_image::ImageReport>,
-    /// ext2: the initrd written.
-    pub initrd: Option<kiln_initrd::Report>,
+    /// Set when an ext2 appliance was written.
+    pub appliance: Option<ApplianceReport>,
+}
+
+/// What an ext2 build wrote.
+#[derive(Debug, Clone)]
+pub struct ApplianceReport {
+    /// The kernel file chosen (what `OUT/kernel` links to or was copied from).
+    pub kernel: PathBuf,
+    pub kernel_version: String,
+    /// The root filesystem UUID, `8-4-4-4-12` lowercase (as libguestfs reads it).
+    pub root_uuid: String,
+    pub image: kiln_image::ImageReport,
+    /// Modules in the initrd, in load order.
+    pub initrd_modules: Vec<String>,
+    pub initrd_bytes: u64,
 }
 
 /// A failed build; every variant names the input or path at fault.
@@ -94,6 +111,8 @@ pub struct BuildReport {
 pub enum BuildError {
     #[error("no input supermin appliance given")]
     NoInputs,
+    #[error("only the ext2 format can be built into a given directory")]
+    NotInto,
     #[error(transparent)]
     Inputs(#[from] InputError),
     #[error(transparent)]
@@ -106,21 +125,32 @@ pub enum BuildError {
     Chroot(#[from] ChrootError),
     #[error(transparent)]
     Kernel(#[from] kiln_kernel::Error),
-    #[error("adding the kernel modules tree {path}: {source}")]
-    Modules {
-        path: PathBuf,
-        source: kiln_fileset::builder::TreeError,
-    },
+    #[error("adding the kernel modules tree: {0}")]
+    Modules(#[from] kiln_fileset::builder::TreeError),
     #[error(transparent)]
-    Image(#[from] kiln_image::ImageError),
-    #[error(transparent)]
+    Output(#[from] OutdirError),
+    #[error("writing the root image: {0}")]
+    Image(#[from] ImageError),
+    #[error("writing the initrd: {0}")]
     Initrd(#[from] kiln_initrd::Error),
-    #[error(transparent)]
-    Output(#[from] kiln_outdir::OutdirError),
 }
 
 /// Run the pipeline.
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
+    run(opts, None)
+}
+
+/// Run the pipeline for [`Format::Ext2`] writing `kernel`, `initrd` and `root` straight
+/// into `dir`, an existing private directory (a cache slot being built), instead of
+/// replacing `opts.output`. `opts.format` must be [`Format::Ext2`].
+pub fn build_into(opts: &BuildOptions, dir: &Path) -> Result<BuildReport, BuildError> {
+    if opts.format != Format::Ext2 {
+        return Err(BuildError::NotInto);
+    }
+    run(opts, Some(dir))
+}
+
+fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildError> {
     if opts.inputs.is_empty() {
         return Err(BuildError::NoInputs);
     }
@@ -134,6 +164,22 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     tracing::info!("reading the supermin appliance");
     let inputs = kiln_inputs::read_inputs(&opts.inputs)?;
 
+    // The kernel first: without one there is nothing to build, and its modules tree
+    // belongs to the file set.
+    let kernel = match opts.format {
+        Format::Ext2 => {
+            let k = kiln_kernel::choose(&opts.host_cpu, &opts.kernel_env, &opts.kernel_roots)?;
+            tracing::info!(
+                "kernel: picked {} (version {}), modules {}",
+                k.path.display(),
+                k.version,
+                k.modules.display()
+            );
+            Some(k)
+        }
+        Format::Chroot => None,
+    };
+
     let mut resolved = kiln_fileset::resolve(
         &inputs,
         &Options {
@@ -146,27 +192,15 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             .builder
             .add_bytes("/packagelist".as_ref(), data, Meta::new(0o644))?;
     }
-    let kernel = match opts.format {
-        Format::Ext2 => {
-            let k = kiln_kernel::choose(&opts.host_cpu, &opts.kernel_env, &opts.kernel_roots)?;
-            tracing::info!(
-                "kernel: {} (version {}, modules {})",
-                k.path.display(),
-                k.version,
-                k.modules.display()
-            );
-            let dest = Path::new("/lib/modules").join(&k.version);
-            resolved
-                .builder
-                .add_host_tree(&k.modules, &dest)
-                .map_err(|source| BuildError::Modules {
-                    path: k.modules.clone(),
-                    source,
-                })?;
-            Some(k)
-        }
-        Format::Chroot => None,
-    };
+    if let Some(k) = &kernel {
+        let dest = PathBuf::from(format!("/lib/modules/{}", k.version));
+        tracing::info!(
+            "adding kernel modules {} at {}",
+            k.modules.display(),
+            dest.display()
+        );
+        resolved.builder.add_host_tree(&k.modules, &dest)?;
+    }
     let set = resolved.builder.finish()?;
     let mut report = BuildReport {
         counts: resolved.counts,
@@ -174,9 +208,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         entries: set.len(),
         content_bytes: set.content_bytes(),
         chroot: None,
-        kernel: None,
-        image: None,
-        initrd: None,
+        appliance: None,
     };
     tracing::info!(
         "file set: {} entries, {} bytes of file content",
@@ -193,29 +225,50 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             report.chroot = Some(kiln_fileset::write_chroot(&set, &opts.output)?);
         }
         Format::Ext2 => {
-            let Some(k) = kernel else {
-                unreachable!("the kernel is chosen above for ext2")
+            let Some(kernel) = kernel else {
+                unreachable!("the kernel is chosen for ext2 above");
             };
-            let staging = kiln_outdir::Staging::new(&opts.output)?;
-            let dir = staging.path();
-            kiln_kernel::install(&k, dir, opts.copy_kernel)?;
-            let mut io = kiln_image::ImageOptions::default();
-            if let Some(size) = opts.size {
-                io.size = size;
-            }
-            tracing::info!("ext2: writing the root image");
-            let img = kiln_image::write_image(&set, &dir.join("root"), &io)?;
-            tracing::info!("ext2: root UUID {}", img.uuid_string());
-            let initrd = kiln_initrd::build(&k.modules, &dir.join("initrd"))?;
+            let staging = match into {
+                Some(_) => None,
+                None => Some(Staging::new(&opts.output)?),
+            };
+            let dir = match (&staging, into) {
+                (Some(s), _) => s.path(),
+                (None, Some(d)) => d,
+                (None, None) => unreachable!("one of staging or into is set"),
+            };
+            let root = dir.join("root");
+            tracing::info!("ext2: writing {} ({} bytes)", root.display(), opts.size);
+            let image = kiln_image::write_image(
+                &set,
+                &root,
+                &ImageOptions {
+                    size: opts.size,
+                    ..ImageOptions::default()
+                },
+            )?;
             tracing::info!(
-                "ext2: wrote {} modules to the mini initrd ({} bytes)",
-                initrd.modules.len(),
-                initrd.bytes
+                "ext2: root UUID {}, {} blocks and {} inodes used",
+                image.uuid_string(),
+                image.blocks_used,
+                image.inodes_used
             );
-            staging.publish()?;
-            report.kernel = Some(k);
-            report.image = Some(img);
-            report.initrd = Some(initrd);
+            let initrd = dir.join("initrd");
+            tracing::info!("ext2: creating minimal initrd {}", initrd.display());
+            let ir = kiln_initrd::build(&kernel.modules, &initrd)?;
+            tracing::info!("ext2: wrote {} modules to minimal initrd", ir.modules.len());
+            kiln_kernel::install(&kernel, dir, opts.copy_kernel)?;
+            if let Some(s) = staging {
+                s.publish()?;
+            }
+            report.appliance = Some(ApplianceReport {
+                root_uuid: image.uuid_string(),
+                kernel: kernel.path,
+                kernel_version: kernel.version,
+                image,
+                initrd_modules: ir.modules,
+                initrd_bytes: ir.bytes,
+            });
         }
     }
     Ok(report)

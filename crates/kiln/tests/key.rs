@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use kiln::key::{KernelOverrides, KeyOptions, appliance_key};
+use kiln::key::{KernelEnv, KeyOptions, Roots, appliance_key};
 use kiln::locate::{BuildFn, LocateOptions, locate};
 use kiln_cache::BuildMeta;
 
@@ -61,13 +61,15 @@ impl Fixture {
     fn options(&self) -> KeyOptions {
         KeyOptions {
             dpkg_status: self.status(),
-            kernel: KernelOverrides {
+            kernel: KernelEnv {
                 kernel: Some(self.path("vmlinuz-1").into()),
                 version: Some("1.0".into()),
                 modules: Some(self.path("modules").into()),
             },
-            boot_dir: self.path("boot"),
-            lib_modules: self.path("modules"),
+            roots: Roots {
+                boot: self.path("boot"),
+                lib_modules: self.path("modules"),
+            },
             ..KeyOptions::default()
         }
     }
@@ -186,7 +188,7 @@ fn a_new_kernel_changes_the_key() {
     assert_ne!(f.key_with(&o), k1, "the same kernel path with new content");
     // Without overrides: a kernel installed into /boot or new modules.
     let mut o = f.options();
-    o.kernel = KernelOverrides::default();
+    o.kernel = KernelEnv::default();
     let k2 = f.key_with(&o);
     fs::write(f.path("boot/vmlinuz-9.9-amd64"), "new kernel").unwrap();
     let k3 = f.key_with(&o);
@@ -227,6 +229,12 @@ fn size_host_cpu_and_ids_change_the_key() {
             ..base.clone()
         },
     ];
+    // The default size given explicitly is the same appliance.
+    let explicit_default = KeyOptions {
+        size: Some(4 << 30),
+        ..base.clone()
+    };
+    assert_eq!(f.key_with(&explicit_default), k0);
     let mut keys: Vec<String> = variants.iter().map(|o| f.key_with(o)).collect();
     keys.push(k0);
     let n = keys.len();

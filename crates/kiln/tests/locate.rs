@@ -100,8 +100,8 @@ fn elements_are_tried_in_order_each_for_supermin_then_fixed_then_old_style() {
     );
     assert!(a.key().is_some());
 
-    // A supermin.d without base.tar.gz and packages does not count (libguestfs's rule).
-    fs::remove_file(both.join("supermin.d/base.tar.gz")).unwrap();
+    // A supermin.d without a package list does not count.
+    fs::remove_file(both.join("supermin.d/packages")).unwrap();
     assert_eq!(
         locate(&opts(&p(&[&both]), &cache)).unwrap().kind(),
         ApplianceKind::Fixed
@@ -117,6 +117,42 @@ fn nothing_found_names_the_whole_search_path() {
     let msg = err.to_string();
     assert!(msg.contains(&path), "{msg}");
     assert!(msg.contains("LIBGUESTFS_PATH"), "{msg}");
+}
+
+/// kiln's example appliance, built by kiln's pipeline through the cache, boots from
+/// its pin (kernel, initrd and root of one build, root UUID recorded by the build).
+#[test]
+fn located_example_appliance_boots_from_its_pin() {
+    let t = tempfile::tempdir().unwrap();
+    let element = t.path().join("hello");
+    fs::create_dir_all(element.join("supermin.d")).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/supermin.d");
+    for e in fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), element.join("supermin.d").join(e.file_name())).unwrap();
+    }
+    let o = LocateOptions {
+        path: Some(element.into()),
+        cachedir: Some(t.path().to_path_buf()),
+        ..LocateOptions::default()
+    };
+    let a = locate(&o).unwrap();
+    assert!(a.built());
+    let pin_dir = a.kernel().parent().unwrap();
+    assert_eq!(
+        kiln_boot::uuid_string(&kiln_boot::root_uuid(&pin_dir.join("root")).unwrap()),
+        a.root_uuid().unwrap()
+    );
+    let out = kiln_boot::boot(
+        pin_dir,
+        &kiln_boot::BootOptions {
+            timeout: std::time::Duration::from_secs(300),
+            echo: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(out.init_ran, "console:\n{}", out.console);
 }
 
 /// The real thing: libguestfs's supermin.d, built by the default builder, cached and

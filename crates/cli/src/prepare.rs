@@ -1,0 +1,47 @@
+//! `kiln prepare`: write a supermin appliance (supermin.d) from package names.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// Write a supermin.d for the given packages (`supermin --prepare`): a `packages` list
+/// and `base.tar.gz` with the configuration files of the packages and their dependencies,
+/// taken from the installed system. `kiln build` turns the result into an appliance.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example:\n  kiln prepare -o /tmp/bash.d bash coreutils\n  kiln build -f ext2 /tmp/bash.d -o /tmp/appliance"
+)]
+pub struct Args {
+    /// Output directory; replaced atomically if it exists.
+    #[arg(short = 'o', value_name = "DIR")]
+    output: PathBuf,
+
+    /// Print what was written as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+
+    /// Installed package names (dependencies are resolved at build time).
+    #[arg(value_name = "PACKAGE", required = true)]
+    packages: Vec<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let r = kiln_prepare::prepare(
+        &args.packages,
+        &args.output,
+        &kiln_prepare::PrepareOptions::default(),
+    )
+    .with_context(|| format!("preparing {}", args.output.display()))?;
+    if args.json {
+        let v = serde_json::json!({
+            "output": args.output,
+            "packages": r.packages,
+            "missing": r.missing,
+            "closure": r.closure,
+            "config_files": r.config_files,
+            "unreadable": r.unreadable.iter().map(|(p, e)| serde_json::json!({"path": p, "error": e})).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+    }
+    Ok(())
+}
