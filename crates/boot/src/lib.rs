@@ -130,6 +130,24 @@ pub fn uuid_string(u: &[u8; 16]) -> String {
     )
 }
 
+/// The kernel's last words when the appliance powers off or reboots (printed at
+/// emergency level, so `quiet` cannot hide them). They say nothing the exit status does
+/// not, so the echoed console leaves them out (they stay in [`BootOutcome::console`]),
+/// and an appliance's own last line is the last one shown.
+pub fn is_shutdown_line(line: &str) -> bool {
+    let Some(rest) = line.trim_end().strip_prefix('[') else {
+        return false;
+    };
+    let Some((stamp, msg)) = rest.split_once(']') else {
+        return false;
+    };
+    stamp.trim().parse::<f64>().is_ok()
+        && matches!(
+            msg.trim(),
+            "reboot: Power down" | "reboot: Restarting system" | "reboot: System halted"
+        )
+}
+
 /// Is `/dev/kvm` there and openable read-write by us?
 pub fn kvm_usable() -> bool {
     fs::OpenOptions::new()
@@ -286,7 +304,7 @@ fn run_qemu(
                 break;
             }
             let s = String::from_utf8_lossy(&line).replace('\r', "");
-            if echo {
+            if echo && !is_shutdown_line(&s) {
                 let mut o = io::stdout().lock();
                 let _ = o.write_all(s.as_bytes());
                 let _ = o.flush();
@@ -338,6 +356,15 @@ fn run_qemu(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shutdown_lines() {
+        assert!(is_shutdown_line("[    2.834601] reboot: Power down\n"));
+        assert!(is_shutdown_line("[ 9.176386] reboot: Restarting system"));
+        assert!(!is_shutdown_line("reboot: Power down"));
+        assert!(!is_shutdown_line("[    2.8] EXT4-fs (vda): mounted"));
+        assert!(!is_shutdown_line("Hello [1.0] reboot: Power down"));
+    }
 
     #[test]
     fn uuid_from_image_needs_magic() {

@@ -113,7 +113,11 @@ fn missing_root_names_what_it_waited_for() {
     let uuid = kiln_boot::uuid_string(&UUID);
     let o = BootOptions {
         no_root_disk: true,
-        append: vec![format!("root=UUID={uuid}"), "kiln.rootwait=3".into()],
+        append: vec![
+            format!("root=UUID={uuid}"),
+            "kiln.rootwait=3".into(),
+            "quiet".into(),
+        ],
         ..opts()
     };
     let out = boot(dir.path(), &o).unwrap();
@@ -125,6 +129,11 @@ fn missing_root_names_what_it_waited_for() {
         .find(|l| l.contains("kiln-init: error: gave up after"))
         .unwrap_or_else(|| panic!("no give-up message:\n{c}"));
     assert!(line.contains(&format!("root UUID={uuid}")), "{line}");
+    // `quiet` silences the progress lines, not the fatal error.
+    assert!(
+        !c.contains("kiln-init: ["),
+        "progress lines despite quiet:\n{c}"
+    );
     // It gave up at the requested bound (3 s), not at the default 30 s.
     let secs: f64 = line
         .split("gave up after ")

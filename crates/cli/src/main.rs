@@ -41,6 +41,9 @@ enum Command {
     Checksum(checksum::Args),
     Cache(cache_ls::Args),
     Prepare(prepare::Args),
+    /// Print kiln's manual page (roff) on stdout: `kiln manpage | man -l -`.
+    #[command(hide = true)]
+    Manpage,
     /// Run kiln's supermin-compatible front end: `kiln supermin --build ...` behaves as
     /// `supermin --build ...` (also used when kiln is invoked under the name `supermin`).
     #[command(disable_help_flag = true)]
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Command::Cache(args) => cache_ls::run(args),
         Command::Prepare(args) => prepare::run(args),
         Command::Supermin { args } => return exit(supermin::main(args)),
+        Command::Manpage => manpage(),
     };
     progress::finish();
     match result {
@@ -142,4 +146,20 @@ pub(crate) fn message(e: &anyhow::Error) -> String {
 
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// The manual page, generated from the command-line definition so it never drifts:
+/// `kiln(1)` and one section per subcommand.
+fn manpage() -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let title = format!("kiln-{}", sub.get_name());
+        clap_mangen::Man::new(sub.clone())
+            .title(title)
+            .render(&mut out)?;
+    }
+    Ok(())
 }

@@ -72,6 +72,8 @@ fn example_builds_and_boots_to_its_greeting() {
         "{greeting}"
     );
     assert!(stdout.contains("kiln-init: exec /init"), "{all}");
+    // The demo ends in the greeting: nothing after it on the console kiln shows.
+    assert_eq!(stdout.lines().last(), Some(greeting), "{all}");
 }
 
 fn kiln_boot_version(kernel: &Path) -> String {

@@ -207,3 +207,33 @@ fn json_outputs_parse_with_documented_fields() {
         &["output", "packages", "missing", "closure", "config_files"],
     );
 }
+
+#[test]
+fn help_and_manpage_cover_every_subcommand() {
+    let t = tempfile::tempdir().unwrap();
+    let subs = [
+        "build", "boot", "locate", "gc", "checksum", "cache", "prepare", "supermin",
+    ];
+    let help = run(&["--help"], t.path());
+    assert!(help.status.success(), "{}", text(&help));
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    let man = run(&["manpage"], t.path());
+    assert!(man.status.success(), "{}", text(&man));
+    let man = String::from_utf8_lossy(&man.stdout).into_owned();
+    assert!(man.starts_with(".ie") || man.contains(".TH kiln"), "{man}");
+    for s in subs {
+        assert!(help.contains(s), "kiln --help lacks {s}:\n{help}");
+        if s != "supermin" {
+            assert!(
+                man.contains(&format!("kiln\\-{s}")),
+                "manpage lacks kiln-{s}"
+            );
+            let h = run(&[s, "--help"], t.path());
+            assert!(h.status.success(), "{s} --help: {}", text(&h));
+            assert!(
+                String::from_utf8_lossy(&h.stdout).contains("Usage: kiln"),
+                "{s}"
+            );
+        }
+    }
+}

@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, CWD, Timespec, Timestamps};
 
+use kiln_outdir::{OutdirError, Staging};
+
 use crate::entry::{Content, Entry, FileSet, Kind, Meta};
 
 /// An error writing the chroot, naming the path at fault.
@@ -74,49 +76,21 @@ fn werr(path: &Path) -> impl FnOnce(io::Error) -> ChrootError + '_ {
     }
 }
 
+fn outdir_err(e: OutdirError) -> ChrootError {
+    match e {
+        OutdirError::Refused { path, why } => ChrootError::Output {
+            path,
+            message: why.to_string(),
+        },
+        OutdirError::Io { path, source } => ChrootError::Write { path, source },
+    }
+}
+
 fn output_err(path: &Path, message: impl Into<String>) -> ChrootError {
     ChrootError::Output {
         path: path.to_path_buf(),
         message: message.into(),
     }
-}
-
-/// Removes a directory tree on drop unless disarmed.
-struct Cleanup(Option<PathBuf>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take()
-            && let Err(e) = remove_tree(&p)
-        {
-            tracing::warn!("could not remove {}: {e}", p.display());
-        }
-    }
-}
-
-/// Remove a tree that may contain read-only directories (without following symlinks).
-pub fn remove_tree(root: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(root) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(_) => {}
-    }
-    // Make every directory writable (owner), then retry.
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let md = fs::symlink_metadata(&d)?;
-        if !md.is_dir() {
-            continue;
-        }
-        fs::set_permissions(&d, fs::Permissions::from_mode(0o700))?;
-        for de in fs::read_dir(&d)? {
-            let de = de?;
-            if de.file_type()?.is_dir() {
-                stack.push(de.path());
-            }
-        }
-    }
-    fs::remove_dir_all(root)
 }
 
 /// The chroot form of a symlink target at `path`: absolute targets made relative.
@@ -333,36 +307,10 @@ fn copy_parallel(
 
 /// Write `set` as a directory tree at `out`, replacing an existing directory atomically.
 pub fn write_chroot(set: &FileSet, out: &Path) -> Result<ChrootStats, ChrootError> {
-    let name = out
-        .file_name()
-        .ok_or_else(|| output_err(out, "not a directory name that can be replaced (`/`, `..`)"))?;
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let exists = match fs::symlink_metadata(out) {
-        Ok(md) if md.is_dir() => true,
-        Ok(md) if md.file_type().is_symlink() => {
-            return Err(output_err(
-                out,
-                "is a symlink: give the real directory, or remove the link",
-            ));
-        }
-        Ok(_) => {
-            return Err(output_err(
-                out,
-                "exists and is not a directory: remove it first",
-            ));
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-        Err(e) => return Err(werr(out)(e)),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{}.kiln-", name.to_string_lossy()))
-        .tempdir_in(parent)
-        .map_err(werr(parent))?
-        .keep();
-    let mut guard = Cleanup(Some(tmp.clone()));
+    let mut staging = Staging::new(out).map_err(outdir_err)?;
+    // The root directory's mode, owner and time come from the set (finished below).
+    staging.keep_mode();
+    let tmp = staging.path().to_path_buf();
     let root = rustix::process::geteuid().is_root();
     let mut stats = ChrootStats::default();
     let entries = set.entries();
@@ -389,31 +337,7 @@ pub fn write_chroot(set: &FileSet, out: &Path) -> Result<ChrootStats, ChrootErro
         finish_node(&p, &e.meta, root, &mut stats).map_err(werr(&p))?;
     }
     stats.entries += 1;
-    let flags = if exists {
-        rustix::fs::RenameFlags::EXCHANGE
-    } else {
-        rustix::fs::RenameFlags::NOREPLACE
-    };
-    match rustix::fs::renameat_with(CWD, &tmp, CWD, out, flags) {
-        Ok(()) => {}
-        // Created or removed by someone else meanwhile: try the other way once.
-        Err(rustix::io::Errno::EXIST | rustix::io::Errno::NOENT) => {
-            let other = if exists {
-                rustix::fs::RenameFlags::NOREPLACE
-            } else {
-                rustix::fs::RenameFlags::EXCHANGE
-            };
-            rustix::fs::renameat_with(CWD, &tmp, CWD, out, other)
-                .map_err(|e| werr(out)(e.into()))?;
-        }
-        Err(e) => return Err(werr(out)(e.into())),
-    }
-    tracing::info!("renamed {} to {}", tmp.display(), out.display());
-    if !fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_dir()) {
-        guard.0 = None;
-    }
-    // `guard` now removes the old tree (after an exchange).
-    drop(guard);
+    staging.publish().map_err(outdir_err)?;
     Ok(stats)
 }
 

@@ -5,6 +5,9 @@
 //! (DIR = e.g. libguestfs's supermin.d, plus the newest kernel's modules tree), as the
 //! build pipeline makes it.
 //!
+//! `write-tree --supermin-d DIR --chroot OUTDIR`: write that set as a directory tree
+//! instead (the same files, for comparing with `cp -a` and `mke2fs -d`).
+//!
 //! Prints the time of making the set and of writing the image, and the report.
 
 use std::path::{Path, PathBuf};
@@ -27,8 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(_) if args.len() >= 2 => ((false, &args[0]), &args[1..]),
         _ => return Err("usage: write-tree [--supermin-d] SRC OUT [SIZE]".into()),
     };
+    let chroot = rest[0] == "--chroot" && rest.len() >= 2;
     let mut opts = kiln_image::ImageOptions::default();
-    if let Some(s) = rest.get(1) {
+    if let Some(s) = rest.get(1).filter(|_| !chroot) {
         opts.size = kiln_image::parse_size(s)?;
     }
     if let Ok(t) = std::env::var("KILN_IMAGE_THREADS") {
@@ -46,6 +50,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         kiln_fileset::FileSet::new(entries)?
     };
     let t1 = Instant::now();
+    if chroot {
+        let st = kiln_fileset::write_chroot(&set, Path::new(&rest[1]))?;
+        eprintln!("chroot: {st:?}");
+        return Ok(());
+    }
     let report = kiln_image::write_image(&set, Path::new(&rest[0]), &opts)?;
     let t2 = Instant::now();
     eprintln!(

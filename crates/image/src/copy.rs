@@ -133,6 +133,10 @@ impl Copier<'_> {
         if found != Some(len) {
             return Err(changed(found));
         }
+        #[cfg(test)]
+        if let Some(f) = crate::AFTER_OPEN.with(|h| h.borrow_mut().take()) {
+            f(src);
+        }
         let src_file = File::from(fd);
         for &(l, p, n) in &job.runs {
             let mut off_in = l * BLOCK;

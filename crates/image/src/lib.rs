@@ -97,7 +97,7 @@ pub struct ImageReport {
     pub inodes_count: u64,
     /// Inodes in use, including the reserved inodes 1–10.
     pub inodes_used: u64,
-    /// Bytes of regular file content written.
+    /// Bytes of regular file content (each inode once, holes included).
     pub data_bytes: u64,
     /// True if some data went in with `pread`/`pwrite` because `copy_file_range`
     /// could not be used between the source and image filesystems.
@@ -245,6 +245,17 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+#[cfg(test)]
+type PathHook = Option<Box<dyn FnOnce(&Path)>>;
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook run once a source file is open and its size checked, before its data
+    /// is copied (only seen by copies on the calling thread: use `threads: 1`).
+    static AFTER_OPEN: std::cell::RefCell<PathHook> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Write `set` as an ext2 image at `path` (replacing any file there).
 ///
 /// The image is built in a temporary file in `path`'s directory and renamed into place
@@ -300,8 +311,17 @@ pub fn write_image(
         no_cfr: AtomicBool::new(false),
         fallback_used: AtomicBool::new(false),
     };
-    copier.run(&plan.jobs, opts.threads)?;
-    let counts = write_metadata(&plan, file, uuid, seed, opts).map_err(out_err)?;
+    // Metadata goes in from its own thread while the data copy runs (it touches only
+    // blocks no file data uses).
+    let (copied, counts) = std::thread::scope(|s| {
+        let meta = s.spawn(|| write_metadata(&plan, file, uuid, seed, opts));
+        let copied = copier.run(&plan.jobs, opts.threads);
+        (copied, meta.join())
+    });
+    copied?;
+    let counts = counts
+        .map_err(|_| ImageError::Internal("the metadata thread panicked"))?
+        .map_err(out_err)?;
     if opts.fsync {
         file.sync_all().map_err(out_err)?;
     }
@@ -687,6 +707,47 @@ mod tests {
         );
         assert!(err.to_string().contains("changed during the build"));
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn source_shrinking_while_copied_is_an_error() {
+        for fallback in [false, true] {
+            let src = tempfile::tempdir().unwrap();
+            let victim = src.path().join("victim");
+            std::fs::write(&victim, vec![1u8; 100_000]).unwrap();
+            let mut entries = kiln_fileset::scan::scan_tree(src.path(), Path::new("/")).unwrap();
+            entries[0].meta = Meta::new(0o755);
+            let set = FileSet::new(entries).unwrap();
+            AFTER_OPEN.with(|h| {
+                *h.borrow_mut() = Some(Box::new(|p: &Path| {
+                    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+                    f.set_len(50_000).unwrap();
+                }))
+            });
+            // Output on tmpfs: copy_file_range gives EXDEV, the fallback reads.
+            let out = if fallback {
+                tempfile::tempdir_in("/dev/shm").unwrap()
+            } else {
+                tempfile::tempdir_in(src.path()).unwrap()
+            };
+            let opts = ImageOptions {
+                threads: 1,
+                ..ImageOptions::default()
+            };
+            let err = write_image(&set, &out.path().join("root"), &opts).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ImageError::SourceChanged {
+                        found: Some(50_000),
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            assert!(err.to_string().contains(victim.to_str().unwrap()), "{err}");
+            assert_eq!(std::fs::read_dir(out.path()).unwrap().count(), 0);
+        }
     }
 
     #[test]

@@ -340,7 +340,9 @@ pub fn plan<'a>(
     lost_found_meta: &'a Meta,
 ) -> Result<Plan<'a>, ImageError> {
     let entries = set.entries();
-    let root = entries.first().ok_or(ImageError::LostFound)?;
+    let root = entries
+        .first()
+        .ok_or(ImageError::Internal("file set without a root"))?;
     let mut nodes: Vec<Node<'a>> = Vec::with_capacity(entries.len() + 1);
     let mut children: Vec<Vec<DirEnt<'a>>> = Vec::with_capacity(entries.len() + 1);
     let mut parent_ino: Vec<u32> = Vec::with_capacity(entries.len() + 1);
@@ -425,7 +427,7 @@ pub fn plan<'a>(
             Kind::Socket => (S_IFSOCK, FT_SOCK),
             Kind::HardLink(t) => {
                 let Some(&n) = target_node.get(t.as_path()) else {
-                    return Err(ImageError::LostFound);
+                    return Err(ImageError::Internal("hard link target not planned"));
                 };
                 nodes[n].links += 1;
                 if nodes[n].links > LINK_MAX {
@@ -685,10 +687,12 @@ fn allocate<'a>(
     }
     // Block maps: logical → physical, then the indirect trees.
     for node in nodes.iter_mut() {
-        let phys = node.data_runs.iter().flat_map(|r| r.start..r.start + r.len);
-        let mapped: Vec<(u64, u64)> = logical_iter(&node.logical).zip(phys).collect();
+        let mapped = || {
+            let phys = node.data_runs.iter().flat_map(|r| r.start..r.start + r.len);
+            logical_iter(&node.logical).zip(phys)
+        };
         let mut ind = node.ind_runs.iter().flat_map(|r| r.start..r.start + r.len);
-        let (ib, tree) = build_tree(mapped.iter().copied(), &mut || ind.next().unwrap_or(0));
+        let (ib, tree) = build_tree(mapped(), &mut || ind.next().unwrap_or(0));
         if tree.len() as u64 != node.n_indirect || tree.iter().any(|t| t.0 == 0) {
             return Err(ImageError::Internal("indirect block count changed"));
         }
@@ -698,9 +702,6 @@ fn allocate<'a>(
                 b.extend_from_slice(&x.to_le_bytes());
             }
             meta.insert(p, b);
-        }
-        if matches!(node.body, Body::Blocks) {
-            node.i_block = ib;
         }
         let mut blocks = node.data_blocks() + node.n_indirect;
         if let AttrPlace::Block(k) = node.attrs {
@@ -713,30 +714,34 @@ fn allocate<'a>(
                 path: node.path.to_path_buf(),
             });
         }
-        if let Some(bytes) = node.inline.take() {
+        if let Some(bytes) = &node.inline {
             let mut off = 0usize;
             for r in &node.data_runs {
                 let n = (r.len * BLOCK) as usize;
                 meta.insert(r.start, bytes[off..off + n].to_vec());
                 off += n;
             }
-        } else if let Some(content) = node.content
-            && !mapped.is_empty()
-        {
-            // Group consecutive (logical, physical) pairs into runs.
+        } else if let Some(content) = node.content {
+            data_bytes += content.len();
+            // Consecutive (logical, physical) pairs make one run.
             let mut runs: Vec<(u64, u64, u64)> = Vec::new();
-            for (l, p) in mapped {
+            for (l, p) in mapped() {
                 match runs.last_mut() {
                     Some(r) if r.0 + r.2 == l && r.1 + r.2 == p => r.2 += 1,
                     _ => runs.push((l, p, 1)),
                 }
             }
-            data_bytes += content.len();
-            jobs.push(Job {
-                path: node.path,
-                content,
-                runs,
-            });
+            if !runs.is_empty() {
+                jobs.push(Job {
+                    path: node.path,
+                    content,
+                    runs,
+                });
+            }
+        }
+        node.inline = None;
+        if matches!(node.body, Body::Blocks) {
+            node.i_block = ib;
         }
     }
     Ok(Plan {

@@ -133,6 +133,15 @@ fn synthetic(root: &Path) -> FileSet {
                 e.meta.xattrs = vec![x("user.big", &pattern(1000, 9)), x("user.small", b"s")];
             }
             "/setgid" => e.meta.xattrs = vec![x("system.posix_acl_default", &acl())],
+            // A file capability alone fits in the inode.
+            "/setuid" => {
+                e.meta.xattrs = vec![x(
+                    "security.capability",
+                    &[
+                        0, 0, 0, 2, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    ],
+                )]
+            }
             _ => {}
         }
     }
@@ -201,6 +210,33 @@ fn every_kind_round_trips_and_is_reproducible() {
         text.contains("Filesystem features:      ext_attr filetype sparse_super large_file"),
         "{text}"
     );
+
+    // Attributes in the inode (no attribute block) and in a block shared by two files.
+    let st = stat_all(
+        &img,
+        &[
+            Path::new("/setuid"),
+            Path::new("/dind"),
+            Path::new("/ind-full"),
+        ],
+    );
+    assert_eq!(
+        st[Path::new("/setuid")].blockcount,
+        8,
+        "one data block, no xattr block"
+    );
+    let acl_block = |p: &str| {
+        debugfs(&img, &format!("stat {p}\n"))
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("File ACL: ")
+                    .map(|v| v.split_whitespace().next().unwrap().to_string())
+            })
+            .unwrap()
+    };
+    assert_ne!(acl_block("/dind"), "0");
+    assert_eq!(acl_block("/dind"), acl_block("/ind-full"));
+    assert_eq!(acl_block("/setuid"), "0");
 
     // Hard links share an inode and count their names.
     let st = stat_all(&img, &[Path::new("/odd"), Path::new("/mem")]);

@@ -751,22 +751,69 @@ mod tests {
         );
     }
 
+    /// Root reads any file, so as root the check re-runs this test binary as `nobody`
+    /// (setpriv) on a fixture with a mode-0600 kernel owned by root.
     #[test]
     fn unreadable_boot_kernel_is_an_error() {
+        if let Some(dir) = std::env::var_os("KILN_TEST_UNREADABLE_FIXTURE") {
+            // The unprivileged half.
+            let roots = Roots {
+                boot: Path::new(&dir).join("boot"),
+                lib_modules: Path::new(&dir).join("lib/modules"),
+            };
+            let e = choose("x86_64", &KernelEnv::default(), &roots)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("vmlinuz-6.1.0-10-amd64") && e.contains("chmod"),
+                "{e}"
+            );
+            println!("UNREADABLE-CHECKED");
+            return;
+        }
         let fx = fixture();
         let p = add_boot(&fx, "vmlinuz-6.1.0-10-amd64", "6.1.0-10-amd64", true);
         add_boot(&fx, "vmlinuz-6.1.0-9-amd64", "6.1.0-9-amd64", true);
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o000)).unwrap();
-        if fs::File::open(&p).is_ok() {
-            // root reads it anyway (CAP_DAC_OVERRIDE): nothing to prove here.
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::set_permissions(fx.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let as_root = fs::File::open("/proc/self/status")
+            .and_then(|mut f| {
+                let mut s = String::new();
+                f.read_to_string(&mut s).map(|_| s)
+            })
+            .map(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")))
+            .unwrap_or(false);
+        if !as_root {
+            let e = choose("x86_64", &KernelEnv::default(), &fx.roots)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("vmlinuz-6.1.0-10-amd64") && e.contains("chmod"),
+                "{e}"
+            );
             return;
         }
-        let e = choose("x86_64", &KernelEnv::default(), &fx.roots)
-            .unwrap_err()
-            .to_string();
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&exe)
+            .args([
+                "--exact",
+                "tests::unreadable_boot_kernel_is_an_error",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("KILN_TEST_UNREADABLE_FIXTURE", fx.dir.path())
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(
-            e.contains("vmlinuz-6.1.0-10-amd64") && e.contains("chmod"),
-            "{e}"
+            out.status.success() && all.contains("UNREADABLE-CHECKED"),
+            "{all}"
         );
     }
 

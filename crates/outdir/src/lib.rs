@@ -4,7 +4,7 @@
 //! Invariants:
 //! - the staging directory `.NAME.kiln-XXXXXX` sits beside `DIR` (same filesystem, so
 //!   the final rename is atomic) and is created mode 0700 by `mkdtemp`; [`Staging::publish`]
-//!   sets the final mode 0755 just before the rename;
+//!   sets the final mode 0755 just before the rename (unless [`Staging::keep_mode`]);
 //! - publishing uses `renameat2(RENAME_EXCHANGE)` when `DIR` exists, so there is no moment
 //!   where `DIR` is missing or half-written (supermin's `mv` + `rename` has one); the old
 //!   tree is then removed; `RENAME_NOREPLACE` when it does not exist;
@@ -44,6 +44,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> OutdirError + '_ {
 pub struct Staging {
     out: PathBuf,
     tmp: Option<PathBuf>,
+    keep_mode: bool,
 }
 
 /// Whether `out` currently exists as a directory; refuses anything else.
@@ -83,7 +84,14 @@ impl Staging {
         Ok(Staging {
             out: out.to_path_buf(),
             tmp: Some(tmp),
+            keep_mode: false,
         })
+    }
+
+    /// Publish with the mode the caller gave the staging directory, instead of 0755
+    /// (a chroot's root directory carries the file set's own mode).
+    pub fn keep_mode(&mut self) {
+        self.keep_mode = true;
     }
 
     /// The directory to fill.
@@ -102,7 +110,9 @@ impl Staging {
         let Some(tmp) = self.tmp.clone() else {
             return Ok(());
         };
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(io_err(&tmp))?;
+        if !self.keep_mode {
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).map_err(io_err(&tmp))?;
+        }
         let exists = existing_dir(&self.out)?;
         let (first, second) = if exists {
             (RenameFlags::EXCHANGE, RenameFlags::NOREPLACE)
