@@ -130,7 +130,10 @@ fn missing_root_names_what_it_waited_for() {
         .unwrap_or_else(|| panic!("no give-up message:\n{c}"));
     assert!(line.contains(&format!("root UUID={uuid}")), "{line}");
     // `quiet` silences the progress lines, not the fatal error.
-    assert!(!c.contains("kiln-init: ["), "progress lines despite quiet:\n{c}");
+    assert!(
+        !c.contains("kiln-init: ["),
+        "progress lines despite quiet:\n{c}"
+    );
     // It gave up at the requested bound (3 s), not at the default 30 s.
     let secs: f64 = line
         .split("gave up after ")
