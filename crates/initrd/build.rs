@@ -50,6 +50,10 @@ fn run() -> Result<(), String> {
             .arg("--target-dir")
             .arg(&target_dir)
             .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static")
+            // Only the init is built here, so LTO (a whole-build setting) can be set
+            // for it alone.
+            .env("CARGO_PROFILE_RELEASE_LTO", "true")
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_TARGET_DIR")
             .env_remove("CARGO_BUILD_TARGET")

@@ -521,11 +521,27 @@ pub fn build(modules_dir: &Path, out: &Path) -> Result<Report> {
     build_with_init(modules_dir, out, INIT)
 }
 
+/// Is ext4 or ext2 built into the kernel (modules.builtin)?
+fn fs_builtin(modules_dir: &Path) -> bool {
+    fs::read_to_string(modules_dir.join("modules.builtin"))
+        .map(|s| {
+            s.lines()
+                .any(|l| matches!(module_name(l.trim()).as_str(), "ext4" | "ext2"))
+        })
+        .unwrap_or(false)
+}
+
 /// [`build`] with another init program (must be static).
 pub fn build_with_init(modules_dir: &Path, out: &Path, init: &[u8]) -> Result<Report> {
     check_static_init(init)?;
     let stages = select_stages(modules_dir)?;
-    if stages.iter().all(Vec::is_empty) {
+    // A kernel with everything built in needs no modules; one with neither the root
+    // filesystem as a module nor built in is the wrong modules tree.
+    let has_fs_module = stages
+        .iter()
+        .flatten()
+        .any(|k| matches!(module_name(k).as_str(), "ext4" | "ext2"));
+    if !has_fs_module && !fs_builtin(modules_dir) {
         return Err(Error::NoModules {
             path: modules_dir.to_path_buf(),
             wanted: ROOT_MODULES.join(", "),
@@ -803,6 +819,23 @@ broken line without colon
             assert!(first.contains(&m), "{m} not in stage 1: {first:?}");
         }
         assert_eq!(fs::read(ex.path().join("init")).unwrap(), INIT);
+    }
+
+    #[test]
+    fn built_in_filesystem_needs_no_modules_but_a_wrong_tree_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path();
+        fs::write(m.join("modules.dep"), "kernel/drivers/net/dummy.ko:\n").unwrap();
+        fs::create_dir_all(m.join("kernel/drivers/net")).unwrap();
+        fs::write(m.join("kernel/drivers/net/dummy.ko"), b"x").unwrap();
+        let out = m.join("initrd");
+        let e = build(m, &out).unwrap_err().to_string();
+        assert!(e.contains("modules tree of the chosen kernel"), "{e}");
+        assert!(!out.exists());
+        fs::write(m.join("modules.builtin"), "kernel/fs/ext4/ext4.ko\n").unwrap();
+        let rep = build(m, &out).unwrap();
+        assert!(rep.modules.is_empty());
+        assert!(out.exists());
     }
 
     #[test]
