@@ -170,10 +170,10 @@ fn mount_fs(log: &Log, fstype: &str, target: &str) {
     }
 }
 
-/// Load the modules listed in `/modules` in order. A line `-` ends a stage: if the root
-/// is visible by then (checked for up to [`STAGE_GRACE`], as SCSI scans run
-/// asynchronously), the remaining stages (drivers for other buses) are skipped unless
-/// `all` is set. Returns (loaded, failed, skipped).
+/// Load the modules listed in `/modules` in order. A line `- MS` ends a stage: if the
+/// root is visible by then (checked for up to MS milliseconds, [`STAGE_GRACE`] if
+/// absent, as SCSI and ATA scans run asynchronously), the remaining stages (drivers for
+/// other buses) are skipped unless `all` is set. Returns (loaded, failed, skipped).
 fn load_modules(log: &Log, root: Option<&Root>, all: bool) -> (usize, usize, usize) {
     let list = match fs::read_to_string("/modules") {
         Ok(s) => s,
@@ -189,12 +189,17 @@ fn load_modules(log: &Log, root: Option<&Root>, all: bool) -> (usize, usize, usi
         .collect();
     let (mut ok, mut failed) = (0, 0);
     for (i, name) in lines.iter().enumerate() {
-        if *name == "-" {
+        if let Some(rest) = name.strip_prefix('-') {
+            let grace = rest
+                .trim()
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .unwrap_or(STAGE_GRACE);
             if let Some(r) = root
                 && !all
-                && root_visible_within(r, STAGE_GRACE)
+                && root_visible_within(r, grace)
             {
-                let skipped = lines[i..].iter().filter(|l| **l != "-").count();
+                let skipped = lines[i..].iter().filter(|l| !l.starts_with('-')).count();
                 log.info(&format!(
                     "root visible; skipping {skipped} modules for other buses (kiln.allmodules loads them)"
                 ));
@@ -222,7 +227,8 @@ fn load_modules(log: &Log, root: Option<&Root>, all: bool) -> (usize, usize, usi
     (ok, failed, 0)
 }
 
-/// How long a stage boundary waits for the root before loading the next stage.
+/// How long a stage boundary without its own grace time waits for the root before
+/// loading the next stage.
 const STAGE_GRACE: Duration = Duration::from_millis(100);
 
 fn root_visible_within(root: &Root, grace: Duration) -> bool {

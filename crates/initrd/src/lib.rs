@@ -7,11 +7,12 @@
 //! 6.1's ext4 wants `crypto-crc32c`, i.e. crc32c_generic/crc32c_intel) of supermin's
 //! module patterns (the floor: libguestfs relies on the initrd loading virtio_console,
 //! virtio_rng, …) plus `ahci` and `crc32c_generic`, minus `virtio-gpu`. The list is
-//! staged: root filesystem and virtio disks first, then the rest, then one stage per
-//! other root bus (ATA, NVDIMM). At a stage boundary the init stops when the root is
-//! already visible, so a virtio root does not pay for probing the ATA controller (~0.2 s
-//! under TCG); the skipped drivers are only for disks on buses the appliance does not
-//! boot from, and `kiln.allmodules` loads them anyway.
+//! staged: the root filesystem, virtio-blk and everything else that is not a disk bus
+//! first, then one stage per other root bus (SCSI/virtio-scsi, ATA, NVDIMM). At a stage
+//! boundary the init stops when the root is already visible, so a virtio-blk root does
+//! not pay for SCSI (~50 ms under TCG) or for probing the ATA controller (~0.2 s), and
+//! libguestfs (root on virtio-scsi) not for ATA. The skipped drivers serve only disks on
+//! buses the appliance does not boot from; `kiln.allmodules` loads them anyway.
 //!
 //! Invariants: output is byte-for-byte reproducible (mtime 0, owner 0:0, inode numbers by
 //! position, names sorted bytewise, no padding surprises); compressed modules (.xz, .zst,
@@ -70,36 +71,39 @@ pub const SUPERMIN_PATTERNS: &[&str] = &[
 pub const EXCLUDED_PATTERNS: &[&str] = &["virtio-gpu.ko*"];
 
 /// Loaded first, always: the root filesystem (ext4 mounts ext2/ext3 too; crc32c_generic
-/// named because ext4's softdep is only a hint) and the virtio disk drivers (virtio-blk:
-/// `kiln boot`; virtio-scsi + sd: libguestfs).
-pub const ROOT_MODULES: &[&str] = &[
-    "crc32c_generic",
-    "ext4",
-    "ext2",
-    "virtio_pci",
-    "virtio_blk",
-    "sd_mod",
-    "virtio_scsi",
-];
+/// named because ext4's softdep is only a hint) and virtio-blk (`kiln boot`), together
+/// with the rest of supermin's list that is not a disk bus ([`BUS_STAGES`]).
+pub const ROOT_MODULES: &[&str] = &["crc32c_generic", "ext4", "ext2", "virtio_pci", "virtio_blk"];
 
-/// Drivers for other root buses, one stage each. At each stage boundary the init stops
-/// loading if the root is already visible (`kiln.allmodules` loads them anyway): probing
-/// the ATA controller alone costs ~0.2 s under TCG, and an appliance whose root is on
-/// virtio does not need it to boot.
-pub const BUS_STAGES: &[&[&str]] = &[
+/// Drivers for the other root disk buses, one stage each, with how long the init waits
+/// for the root to appear after loading the stage before it loads the next one (their
+/// disks are found asynchronously). At each stage boundary the init stops loading if
+/// the root is already visible (`kiln.allmodules` loads them anyway): probing the ATA
+/// controller alone costs ~0.2 s under TCG, SCSI ~50 ms, and an appliance whose root is
+/// on virtio-blk needs neither to boot. libguestfs's root is on virtio-scsi: it gets
+/// stage 0 and SCSI.
+pub const BUS_STAGES: &[(&[&str], u32)] = &[
+    // SCSI disks on virtio-scsi (libguestfs attaches every disk there)
+    (&["sd_mod.ko*", "virtio_scsi.ko*"], 250),
     // ATA/SATA (kiln adds ahci for q35 machines)
-    &["libata*.ko*", "piix*.ko*", "ata_piix.ko*", "ahci.ko*"],
+    (
+        &["libata*.ko*", "piix*.ko*", "ata_piix.ko*", "ahci.ko*"],
+        250,
+    ),
     // NVDIMM, virtio-pmem, and IBM vSCSI (ppc64)
-    &[
-        "libnvdimm.ko*",
-        "nd_pmem.ko*",
-        "nd_btt.ko*",
-        "nfit.ko*",
-        "virtio_pmem.ko*",
-        "nd_virtio.ko*",
-        "ibmvscsic.ko*",
-        "ibmvscsi.ko*",
-    ],
+    (
+        &[
+            "libnvdimm.ko*",
+            "nd_pmem.ko*",
+            "nd_btt.ko*",
+            "nfit.ko*",
+            "virtio_pmem.ko*",
+            "nd_virtio.ko*",
+            "ibmvscsic.ko*",
+            "ibmvscsi.ko*",
+        ],
+        0,
+    ),
 ];
 
 /// fnmatch(3) for `*` and `?` (what the patterns above use).
@@ -134,7 +138,8 @@ fn basename_matches(key: &str, pats: &[&str]) -> bool {
     pats.iter().any(|p| glob_match(p, base))
 }
 
-/// The line in `/modules` that separates stages.
+/// Lines in `/modules` that separate stages start with this, followed by a space and
+/// the grace time in milliseconds (see [`BUS_STAGES`]).
 pub const STAGE_SEPARATOR: &str = "-";
 
 fn norm(name: &str) -> String {
@@ -319,7 +324,10 @@ pub fn select_stages(modules_dir: &Path) -> Result<Vec<Vec<String>>> {
 impl ModuleDb {
     /// See [`select_stages`].
     pub fn stages(&self) -> Vec<Vec<String>> {
-        let bus: Vec<&str> = BUS_STAGES.concat();
+        let bus: Vec<&str> = BUS_STAGES
+            .iter()
+            .flat_map(|(p, _)| p.iter().copied())
+            .collect();
         let rest: Vec<String> = self
             .deps
             .keys()
@@ -331,7 +339,7 @@ impl ModuleDb {
         let mut first = self.closure(ROOT_MODULES);
         first.extend(self.closure_keys(rest));
         let mut all = vec![first];
-        for pats in BUS_STAGES {
+        for (pats, _) in BUS_STAGES {
             let keys = self
                 .deps
                 .keys()
@@ -552,8 +560,10 @@ pub fn build_with_init(modules_dir: &Path, out: &Path, init: &[u8]) -> Result<Re
     let mut list = String::new();
     for (i, keys) in stages.iter().enumerate() {
         if i > 0 {
-            list.push_str(STAGE_SEPARATOR);
-            list.push('\n');
+            // The grace after the stage before this boundary: none after stage 0
+            // (virtio-blk disks appear during the driver's probe).
+            let grace = if i == 1 { 0 } else { BUS_STAGES[i - 2].1 };
+            list.push_str(&format!("{STAGE_SEPARATOR} {grace}\n"));
         }
         for k in keys {
             let (name, data) = read_module(&modules_dir.join(k))?;
@@ -802,22 +812,41 @@ broken line without colon
             .unwrap();
         assert!(st.success());
         let list = fs::read_to_string(ex.path().join("modules")).unwrap();
-        let listed: Vec<&str> = list.lines().filter(|l| *l != STAGE_SEPARATOR).collect();
+        let listed: Vec<&str> = list
+            .lines()
+            .filter(|l| !l.starts_with(STAGE_SEPARATOR))
+            .collect();
         assert_eq!(listed, rep.modules);
         assert_eq!(
-            list.lines().filter(|l| *l == STAGE_SEPARATOR).count(),
+            list.lines()
+                .filter(|l| l.starts_with(STAGE_SEPARATOR))
+                .count(),
             BUS_STAGES.len()
         );
-        // Stage 1 alone mounts a virtio-blk root: it holds ext4 and virtio_blk.
-        let first: Vec<&str> = list.lines().take_while(|l| *l != STAGE_SEPARATOR).collect();
+        // Stage 0 alone mounts a virtio-blk root and has what libguestfs needs loaded;
+        // SCSI, ATA and NVDIMM come after, each with its grace time.
+        let first: Vec<&str> = list
+            .lines()
+            .take_while(|l| !l.starts_with(STAGE_SEPARATOR))
+            .collect();
         for m in [
             "ext4.ko",
             "virtio_blk.ko",
             "virtio_pci.ko",
             "crc32c_generic.ko",
+            "virtio_console.ko",
+            "virtio-rng.ko",
         ] {
-            assert!(first.contains(&m), "{m} not in stage 1: {first:?}");
+            assert!(first.contains(&m), "{m} not in stage 0: {first:?}");
         }
+        for m in ["virtio_scsi.ko", "sd_mod.ko", "ata_piix.ko", "libnvdimm.ko"] {
+            assert!(!first.contains(&m), "{m} in stage 0: {first:?}");
+        }
+        let seps: Vec<&str> = list
+            .lines()
+            .filter(|l| l.starts_with(STAGE_SEPARATOR))
+            .collect();
+        assert_eq!(seps, ["- 0", "- 250", "- 250"]);
         assert_eq!(fs::read(ex.path().join("init")).unwrap(), INIT);
     }
 
