@@ -2,9 +2,9 @@
 //! `$OUT_DIR/kiln-init`, so that a plain `cargo build`/`cargo test` needs no extra step.
 //!
 //! A nested `cargo build -p kiln-init --release --target <target>` in a private target
-//! directory, with `-Ctarget-feature=+crt-static` given through CARGO_ENCODED_RUSTFLAGS:
-//! with an explicit `--target` the flag reaches only the init, not build scripts or
-//! proc-macros. The nested cargo shares the outer jobserver (CARGO_MAKEFLAGS), so the
+//! directory, with `-Ctarget-feature=+crt-static` (and a non-PIE static link: nothing to
+//! self-relocate at start-up) given through CARGO_ENCODED_RUSTFLAGS: with an explicit
+//! `--target` the flags reach only the init, not build scripts or proc-macros. The nested cargo shares the outer jobserver (CARGO_MAKEFLAGS), so the
 //! two never run more jobs than asked for.
 //!
 //! `KILN_INIT_BINARY=/path` skips the nested build and embeds that file instead (for
@@ -49,7 +49,10 @@ fn run() -> Result<(), String> {
             .args(["build", "-p", "kiln-init", "--release", "--target", &target])
             .arg("--target-dir")
             .arg(&target_dir)
-            .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static")
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                "-Ctarget-feature=+crt-static\x1f-Crelocation-model=static",
+            )
             // Only the init is built here, so LTO (a whole-build setting) can be set
             // for it alone.
             .env("CARGO_PROFILE_RELEASE_LTO", "true")
