@@ -102,33 +102,19 @@ pub struct BootOutcome {
 
 /// The root filesystem UUID of an ext2/3/4 image (bytes at 0x468), checking the magic.
 pub fn root_uuid(root: &Path) -> Result<[u8; 16]> {
-    let mut f = fs::File::open(root).map_err(|e| Error::Missing {
+    let missing = |e| Error::Missing {
         path: root.to_path_buf(),
         source: e,
-    })?;
-    let mut sb = [0u8; 0x478];
-    if f.read_exact(&mut sb).is_err() || sb[0x438..0x43a] != [0x53, 0xef] {
-        return Err(Error::NotExt {
+    };
+    let f = fs::File::open(root).map_err(missing)?;
+    kiln_image::read_uuid(&f)
+        .map_err(missing)?
+        .ok_or_else(|| Error::NotExt {
             path: root.to_path_buf(),
-        });
-    }
-    let mut u = [0u8; 16];
-    u.copy_from_slice(&sb[0x468..0x478]);
-    Ok(u)
+        })
 }
 
-/// 8-4-4-4-12 lowercase hex.
-pub fn uuid_string(u: &[u8; 16]) -> String {
-    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
+pub use kiln_image::uuid_string;
 
 /// The kernel's last words when the appliance powers off or reboots (printed at
 /// emergency level, so `quiet` cannot hide them). They say nothing the exit status does

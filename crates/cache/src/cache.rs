@@ -837,21 +837,7 @@ fn valid_uuid(u: &str) -> bool {
 /// The UUID of an ext2/3/4 filesystem image (magic `0xEF53` at 0x438, UUID at 0x468),
 /// as libguestfs reads it for `root=UUID=`; `None` if `file` is not one.
 pub fn ext_uuid(file: &File) -> io::Result<Option<String>> {
-    let mut magic = [0u8; 2];
-    if file.read_at(&mut magic, 0x438)? != 2 || magic != [0x53, 0xef] {
-        return Ok(None);
-    }
-    let mut u = [0u8; 16];
-    file.read_exact_at(&mut u, 0x468)?;
-    let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(Some(format!(
-        "{}-{}-{}-{}-{}",
-        h[0..4].concat(),
-        h[4..6].concat(),
-        h[6..8].concat(),
-        h[8..10].concat(),
-        h[10..16].concat()
-    )))
+    Ok(kiln_image::read_uuid(file)?.map(|u| kiln_image::uuid_string(&u)))
 }
 
 /// A kernel, initrd and root of one build, hard-linked under names private to one

@@ -7,16 +7,15 @@
 //! for the guest.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::{kiln, text};
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
 /// One libguestfs launch at a time: two TCG guests on two cores only slow each other.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn kiln() -> &'static str {
-    env!("CARGO_BIN_EXE_kiln")
-}
 
 /// Run `script` with bash in a private mount namespace where `/usr/bin/supermin` is kiln,
 /// with a fresh libguestfs cache directory and TCG forced.
@@ -33,15 +32,6 @@ fn with_kiln_as_supermin(cachedir: &Path, script: &str) -> Output {
         .env_remove("LIBGUESTFS_PATH")
         .output()
         .expect("run unshare")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

@@ -3,22 +3,12 @@
 //! `kiln boot`, running bash and coreutils from the prepared packages.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::{kiln, text};
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
-
-fn kiln() -> &'static str {
-    env!("CARGO_BIN_EXE_kiln")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use std::process::Command;
 
 #[test]
 fn prepared_bash_coreutils_builds_and_boots() {

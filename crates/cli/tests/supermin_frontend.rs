@@ -4,6 +4,9 @@
 //! reproducible rebuilds).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::{example_dir, kiln, text};
+
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -15,21 +18,8 @@ use std::time::Duration;
 /// Builds here write 4 GiB sparse images and share a per-test cache; keep them serial.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn kiln() -> &'static str {
-    env!("CARGO_BIN_EXE_kiln")
-}
-
 fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/supermin.d")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    example_dir().join("supermin.d")
 }
 
 /// `kiln supermin ARGS` with a private cache directory.

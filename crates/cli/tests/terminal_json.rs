@@ -3,25 +3,11 @@
 //! and has the fields the README documents.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::{example_dir, kiln, text};
+
+use std::path::Path;
 use std::process::{Command, Output};
-
-fn kiln() -> &'static str {
-    env!("CARGO_BIN_EXE_kiln")
-}
-
-fn example_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn run(args: &[&str], cache: &Path) -> Output {
     Command::new(kiln())

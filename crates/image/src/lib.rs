@@ -221,6 +221,27 @@ pub fn uuid_string(u: &[u8; 16]) -> String {
     )
 }
 
+/// The filesystem UUID of an ext2/3/4 image (bytes at [`UUID_OFFSET`]), or `None` when
+/// the ext magic is not at [`MAGIC_OFFSET`] (not an ext filesystem, too short). This is
+/// how libguestfs reads the root UUID it puts on the kernel command line.
+pub fn read_uuid(file: &File) -> io::Result<Option<[u8; 16]>> {
+    let mut magic = [0u8; 2];
+    match file.read_exact_at(&mut magic, MAGIC_OFFSET) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    if magic != [0x53, 0xef] {
+        return Ok(None);
+    }
+    let mut u = [0u8; 16];
+    match file.read_exact_at(&mut u, UUID_OFFSET) {
+        Ok(()) => Ok(Some(u)),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The UUID and hash seed of an image of `set` at `size` bytes.
 fn identity(set: &FileSet, size: u64) -> ([u8; 16], [u8; 16]) {
     let mut h = blake3::Hasher::new_derive_key("kiln-image ext2 uuid and hash seed v1");
