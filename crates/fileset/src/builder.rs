@@ -315,6 +315,12 @@ impl SetBuilder {
     /// image parents. For the kernel's modules tree at `/lib/modules/VERSION`.
     pub fn add_host_tree(&mut self, src: &Path, dest: &Path) -> Result<(), TreeError> {
         let entries = scan::scan_tree(src, dest)?;
+        self.add_scanned_tree(dest, entries)
+    }
+
+    /// Add the entries of a tree already read with [`scan::scan_tree`] at `dest` (so the
+    /// scan can run on another thread while the rest of the set is resolved).
+    pub fn add_scanned_tree(&mut self, dest: &Path, entries: Vec<Entry>) -> Result<(), TreeError> {
         if let Some(parent) = dest.parent()
             && self.resolve_dir(parent).is_none()
         {

@@ -180,26 +180,45 @@ fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildErr
         Format::Chroot => None,
     };
 
-    let mut resolved = kiln_fileset::resolve(
-        &inputs,
-        &Options {
-            dpkg_root: opts.dpkg_root.clone(),
-        },
-    )?;
+    // The kernel's modules tree (thousands of files) is read on another thread while
+    // the packages are resolved: the two are independent until they are merged.
+    let modules_dest = kernel
+        .as_ref()
+        .map(|k| PathBuf::from(format!("/lib/modules/{}", k.version)));
+    let (resolved, modules) = std::thread::scope(|s| {
+        let scan = match (&kernel, &modules_dest) {
+            (Some(k), Some(dest)) => {
+                tracing::info!(
+                    "adding kernel modules {} at {}",
+                    k.modules.display(),
+                    dest.display()
+                );
+                Some(s.spawn(|| kiln_fileset::scan::scan_tree(&k.modules, dest)))
+            }
+            _ => None,
+        };
+        let resolved = kiln_fileset::resolve(
+            &inputs,
+            &Options {
+                dpkg_root: opts.dpkg_root.clone(),
+            },
+        );
+        let modules = scan.map(|h| {
+            h.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        (resolved, modules)
+    });
+    let mut resolved = resolved?;
     if opts.include_packagelist {
         let data = kiln_fileset::resolve::packagelist(&resolved.packages);
         resolved
             .builder
             .add_bytes("/packagelist".as_ref(), data, Meta::new(0o644))?;
     }
-    if let Some(k) = &kernel {
-        let dest = PathBuf::from(format!("/lib/modules/{}", k.version));
-        tracing::info!(
-            "adding kernel modules {} at {}",
-            k.modules.display(),
-            dest.display()
-        );
-        resolved.builder.add_host_tree(&k.modules, &dest)?;
+    if let (Some(dest), Some(entries)) = (&modules_dest, modules) {
+        let entries = entries.map_err(kiln_fileset::builder::TreeError::from)?;
+        resolved.builder.add_scanned_tree(dest, entries)?;
     }
     let set = resolved.builder.finish()?;
     let mut report = BuildReport {
