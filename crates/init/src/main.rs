@@ -36,13 +36,13 @@ const DEFAULT_ROOTWAIT: u64 = 30;
 struct Log {
     quiet: bool,
     debug: bool,
-    t0: Instant,
-    uptime0: f64,
 }
 
 impl Log {
+    /// Seconds since boot, comparable with the kernel's printk timestamps.
     fn now(&self) -> f64 {
-        self.uptime0 + self.t0.elapsed().as_secs_f64()
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+        t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
     }
     /// A progress/timing line, suppressed by `quiet`.
     fn info(&self, msg: &str) {
@@ -401,13 +401,6 @@ fn list_for_debug(dir: &str) {
     let _ = writeln!(io::stderr(), "kiln-init:   {dir}: {}", names.join(" "));
 }
 
-fn read_uptime() -> f64 {
-    fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|t| t.parse().ok()))
-        .unwrap_or(0.0)
-}
-
 fn main() {
     if rustix::process::getpid() != rustix::process::Pid::INIT {
         fatal("kiln-init must run as PID 1 inside kiln's initrd");
@@ -416,7 +409,6 @@ fn main() {
 }
 
 fn run() -> ! {
-    let t0 = Instant::now();
     mkdir("/proc");
     let _ = rustix::mount::mount("proc", "/proc", "proc", MountFlags::empty(), None);
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
@@ -424,8 +416,6 @@ fn run() -> ! {
     let log = Log {
         quiet: c.quiet,
         debug: c.debug,
-        t0,
-        uptime0: read_uptime(),
     };
     log.info(&format!(
         "kiln {} mini initrd starting; cmdline: {}",

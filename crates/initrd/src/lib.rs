@@ -28,6 +28,28 @@ use std::path::{Path, PathBuf};
 /// The static init built from crates/init by this crate's build script.
 pub static INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-init"));
 
+/// Identity of what this crate puts into an initrd besides the modules themselves: the
+/// init's bytes and the module selection rules. A cache key must include it, so that a
+/// new init or a changed selection rebuilds cached initrds.
+pub fn fingerprint() -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kiln-initrd 1\0");
+    h.update(&(INIT.len() as u64).to_le_bytes());
+    h.update(INIT);
+    let lists: [&[&str]; 3] = [SUPERMIN_PATTERNS, EXCLUDED_PATTERNS, ROOT_MODULES];
+    for list in lists.into_iter().chain(BUS_STAGES.iter().map(|(p, _)| *p)) {
+        for p in list {
+            h.update(p.as_bytes());
+            h.update(b"\0");
+        }
+        h.update(b"\n");
+    }
+    for (_, grace) in BUS_STAGES {
+        h.update(&grace.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {path}: {source}")]
@@ -732,6 +754,12 @@ broken line without colon
         let e = check_static_init(&dynamic).unwrap_err().to_string();
         assert!(e.contains("PT_INTERP"), "{e}");
         assert!(check_static_init(b"#!/bin/sh\n").is_err());
+    }
+
+    #[test]
+    fn fingerprint_is_stable_and_covers_the_init() {
+        assert_eq!(fingerprint(), fingerprint());
+        assert_ne!(fingerprint(), *blake3::hash(INIT).as_bytes());
     }
 
     #[test]
