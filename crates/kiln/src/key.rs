@@ -13,7 +13,8 @@
 //!   (path, version, metadata of the file, of its modules tree and of `modules.dep`,
 //!   which depmod rewrites whenever modules change); if no kernel can be chosen, every
 //!   candidate's metadata, so the key changes when one appears;
-//! - options (host CPU, size), kiln's appliance format version, euid and egid.
+//! - options (host CPU, size), kiln's appliance format version, the initrd's init and
+//!   module rules ([`kiln_initrd::fingerprint`]), euid and egid.
 //!
 //! Package files themselves are not stat'ed: like supermin, kiln trusts the package
 //! database to change when they do. No file is read beyond `supermin.d` and the
@@ -139,6 +140,9 @@ pub fn appliance_key(supermin_d: &Path, opts: &KeyOptions) -> Result<Key, KeyErr
     h.bytes("kiln-key", b"1");
     h.u64("format", FORMAT_VERSION as u64);
     h.bytes("version", env!("CARGO_PKG_VERSION").as_bytes());
+    // The init inside every initrd and the module selection rules: a kiln with another
+    // init must not reuse an initrd built by this one, even at the same version.
+    h.bytes("initrd", &kiln_initrd::fingerprint());
     h.bytes("host_cpu", opts.host_cpu.as_bytes());
     // The effective size, so "default" and "4G given" name the same appliance.
     h.u64("size", opts.size.unwrap_or(kiln_image::DEFAULT_SIZE));
