@@ -128,31 +128,9 @@ pub const BUS_STAGES: &[(&[&str], u32)] = &[
     ),
 ];
 
-/// fnmatch(3) for `*` and `?` (what the patterns above use).
+/// fnmatch(3) of a name (no `/` in it) against a supermin pattern.
 fn glob_match(pat: &str, s: &str) -> bool {
-    let (p, s) = (pat.as_bytes(), s.as_bytes());
-    let (mut pi, mut si) = (0usize, 0usize);
-    let (mut star, mut mark) = (None::<usize>, 0usize);
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
-            pi += 1;
-            si += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some(pi);
-            mark = si;
-            pi += 1;
-        } else if let Some(st) = star {
-            pi = st + 1;
-            mark += 1;
-            si = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
+    kiln_fileset::pattern::fnmatch(pat.as_bytes(), s.as_bytes())
 }
 
 fn basename_matches(key: &str, pats: &[&str]) -> bool {
