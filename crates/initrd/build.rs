@@ -84,6 +84,11 @@ fn run() -> Result<(), String> {
         ));
     }
     fs::write(&dest, &bytes).map_err(|e| format!("{}: {e}", dest.display()))?;
+    // The init's hash, for `fingerprint()`: hashed once here instead of on every cache
+    // lookup (the lookup is libguestfs's per-launch cost).
+    let hash = out_dir.join("kiln-init.blake3");
+    fs::write(&hash, blake3::hash(&bytes).as_bytes())
+        .map_err(|e| format!("{}: {e}", hash.display()))?;
     Ok(())
 }
 
