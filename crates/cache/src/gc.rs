@@ -11,7 +11,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::time::{Duration, SystemTime};
 
-use rustix::fs::{FileType, RenameFlags};
+use rustix::fs::{FileType, RenameFlags, Stat};
 
 use crate::cache::{LOCK, PIN, SLOT, TMP, TRASH, next_seq, read_holder};
 use crate::fsx::{self, file_type, lstat_at, open_dir, still_named};
@@ -159,24 +159,15 @@ impl Cache {
         }
 
         let mut slots = Vec::new();
-        for n in &names {
-            let Some(k) = n.strip_prefix(SLOT) else {
-                continue;
-            };
-            let Ok(key) = Key::new(k) else { continue };
-            let Ok(st) = lstat_at(self.fd(), n) else {
-                continue;
-            };
-            if file_type(&st) != FileType::Directory || st.st_uid != self.euid {
+        for (n, key, st) in self.slot_dirs(&names) {
+            if st.st_uid != self.euid {
                 continue; // not ours to judge; locate refuses it with a security error
             }
             let size = match (policy.max_size, open_dir(self.fd(), n)) {
                 (Some(_), Ok(fd)) => fsx::allocated_size(fd.as_fd()).unwrap_or(0),
                 _ => 0,
             };
-            let mtime = SystemTime::UNIX_EPOCH
-                + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
-            slots.push((key, size, mtime));
+            slots.push((key, size, mtime_of(&st)));
         }
         // Newest first; remove from the end.
         slots.sort_by_key(|s| std::cmp::Reverse(s.2));
@@ -295,27 +286,29 @@ impl Cache {
         Ok(())
     }
 
+    /// The `slot-KEY` entries among `names` that are directories (lstat), with their
+    /// key and status.
+    fn slot_dirs<'n>(&self, names: &'n [String]) -> Vec<(&'n String, Key, Stat)> {
+        names
+            .iter()
+            .filter_map(|n| {
+                let key = Key::new(n.strip_prefix(SLOT)?).ok()?;
+                let st = lstat_at(self.fd(), n).ok()?;
+                (file_type(&st) == FileType::Directory).then_some((n, key, st))
+            })
+            .collect()
+    }
+
     /// The slots in the cache, most recently used first.
     pub fn list(&self) -> Result<Vec<SlotInfo>, CacheError> {
         let names = fsx::list(self.fd()).map_err(|e| CacheError::io(&self.path, "readdir", e))?;
         let pins = self.live_pins(&names);
         let mut out = Vec::new();
-        for n in &names {
-            let Some(k) = n.strip_prefix(SLOT) else {
-                continue;
-            };
-            let Ok(key) = Key::new(k) else { continue };
-            let Ok(st) = lstat_at(self.fd(), n) else {
-                continue;
-            };
-            if file_type(&st) != FileType::Directory {
-                continue;
-            }
+        for (n, key, st) in self.slot_dirs(&names) {
             let size = open_dir(self.fd(), n)
                 .and_then(|fd| fsx::allocated_size(fd.as_fd()))
                 .unwrap_or(0);
-            let last_use = SystemTime::UNIX_EPOCH
-                + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32);
+            let last_use = mtime_of(&st);
             let mut pinned_by = pins.get(&key).cloned().unwrap_or_default();
             pinned_by.sort_unstable();
             pinned_by.dedup();
@@ -338,6 +331,11 @@ impl Cache {
             _ => None,
         }
     }
+}
+
+/// When a slot was last used (its directory's mtime, touched on every pin).
+fn mtime_of(st: &Stat) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32)
 }
 
 #[cfg(test)]
