@@ -21,7 +21,7 @@
 //! hostfiles lists, so a cache hit costs a few hundred `lstat`s and a hash of
 //! `supermin.d` (~2 MB for libguestfs), milliseconds.
 //!
-//! Sniffing and file order come from `kiln-inputs`, glob expansion from `kiln-fileset`
+//! Sniffing and file order come from `kiln-inputs`, glob expansion from `kiln-pattern`
 //! and the kernel choice from `kiln-kernel`, so the key sees what the build will use.
 
 use std::ffi::OsStr;
@@ -154,7 +154,7 @@ pub fn appliance_key(supermin_d: &Path, opts: &KeyOptions) -> Result<Key, KeyErr
     for pat in &patterns {
         h.bytes("glob", pat);
         // A pattern glob(3) cannot expand is hashed as such; the build reports it.
-        for m in kiln_fileset::pattern::glob(OsStr::from_bytes(pat)).unwrap_or_default() {
+        for m in kiln_pattern::glob(OsStr::from_bytes(pat)).unwrap_or_default() {
             h.meta(&m);
         }
     }
