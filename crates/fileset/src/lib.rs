@@ -3,9 +3,9 @@
 //! as a directory tree ([`chroot`]).
 //!
 //! Modules: [`entry`] holds the types that are the contract with the writers that follow
-//! (chroot, ext2); [`scan`] reads host objects into entries; [`dpkg`] reads the package
-//! database by hand (status, `info/*.list`, diversions; the root is configurable for
-//! tests); pattern matching is `kiln-pattern`'s (glob(3)/fnmatch(3)); [`munge`] is
+//! (chroot, ext2); [`scan`] reads host objects into entries; the package database is
+//! read through the interface of `kiln-packages` (which database: `kiln-databases`, the
+//! one place that names the implementations); pattern matching is `kiln-pattern`'s (glob(3)/fnmatch(3)); [`munge`] is
 //! supermin's parent/symlink completion, in-process; [`builder`] merges base images and
 //! host entries into one tree, resolving paths through the set's own symlinks;
 //! [`mod@resolve`] runs the whole stage with supermin's counts; [`chroot`] writes a set.
@@ -25,7 +25,6 @@
 
 pub mod builder;
 pub mod chroot;
-pub mod dpkg;
 pub mod entry;
 pub mod munge;
 /// The pattern matcher, re-exported for crates that still reach it through the file

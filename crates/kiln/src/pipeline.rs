@@ -200,7 +200,7 @@ fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildErr
         let resolved = kiln_fileset::resolve(
             &inputs,
             &Options {
-                dpkg_root: opts.dpkg_root.clone(),
+                database: kiln_packages::DatabaseRoot::new(&opts.dpkg_root),
             },
         );
         let modules = scan.map(|h| {
