@@ -1,7 +1,7 @@
 //! The build pipeline: inputs → file set → output, one call per stage.
 //!
 //! ```text
-//! read_inputs ─► resolve (dpkg, globs, excludes, munging, base images)
+//! read_inputs ─► resolve (packages, globs, excludes, munging, base images)
 //!             ─► [+ /packagelist] ─► finish (validated FileSet) ─► write (chroot)
 //! ```
 //! The ext2 format chooses the kernel first (so a missing kernel fails before any work),
@@ -38,8 +38,8 @@ pub struct BuildOptions {
     pub include_packagelist: bool,
     /// Stop after the file set is resolved (benchmarks, debugging): nothing is written.
     pub resolve_only: bool,
-    /// Root of the dpkg database (`/` for the host).
-    pub dpkg_root: PathBuf,
+    /// Which package database (the cache key reads the same: `KeyOptions::database`).
+    pub database: kiln_packages::DatabaseRoot,
     /// ext2: image size in bytes.
     pub size: u64,
     /// ext2: the CPU architecture whose kernel to pick (supermin's `--host-cpu`).
@@ -66,7 +66,7 @@ impl BuildOptions {
             output,
             include_packagelist: false,
             resolve_only: false,
-            dpkg_root: PathBuf::from("/"),
+            database: kiln_packages::DatabaseRoot::default(),
             size: kiln_image::DEFAULT_SIZE,
             host_cpu: default_host_cpu(),
             copy_kernel: false,
@@ -200,7 +200,7 @@ fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildErr
         let resolved = kiln_fileset::resolve(
             &inputs,
             &Options {
-                database: kiln_packages::DatabaseRoot::new(&opts.dpkg_root),
+                database: opts.database.clone(),
             },
         );
         let modules = scan.map(|h| {
