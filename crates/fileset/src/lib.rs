@@ -1,6 +1,6 @@
 //! kiln's file set stage: turn the parsed inputs of a supermin appliance into the exact,
-//! sorted list of entries of the appliance root ([`FileSet`]), and write a file set out
-//! as a directory tree ([`chroot`]).
+//! sorted list of entries of the appliance root ([`FileSet`]). Writing a set out is the
+//! writers' job (`kiln-chroot`, `kiln-image`).
 //!
 //! Modules: [`entry`] holds the types that are the contract with the writers that follow
 //! (chroot, ext2); [`scan`] reads host objects into entries; the package database is
@@ -8,7 +8,7 @@
 //! one place that names the implementations); pattern matching is `kiln-pattern`'s (glob(3)/fnmatch(3)); [`munge`] is
 //! supermin's parent/symlink completion, in-process; [`builder`] merges base images and
 //! host entries into one tree, resolving paths through the set's own symlinks;
-//! [`mod@resolve`] runs the whole stage with supermin's counts; [`chroot`] writes a set.
+//! [`mod@resolve`] runs the whole stage with supermin's counts.
 //!
 //! Invariants and choices (details in each module):
 //! - the output is a valid [`FileSet`]: sorted, unique, parents are directories, hard
@@ -24,7 +24,6 @@
 //!   empty files; packages that are not installed are warned about and ignored.
 
 pub mod builder;
-pub mod chroot;
 pub mod entry;
 pub mod munge;
 /// The pattern matcher, re-exported for crates that still reach it through the file
@@ -34,6 +33,5 @@ pub mod resolve;
 pub mod scan;
 
 pub use builder::{SetBuilder, Source};
-pub use chroot::write_chroot;
 pub use entry::{Content, Entry, FileSet, Kind, Meta, SetError, Xattr, is_normal_abs};
 pub use resolve::{Counts, Options, ResolveError, Resolved, resolve};

@@ -1,4 +1,6 @@
-//! Write a [`FileSet`] as a directory tree (`kiln build -f chroot -o DIR`).
+//! Write a [`FileSet`] as a directory tree (`kiln build -f chroot -o DIR`): the chroot
+//! writer, beside the ext2 writer (`kiln-image`); the file set stage (`kiln-fileset`)
+//! only decides what the tree holds.
 //!
 //! - Everything is written into a fresh sibling directory `.DIR.kiln-XXXXXX`, then put in
 //!   place atomically: `renameat2(RENAME_EXCHANGE)` when `DIR` exists (the old tree is
@@ -17,6 +19,26 @@
 //! - New files are created with `O_EXCL | O_NOFOLLOW` and directories get their final
 //!   permissions only at the end (children first), so nothing in the tree is ever more
 //!   open than its final mode and 0555 directories can still be filled.
+//!
+//! ```
+//! use kiln_fileset::{Content, Entry, FileSet, Kind, Meta};
+//!
+//! let entry = |path: &str, kind, perm| Entry { path: path.into(), kind, meta: Meta::new(perm) };
+//! let set = FileSet::new(vec![
+//!     entry("/", Kind::Dir, 0o755),
+//!     entry("/etc", Kind::Dir, 0o755),
+//!     entry("/etc/hostname", Kind::File(Content::Bytes(b"kiln\n"[..].into())), 0o644),
+//!     entry("/hostname", Kind::Symlink(b"/etc/hostname".to_vec()), 0o777),
+//! ])
+//! .unwrap();
+//! let t = tempfile::tempdir().unwrap();
+//! let out = t.path().join("root");
+//! let stats = kiln_chroot::write_chroot(&set, &out).unwrap();
+//! assert_eq!(stats.entries, 4);
+//! assert_eq!(std::fs::read(out.join("etc/hostname")).unwrap(), b"kiln\n");
+//! // Absolute link targets are made relative: the tree never points into the host.
+//! assert_eq!(std::fs::read_link(out.join("hostname")).unwrap().to_str(), Some("etc/hostname"));
+//! ```
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -28,7 +50,7 @@ use rustix::fs::{AtFlags, CWD, Timespec, Timestamps};
 
 use kiln_outdir::{OutdirError, Staging};
 
-use crate::entry::{Content, Entry, FileSet, Kind, Meta};
+use kiln_fileset::{Content, Entry, FileSet, Kind, Meta};
 
 /// An error writing the chroot, naming the path at fault.
 #[derive(Debug, thiserror::Error)]
@@ -344,7 +366,7 @@ pub fn write_chroot(set: &FileSet, out: &Path) -> Result<ChrootStats, ChrootErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::scan_tree;
+    use kiln_fileset::scan::scan_tree;
     use std::os::unix::fs::MetadataExt;
 
     #[test]
@@ -453,7 +475,7 @@ mod tests {
 #[cfg(test)]
 mod node_tests {
     use super::*;
-    use crate::entry::Xattr;
+    use kiln_fileset::Xattr;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
     fn entry(p: &str, kind: Kind, perm: u32) -> Entry {
