@@ -545,3 +545,42 @@ mod node_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod root_tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    #[test]
+    #[ignore = "needs root"]
+    fn sets_owners_and_creates_devices_as_root() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "run as root (CI runs the ignored tests as root)"
+        );
+        let t = tempfile::tempdir().unwrap();
+        let mut f = Entry {
+            path: "/f".into(),
+            kind: Kind::File(Content::Bytes(b"x"[..].into())),
+            meta: Meta::new(0o4750),
+        };
+        (f.meta.uid, f.meta.gid) = (123, 456);
+        let dir = |p: &str| Entry {
+            path: p.into(),
+            kind: Kind::Dir,
+            meta: Meta::new(0o755),
+        };
+        let mut null = dir("/dev/null");
+        null.kind = Kind::CharDev(0x103);
+        null.meta = Meta::new(0o666);
+        let set = FileSet::new(vec![dir("/"), dir("/dev"), null, f]).unwrap();
+        let out = t.path().join("out");
+        let stats = write_chroot(&set, &out).unwrap();
+        assert_eq!(stats.skipped_devices, 0);
+        let md = fs::metadata(out.join("f")).unwrap();
+        assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (123, 456, 0o4750));
+        let dev = fs::symlink_metadata(out.join("dev/null")).unwrap();
+        assert!(dev.file_type().is_char_device());
+        assert_eq!((dev.rdev(), dev.mode() & 0o7777), (0x103, 0o666));
+    }
+}
