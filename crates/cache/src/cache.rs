@@ -38,8 +38,9 @@ pub(crate) fn next_seq() -> u64 {
 /// What a build closure reports about the appliance it wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BuildMeta {
-    /// The root filesystem UUID (`8-4-4-4-12` lowercase hex). When `None` the cache
-    /// reads it from the ext2 superblock of `root`, if it is one.
+    /// The root filesystem UUID (`8-4-4-4-12` lowercase hex), which libguestfs puts on
+    /// the kernel command line. The builder knows it; the cache only records it (it
+    /// never parses `root`). `None` records that the root has no UUID.
     pub root_uuid: Option<String>,
 }
 
@@ -631,14 +632,7 @@ impl Cache {
         let stats: [Stat; 3] = stats
             .try_into()
             .map_err(|_| bad("internal: wrong number of files".into()))?;
-        let root_uuid = match meta.root_uuid {
-            Some(u) => Some(u),
-            None => {
-                let f = fsx::open_file_ro(tmp, "root")
-                    .map_err(|e| CacheError::io(tmp_path.join("root"), "open", e))?;
-                ext_uuid(&f).map_err(|e| CacheError::io(tmp_path.join("root"), "read", e))?
-            }
-        };
+        let root_uuid = meta.root_uuid;
         if let Some(u) = &root_uuid
             && !valid_uuid(u)
         {
@@ -832,12 +826,6 @@ fn valid_uuid(u: &str) -> bool {
         && parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
         && u.bytes()
             .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// The UUID of an ext2/3/4 filesystem image (magic `0xEF53` at 0x438, UUID at 0x468),
-/// as libguestfs reads it for `root=UUID=`; `None` if `file` is not one.
-pub fn ext_uuid(file: &File) -> io::Result<Option<String>> {
-    Ok(kiln_image::read_uuid(file)?.map(|u| kiln_image::uuid_string(&u)))
 }
 
 /// A kernel, initrd and root of one build, hard-linked under names private to one

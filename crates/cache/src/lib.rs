@@ -64,7 +64,7 @@ mod gc;
 mod key;
 mod proc;
 
-pub use cache::{BuildMeta, Cache, GetOptions, Pinned, default_root, ext_uuid};
+pub use cache::{BuildMeta, Cache, GetOptions, Pinned, default_root};
 pub use error::{BuildError, CacheError};
 pub use gc::{DEFAULT_KEEP, GcPolicy, GcReport, SlotInfo};
 pub use key::Key;

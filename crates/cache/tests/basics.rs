@@ -147,31 +147,50 @@ fn failed_build_leaves_nothing_and_next_call_builds() {
     verify(&p);
 }
 
+/// The builder hands the root UUID to the cache, which records it in the slot; the
+/// cache itself never parses `root` (it does not know what an appliance is made of).
 #[test]
-fn root_uuid_is_read_from_an_ext_superblock_when_not_given() {
+fn root_uuid_comes_from_the_builder_and_root_is_never_parsed() {
     let root = tempfile::tempdir().unwrap();
     let cache = Cache::open(root.path()).unwrap();
+    let ext_looking = || {
+        let mut img = vec![0u8; 4096];
+        img[0x438] = 0x53;
+        img[0x439] = 0xef;
+        for (i, b) in img[0x468..0x478].iter_mut().enumerate() {
+            *b = i as u8 * 17;
+        }
+        img
+    };
+    let given = "00112233-4455-6677-8899-aabbccddeeff";
     let p = cache
         .get_or_build(&key("cc"), &no_gc(), |d| {
             fs::write(d.join("kernel"), "k")?;
             fs::write(d.join("initrd"), "i")?;
-            let mut img = vec![0u8; 4096];
-            img[0x438] = 0x53;
-            img[0x439] = 0xef;
-            for (i, b) in img[0x468..0x478].iter_mut().enumerate() {
-                *b = i as u8 * 17;
-            }
-            fs::write(d.join("root"), img)?;
+            fs::write(d.join("root"), vec![0u8; 4096])?;
+            Ok::<_, std::io::Error>(BuildMeta {
+                root_uuid: Some(given.to_owned()),
+            })
+        })
+        .unwrap();
+    assert_eq!(p.root_uuid(), Some(given));
+    drop(p);
+    let again = cache.lookup(&key("cc"), None).unwrap().unwrap();
+    assert_eq!(again.root_uuid(), Some(given));
+
+    // A superblock in `root` is not read: no UUID from the builder, none recorded.
+    let p = cache
+        .get_or_build(&key("cd"), &no_gc(), |d| {
+            fs::write(d.join("kernel"), "k")?;
+            fs::write(d.join("initrd"), "i")?;
+            fs::write(d.join("root"), ext_looking())?;
             Ok::<_, std::io::Error>(BuildMeta::default())
         })
         .unwrap();
-    assert_eq!(p.root_uuid(), Some("00112233-4455-6677-8899-aabbccddeeff"));
+    assert_eq!(p.root_uuid(), None);
     drop(p);
-    let again = cache.lookup(&key("cc"), None).unwrap().unwrap();
-    assert_eq!(
-        again.root_uuid(),
-        Some("00112233-4455-6677-8899-aabbccddeeff")
-    );
+    let again = cache.lookup(&key("cd"), None).unwrap().unwrap();
+    assert_eq!(again.root_uuid(), None);
 }
 
 #[test]
