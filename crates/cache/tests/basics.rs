@@ -119,7 +119,10 @@ fn failed_build_leaves_nothing_and_next_call_builds() {
         })
         .unwrap_err();
     assert!(matches!(err, CacheError::Build { .. }), "{err}");
-    assert!(err.to_string().contains("disk on fire"));
+    // The cause is the error's source, printed by front ends after its message.
+    assert!(!err.to_string().contains("disk on fire"), "{err}");
+    let src = std::error::Error::source(&err).map(|s| s.to_string());
+    assert_eq!(src.as_deref(), Some("disk on fire"));
     assert_eq!(names(&cache), vec![format!("lock-{k}")]);
     // A builder that forgets a file is refused too.
     let err = cache
@@ -418,4 +421,48 @@ fn setuid_caller_uses_the_effective_uid() {
     ] {
         assert_eq!(fs::metadata(&p).unwrap().uid(), 65534, "{p:?}");
     }
+}
+
+/// A library caller hears whom it waits for through its callback, before blocking.
+#[test]
+fn waiting_for_another_builder_is_told_to_the_callback() {
+    use std::sync::{Arc, Mutex, mpsc};
+    let root = tempfile::tempdir().unwrap();
+    let k = key("ab");
+    let builder = Cache::open(root.path()).unwrap();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let k2 = k.clone();
+    let t = std::thread::spawn(move || {
+        let p = builder
+            .get_or_build(&k2, &no_gc(), |d| {
+                started_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                fake_build(d, 0, None)
+            })
+            .unwrap();
+        assert!(p.built());
+    });
+    started_rx.recv().unwrap();
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let h = heard.clone();
+    let waiter = Cache::open(root.path()).unwrap().on_wait(move |w| {
+        h.lock().unwrap().push(w.to_string());
+        let _ = go_tx.send(());
+    });
+    let p = waiter
+        .get_or_build(&k, &no_gc(), |_| -> Result<BuildMeta, std::io::Error> {
+            panic!("the waiter must reuse the other build")
+        })
+        .unwrap();
+    t.join().unwrap();
+    assert!(!p.built());
+    assert_eq!(p.waited_for(), Some(std::process::id()));
+    assert_eq!(
+        *heard.lock().unwrap(),
+        vec![format!(
+            "waiting for PID {} building {k}",
+            std::process::id()
+        )]
+    );
 }
