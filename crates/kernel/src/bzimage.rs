@@ -193,4 +193,34 @@ mod tests {
         );
         assert_eq!(bzimage_version(&img[..100], |_| None), None);
     }
+
+    fn proptest_config() -> proptest::test_runner::Config {
+        let mut c = proptest::test_runner::Config::default();
+        if std::env::var_os("PROPTEST_CASES").is_none() {
+            c.cases = 4096;
+        }
+        c.failure_persistence = None;
+        c
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest_config())]
+
+        /// Arbitrary headers (with the magic, so the pointer is followed) and arbitrary
+        /// version bytes: an answer or `None`, never a panic.
+        #[test]
+        fn arbitrary_headers_never_panic(
+            mut start in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            magic in proptest::prelude::any::<bool>(),
+            rest in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            if magic && start.len() >= HEADER_OFFSET + 4 {
+                start[HEADER_OFFSET..HEADER_OFFSET + 4].copy_from_slice(&HEADER_MAGIC);
+            }
+            let v = bzimage_version(&start, |_| Some(rest.clone()));
+            if let Some(v) = v {
+                proptest::prop_assert!(!v.is_empty() && !v.contains([' ', '\0', '\t', '\n']));
+            }
+        }
+    }
 }
