@@ -17,8 +17,8 @@
 //!
 //! Invariants: output is byte-for-byte reproducible (mtime 0, owner 0:0, inode numbers by
 //! position, names sorted bytewise, no padding surprises); compressed modules (.xz, .zst,
-//! .gz) are decompressed at build time so the init only needs `finit_module`; the init
-//! must be a static ELF ([`check_static_init`]); the initrd is written to a temporary
+//! .gz; the format told by kiln-compress from the magic bytes) are decompressed at build
+//! time so the init only needs `finit_module`; the init must be a static ELF ([`check_static_init`]); the initrd is written to a temporary
 //! file beside the target and renamed, so a failure leaves nothing half-written.
 //!
 //! | module | owns |
@@ -160,45 +160,46 @@ pub fn check_static_init(b: &[u8]) -> Result<()> {
     }
 }
 
-/// Read a module, decompressing `.xz`, `.zst` or `.gz`; returns (name in the initrd, bytes).
+/// Read a module, decompressing it if it is compressed (gzip, xz or zstd, told by its
+/// magic bytes through kiln-compress); returns (name in the initrd, bytes). The name
+/// drops a `.gz`, `.xz` or `.zst` suffix; a file with such a suffix that is not
+/// compressed is refused as corrupt.
 pub fn read_module(path: &Path) -> Result<(String, Vec<u8>)> {
     let base = path
         .file_name()
         .map(|b| b.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let f = fs::File::open(path).map_err(|e| Error::Read {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
-    let mut data = Vec::new();
-    let dec = |e: io::Error| Error::Decompress {
+    let stripped = [".xz", ".zst", ".gz"]
+        .iter()
+        .find_map(|s| base.strip_suffix(s));
+    let name = stripped.unwrap_or(&base).to_string();
+    let read_err = |e: io::Error| Error::Read {
         path: path.to_path_buf(),
         source: e,
     };
-    let name = if let Some(n) = base.strip_suffix(".xz") {
-        liblzma::read::XzDecoder::new(f)
-            .read_to_end(&mut data)
-            .map_err(dec)?;
-        n
-    } else if let Some(n) = base.strip_suffix(".zst") {
-        zstd::stream::read::Decoder::new(f)
-            .and_then(|mut d| d.read_to_end(&mut data))
-            .map_err(dec)?;
-        n
-    } else if let Some(n) = base.strip_suffix(".gz") {
-        flate2::read::GzDecoder::new(f)
-            .read_to_end(&mut data)
-            .map_err(dec)?;
-        n
-    } else {
-        let mut f = f;
-        f.read_to_end(&mut data).map_err(|e| Error::Read {
+    let f = fs::File::open(path).map_err(read_err)?;
+    let (format, mut r) = kiln_compress::decompress(f).map_err(read_err)?;
+    if stripped.is_some() && !format.is_compressed() {
+        return Err(Error::Decompress {
             path: path.to_path_buf(),
-            source: e,
-        })?;
-        &base
-    };
-    Ok((name.to_string(), data))
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not gzip, xz or zstd data, although the name says it is compressed",
+            ),
+        });
+    }
+    let mut data = Vec::new();
+    r.read_to_end(&mut data).map_err(|e| {
+        if format.is_compressed() {
+            Error::Decompress {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        } else {
+            read_err(e)
+        }
+    })?;
+    Ok((name, data))
 }
 
 /// What [`build`] put into the initrd.

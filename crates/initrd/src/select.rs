@@ -77,7 +77,7 @@ pub const STAGE_SEPARATOR: &str = "-";
 
 /// fnmatch(3) of a name (no `/` in it) against a supermin pattern.
 fn glob_match(pat: &str, s: &str) -> bool {
-    kiln_fileset::pattern::fnmatch(pat.as_bytes(), s.as_bytes())
+    kiln_pattern::fnmatch(pat.as_bytes(), s.as_bytes())
 }
 
 fn basename_matches(key: &str, pats: &[&str]) -> bool {

@@ -242,7 +242,7 @@ fn from_boot(host_cpu: &str, env: &KernelEnv, roots: &Roots) -> Result<Option<Ke
 
 /// fnmatch(3) of a name (no `/` in it) against a supermin pattern.
 pub(crate) fn glob_match(pat: &str, s: &str) -> bool {
-    kiln_fileset::pattern::fnmatch(pat.as_bytes(), s.as_bytes())
+    kiln_pattern::fnmatch(pat.as_bytes(), s.as_bytes())
 }
 
 #[cfg(test)]
