@@ -142,7 +142,7 @@ fn build(a: &Args, out: &Path) -> anyhow::Result<()> {
         }
     }
     let size = match &a.size {
-        Some(s) => kiln_image::parse_size(s).map_err(|e| anyhow::anyhow!("{e}"))?,
+        Some(s) => kiln_size::parse_supermin(s).map_err(|e| anyhow::anyhow!("{e}"))?,
         None => kiln_image::DEFAULT_SIZE,
     };
     let host_cpu = a
