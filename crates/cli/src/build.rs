@@ -42,9 +42,10 @@ pub struct Args {
     #[arg(long)]
     include_packagelist: bool,
 
-    /// ext2: size of the root image, as supermin: a number with a suffix b, K, M or G
-    /// (`4G`, `512M`, `10737418240b`). The file is sparse.
-    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
+    /// ext2: size of the root image: a number of bytes, optionally followed by b, K, M,
+    /// G or T (`4G`, `512M`, `10737418240b`, as supermin; also `1.5GiB`, `4096`). The
+    /// file is sparse.
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = kiln_size::parse)]
     size: u64,
 
     /// ext2: the CPU architecture whose kernel to pick (default: this machine's).
@@ -70,10 +71,6 @@ pub struct Args {
     /// supermin.d directories or input files.
     #[arg(value_name = "INPUT", required = true)]
     inputs: Vec<PathBuf>,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    kiln_image::parse_size(s).map_err(|e| e.to_string())
 }
 
 impl Args {

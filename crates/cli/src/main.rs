@@ -15,7 +15,6 @@ mod gc;
 mod locate;
 mod prepare;
 mod progress;
-mod size;
 mod supermin;
 mod supermin_args;
 

@@ -174,43 +174,6 @@ pub enum ImageError {
     Internal(&'static str),
 }
 
-/// Errors parsing a size.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "cannot parse size {0:?}: use a number followed by b, K, M or G (for example 4G, \
-     512M, 10737418240b)"
-)]
-pub struct SizeError(pub String);
-
-/// Parse a size as supermin's `--size` does: `^[.0-9]+[bKMG]$`, suffix required and
-/// case-sensitive, `K`/`M`/`G` 1024-based, fractions allowed and the result truncated.
-pub fn parse_size(s: &str) -> Result<u64, SizeError> {
-    let bad = || SizeError(s.to_string());
-    let (num, mult) = match s.as_bytes().last() {
-        Some(b'b') => (&s[..s.len() - 1], 1u64),
-        Some(b'K') => (&s[..s.len() - 1], 1 << 10),
-        Some(b'M') => (&s[..s.len() - 1], 1 << 20),
-        Some(b'G') => (&s[..s.len() - 1], 1 << 30),
-        _ => return Err(bad()),
-    };
-    if num.is_empty() || !num.bytes().all(|c| c == b'.' || c.is_ascii_digit()) {
-        return Err(bad());
-    }
-    if !num.contains('.') {
-        return num
-            .parse::<u64>()
-            .ok()
-            .and_then(|n| n.checked_mul(mult))
-            .ok_or_else(bad);
-    }
-    let v: f64 = num.parse().map_err(|_| bad())?;
-    let bytes = v * mult as f64;
-    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        return Err(bad());
-    }
-    Ok(bytes as u64)
-}
-
 /// Format a UUID as `8-4-4-4-12` lowercase hex.
 pub fn uuid_string(u: &[u8; 16]) -> String {
     let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
@@ -369,24 +332,6 @@ pub fn write_image(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_like_supermin() {
-        assert_eq!(parse_size("4G"), Ok(4 << 30));
-        assert_eq!(parse_size("512M"), Ok(512 << 20));
-        assert_eq!(parse_size("10737418240b"), Ok(10_737_418_240));
-        assert_eq!(parse_size("1.5K"), Ok(1536));
-        assert_eq!(parse_size("0.1b"), Ok(0));
-        for bad in ["4096", "10k", "1T", "", "G", "1.2.3G", "-1G", "1 G", ".G"] {
-            assert!(parse_size(bad).is_err(), "{bad} should be rejected");
-        }
-        assert!(
-            parse_size("10k")
-                .unwrap_err()
-                .to_string()
-                .contains("\"10k\"")
-        );
-    }
 
     #[test]
     fn uuid_format() {
