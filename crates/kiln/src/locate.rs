@@ -364,6 +364,17 @@ pub fn pipeline_builder() -> Arc<BuildFn> {
     )
 }
 
+/// A failure of [`supermin_builder`].
+#[derive(Debug, thiserror::Error)]
+enum ExternalBuildError {
+    #[error("cannot run {}", .0.display())]
+    Run(PathBuf, #[source] std::io::Error),
+    #[error("{} --build failed ({})", .0.display(), .1)]
+    Failed(PathBuf, std::process::ExitStatus),
+    #[error("moving {} into the cache slot", .0.display())]
+    Output(PathBuf, #[source] std::io::Error),
+}
+
 /// A builder that runs `supermin --build -f ext2 --copy-kernel` and moves its output
 /// into the slot directory.
 pub fn supermin_builder(program: PathBuf) -> Arc<BuildFn> {
@@ -390,15 +401,16 @@ pub fn supermin_builder(program: PathBuf) -> Arc<BuildFn> {
             }
             let status = cmd
                 .status()
-                .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+                .map_err(|e| ExternalBuildError::Run(program.clone(), e))?;
             if !status.success() {
-                return Err(format!("{} --build failed ({status})", program.display()).into());
+                return Err(ExternalBuildError::Failed(program.clone(), status).into());
             }
             for f in ["kernel", "initrd", "root"] {
                 std::fs::rename(out.join(f), dir.join(f))
-                    .map_err(|e| format!("{}: {e}", out.join(f).display()))?;
+                    .map_err(|e| ExternalBuildError::Output(out.join(f), e))?;
             }
-            std::fs::remove_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            std::fs::remove_dir_all(&out)
+                .map_err(|e| ExternalBuildError::Output(out.clone(), e))?;
             Ok(BuildMeta {
                 root_uuid: ext_uuid(&dir.join("root")),
             })
