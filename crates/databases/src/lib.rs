@@ -26,7 +26,14 @@ use std::path::PathBuf;
 pub use kiln_packages::{Database, DatabaseRoot, Driver, PackageError};
 
 /// Every database kiln reads, in supermin's `--list-drivers` order.
-pub const DRIVERS: &[Driver] = &[kiln_dpkg::DRIVER];
+pub const DRIVERS: &[Driver] = &[
+    kiln_dpkg::DRIVER,
+    kiln_rpm::OPENMANDRIVA,
+    kiln_rpm::MAGEIA,
+    kiln_rpm::OPENSUSE,
+    kiln_rpm::IBM_POWERKVM,
+    kiln_rpm::FEDORA,
+];
 
 /// No database of any known kind below the root.
 #[derive(Debug, thiserror::Error)]
