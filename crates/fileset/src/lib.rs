@@ -5,7 +5,7 @@
 //! Modules: [`entry`] holds the types that are the contract with the writers that follow
 //! (chroot, ext2); [`scan`] reads host objects into entries; [`dpkg`] reads the package
 //! database by hand (status, `info/*.list`, diversions; the root is configurable for
-//! tests); [`pattern`] wraps glob(3)/fnmatch(3) with supermin's flags; [`munge`] is
+//! tests); pattern matching is `kiln-pattern`'s (glob(3)/fnmatch(3)); [`munge`] is
 //! supermin's parent/symlink completion, in-process; [`builder`] merges base images and
 //! host entries into one tree, resolving paths through the set's own symlinks;
 //! [`mod@resolve`] runs the whole stage with supermin's counts; [`chroot`] writes a set.
@@ -30,7 +30,9 @@ pub mod chroot;
 pub mod dpkg;
 pub mod entry;
 pub mod munge;
-pub mod pattern;
+/// The pattern matcher, re-exported for crates that still reach it through the file
+/// set (it lives in `kiln-pattern`).
+pub use kiln_pattern as pattern;
 pub mod resolve;
 pub mod scan;
 

@@ -32,8 +32,8 @@ use crate::builder::{PlaceError, SetBuilder, Source};
 use crate::dpkg::{DpkgDb, DpkgError};
 use crate::entry::{Content, Entry, Kind, Meta};
 use crate::munge::{HostFile, StatCache, munge};
-use crate::pattern::{self, PatternError};
 use crate::scan;
+use kiln_pattern::{FnMatchSet, PatternError};
 
 /// Options of the file set stage.
 #[derive(Debug, Clone)]
@@ -226,12 +226,9 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
 
     // 3. Excludes (package files only).
     if !inputs.excludes.is_empty() {
+        let excludes = FnMatchSet::new(inputs.excludes.iter().map(|x| x.value.as_slice()));
         files.retain(|f| {
-            let p = f.path.as_os_str().as_bytes();
-            let hit = inputs
-                .excludes
-                .iter()
-                .any(|x| pattern::fnmatch(&x.value, p));
+            let hit = excludes.matches(f.path.as_os_str().as_bytes());
             if hit {
                 tracing::debug!("excluding {}", f.path.display());
             }
@@ -254,11 +251,12 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
                 pattern: l.value.clone(),
             });
         }
-        let matches = pattern::glob(l.value.as_os_str()).map_err(|source| ResolveError::Glob {
-            origin: l.origin.clone(),
-            pattern: l.value.clone(),
-            source,
-        })?;
+        let matches =
+            kiln_pattern::glob(l.value.as_os_str()).map_err(|source| ResolveError::Glob {
+                origin: l.origin.clone(),
+                pattern: l.value.clone(),
+                source,
+            })?;
         if matches.is_empty() && !root {
             hidden.note_pattern(&l.value);
         }

@@ -21,8 +21,9 @@
 //! hostfiles lists, so a cache hit costs a few hundred `lstat`s and a hash of
 //! `supermin.d` (~2 MB for libguestfs), milliseconds.
 //!
-//! Sniffing and file order come from `kiln-inputs`, glob expansion from `kiln-fileset`
-//! and the kernel choice from `kiln-kernel`, so the key sees what the build will use.
+//! Sniffing and file order come from `kiln-inputs`, decompression from
+//! `kiln-compress`, glob expansion from `kiln-pattern` and the kernel choice from
+//! `kiln-kernel`, so the key sees what the build will use.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -32,7 +33,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use kiln_cache::Key;
-use kiln_inputs::{Class, Compression, InputKind, classify, detect_compression};
+use kiln_inputs::{Class, InputKind, classify};
 pub use kiln_kernel::{KernelEnv, Roots};
 
 /// Bump when the appliance kiln builds changes in a way old cached slots lack.
@@ -154,7 +155,7 @@ pub fn appliance_key(supermin_d: &Path, opts: &KeyOptions) -> Result<Key, KeyErr
     for pat in &patterns {
         h.bytes("glob", pat);
         // A pattern glob(3) cannot expand is hashed as such; the build reports it.
-        for m in kiln_fileset::pattern::glob(OsStr::from_bytes(pat)).unwrap_or_default() {
+        for m in kiln_pattern::glob(OsStr::from_bytes(pat)).unwrap_or_default() {
             h.meta(&m);
         }
     }
@@ -200,21 +201,16 @@ fn hash_inputs(h: &mut H, supermin_d: &Path, patterns: &mut Vec<Vec<u8>>) -> Res
 
 /// The decompressed text of a hostfiles list, else `None`.
 fn hostfiles_text(data: &[u8]) -> io::Result<Option<Vec<u8>>> {
-    let decoder = |data| -> io::Result<Box<dyn Read + '_>> {
-        Ok(match detect_compression(data) {
-            Compression::None => Box::new(data),
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
-            Compression::Xz => Box::new(liblzma::read::XzDecoder::new(data)),
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(data)?),
-        })
-    };
     let mut sample = Vec::with_capacity(512);
-    decoder(data)?.take(512).read_to_end(&mut sample)?;
+    kiln_compress::decompress(data)?
+        .1
+        .take(512)
+        .read_to_end(&mut sample)?;
     if classify(&sample) != Class::Kind(InputKind::Hostfiles) {
         return Ok(None); // a tarball or another list: its bytes are already hashed
     }
     let mut text = Vec::new();
-    decoder(data)?.read_to_end(&mut text)?;
+    kiln_compress::decompress(data)?.1.read_to_end(&mut text)?;
     Ok(Some(text))
 }
 

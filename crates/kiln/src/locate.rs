@@ -232,9 +232,7 @@ pub fn locate(opts: &LocateOptions) -> Result<Pinned, LocateError> {
         }
         if exists(&element, &["README.fixed", "kernel", "initrd", "root"]) {
             let root = element.join("root");
-            let root_uuid = std::fs::File::open(&root)
-                .ok()
-                .and_then(|f| kiln_cache::ext_uuid(&f).ok().flatten());
+            let root_uuid = ext_uuid(&root);
             return Ok(Pinned {
                 kernel: element.join("kernel"),
                 initrd: element.join("initrd"),
@@ -301,6 +299,16 @@ fn locate_supermin(
         element: element.to_path_buf(),
         pin: Some(pin),
     })
+}
+
+/// The UUID of an ext2/3/4 root image as libguestfs reads it for `root=UUID=`; `None`
+/// when `root` cannot be read or is not an ext filesystem.
+fn ext_uuid(root: &Path) -> Option<String> {
+    let f = std::fs::File::open(root).ok()?;
+    kiln_image::read_uuid(&f)
+        .ok()
+        .flatten()
+        .map(|u| kiln_image::uuid_string(&u))
 }
 
 /// The builder used when [`LocateOptions::builder`] is `None`: kiln's own pipeline
@@ -370,7 +378,9 @@ pub fn supermin_builder(program: PathBuf) -> Arc<BuildFn> {
                     .map_err(|e| format!("{}: {e}", out.join(f).display()))?;
             }
             std::fs::remove_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-            Ok(BuildMeta::default())
+            Ok(BuildMeta {
+                root_uuid: ext_uuid(&dir.join("root")),
+            })
         },
     )
 }
