@@ -16,7 +16,9 @@
 //!    crashes later);
 //! 5. existence filter (lstat of source or path), then **unreadable files are left out
 //!    with a warning naming them** (as supermin's warning) — kiln never writes an empty
-//!    stand-in for a file it cannot read, as root or not;
+//!    stand-in for a file it cannot read, as root or not; files (and hostfiles
+//!    patterns) hidden by a directory the user cannot search are left out with one
+//!    warning per such directory ([`crate::access`]), not silently as missing ones;
 //! 6. munging ([`crate::munge`]);
 //! 7. base images (in order), then the munged host entries, merged by [`SetBuilder`].
 
@@ -26,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_inputs::{BaseImage, Inputs, Member, MemberKind, Origin};
 
+use crate::access::Hidden;
 use crate::builder::{PlaceError, SetBuilder, Source};
 use crate::entry::{Content, Entry, Kind, Meta};
 use crate::munge::{HostFile, StatCache, munge};
@@ -245,6 +248,8 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
     );
 
     // 4. Hostfiles.
+    let root = rustix::process::geteuid().is_root();
+    let mut hidden = Hidden::default();
     for l in &inputs.hostfiles {
         if !l.value.is_absolute() {
             return Err(ResolveError::RelativeHostfile {
@@ -258,6 +263,9 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
                 pattern: l.value.clone(),
                 source,
             })?;
+        if matches.is_empty() && !root {
+            hidden.note_pattern(&l.value);
+        }
         files.extend(matches.into_iter().map(HostFile::same));
     }
     counts.after_hostfiles = files.len();
@@ -266,7 +274,6 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
     // 5. Existence, then readability; a diverted file is read from where dpkg put it.
     let mut noted = false;
     let mut cache = StatCache::default();
-    let root = rustix::process::geteuid().is_root();
     files.retain_mut(|f| {
         let md = if f.source == f.path {
             cache.lstat(&f.path)
@@ -280,7 +287,13 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
                 (s, None) => s,
             }
         };
-        let Some(md) = md else { return false };
+        let Some(md) = md else {
+            // Not there, or hidden by a directory this user cannot search.
+            if !root {
+                hidden.note_missing(&f.path);
+            }
+            return false;
+        };
         // Root reads everything (CAP_DAC_OVERRIDE): no need to ask.
         if !md.is_file() || root {
             return true;
@@ -304,6 +317,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
             }
         }
     });
+    hidden.warn();
     counts.after_unreadable = files.len();
     tracing::info!(
         "{} files, after removing unreadable files",
