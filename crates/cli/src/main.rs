@@ -15,6 +15,7 @@ mod gc;
 mod locate;
 mod prepare;
 mod progress;
+mod run;
 mod size;
 mod supermin;
 mod supermin_args;
@@ -41,6 +42,7 @@ enum Command {
     Checksum(checksum::Args),
     Cache(cache_ls::Args),
     Prepare(prepare::Args),
+    Run(run::Args),
     /// Print kiln's manual page (roff) on stdout: `kiln manpage | man -l -`.
     #[command(hide = true)]
     Manpage,
@@ -114,6 +116,7 @@ fn main() -> ExitCode {
         Command::Checksum(args) => checksum::run(args),
         Command::Cache(args) => cache_ls::run(args),
         Command::Prepare(args) => prepare::run(args),
+        Command::Run(args) => return run::main(args),
         Command::Supermin { args } => return exit(supermin::main(args)),
         Command::Manpage => manpage(),
     };

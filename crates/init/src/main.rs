@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 use rustix::fs::{CWD, FileType, Mode};
 use rustix::mount::{MountFlags, UnmountFlags};
 
+mod run;
+
 /// The line `kiln boot` looks for on the console.
 const MARKER: &str = "kiln-init: exec /init";
 const DEFAULT_ROOTWAIT: u64 = 30;
@@ -480,6 +482,9 @@ fn run() -> ! {
         fatal(&format!("switching to the new root: {e}"));
     }
 
+    if run::wanted(&cmdline) {
+        run::main();
+    }
     let _ = writeln!(io::stderr(), "{MARKER}");
     let err = Command::new("/init").arg0("init").exec();
     let _ = writeln!(io::stderr(), "kiln-init: error: exec /init: {err}");

@@ -31,6 +31,8 @@ pub mod locate;
 pub mod pipeline;
 
 pub use kiln_cache as cache;
+/// The package database (for callers that map files to packages, e.g. `kiln run`).
+pub use kiln_fileset::dpkg;
 pub use locate::{LocateError, LocateOptions, Pinned, locate};
 pub use pipeline::{
     ApplianceReport, BuildError, BuildOptions, BuildReport, Format, build, build_into,
