@@ -461,6 +461,7 @@ fn attempt(
     let mut to_ready = None;
     let mut guest_error = None;
     let mut stdin = Some(stdin);
+    let mut stdin_keep: Option<UnixStream> = None;
     let deadline = opts.timeout.map(|t| start + t);
     let exit = loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
@@ -468,6 +469,10 @@ fn attempt(
                 heard = true;
                 to_ready = Some(t0.elapsed());
                 if let Some(s) = stdin.take() {
+                    // A second handle keeps the socket open after the pump's
+                    // half-close: a full close would make qemu drop what it has not
+                    // read yet.
+                    stdin_keep = s.try_clone().ok();
                     spawn_stdin(s);
                 }
                 if spec.tty.is_some() {
@@ -551,6 +556,7 @@ fn attempt(
     }
     let _ = out_pump.join();
     let _ = err_pump.join();
+    drop(stdin_keep);
     let console = console_rd.join().unwrap_or_default();
     for (stream, got, sent) in [
         ("stdout", out_n.load(Ordering::SeqCst), out),
