@@ -1,5 +1,6 @@
 //! `kiln run` on real qemu (TCG here: KVM aborts on these machines and kiln falls back),
 //! the real Debian kernel and the host's dpkg database. Each test boots a VM.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
