@@ -27,6 +27,7 @@ pub use kiln_packages::{Database, DatabaseRoot, Driver, PackageError};
 
 /// Every database kiln reads, in supermin's `--list-drivers` order.
 pub const DRIVERS: &[Driver] = &[
+    kiln_pacman::DRIVER,
     kiln_dpkg::DRIVER,
     kiln_rpm::OPENMANDRIVA,
     kiln_rpm::MAGEIA,
@@ -91,4 +92,58 @@ pub fn list_drivers(at: &DatabaseRoot) -> String {
             format!("{}\t{state}\n", d.name)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn seven_drivers_in_supermin_order() {
+        let t = tempfile::tempdir().unwrap();
+        let names: Vec<&str> = DRIVERS.iter().map(|d| d.name).collect();
+        assert_eq!(
+            names,
+            [
+                "arch/pacman",
+                "debian/dpkg",
+                "openmandriva/rpm",
+                "mageia/rpm",
+                "opensuse/rpm",
+                "ibm_powerkvm/rpm",
+                "fedora/rpm"
+            ]
+        );
+        let at = DatabaseRoot::new(t.path());
+        assert_eq!(
+            list_drivers(&at),
+            names
+                .iter()
+                .map(|n| format!("{n}\tnot-detected\n"))
+                .collect::<String>()
+        );
+        assert!(fingerprint(&at).is_none());
+    }
+
+    #[test]
+    fn a_present_database_is_chosen_and_a_detected_one_wins() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        let at = DatabaseRoot::new(r);
+        fs::create_dir_all(r.join("var/lib/pacman/local")).unwrap();
+        fs::create_dir_all(r.join("var/lib/dpkg")).unwrap();
+        fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
+        // Both present, neither detected: the first in the list.
+        assert_eq!(choose(&at).map(|d| d.name), Some("arch/pacman"));
+        fs::create_dir_all(r.join("etc")).unwrap();
+        fs::write(r.join("etc/debian_version"), "13.1\n").unwrap();
+        assert_eq!(choose(&at).map(|d| d.name), Some("debian/dpkg"));
+        assert_eq!(open(&at).unwrap().driver(), "debian/dpkg");
+        assert!(list_drivers(&at).contains("debian/dpkg\tdetected\n"));
+        assert!(list_drivers(&at).contains("arch/pacman\tnot-detected\n"));
+        let (name, paths) = fingerprint(&at).unwrap();
+        assert_eq!(name, "debian/dpkg");
+        assert_eq!(paths[0], r.join("var/lib/dpkg/status"));
+    }
 }
