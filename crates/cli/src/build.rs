@@ -91,7 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut opts = kiln::BuildOptions::new(args.inputs, format, args.output);
     opts.include_packagelist = args.include_packagelist;
     opts.resolve_only = args.resolve_only;
-    opts.database = kiln::DatabaseRoot::new(args.dpkg_root);
+    opts.sysroot = kiln::Sysroot::new(args.dpkg_root);
     opts.size = args.size;
     opts.copy_kernel = args.copy_kernel;
     if let Some(cpu) = args.host_cpu {

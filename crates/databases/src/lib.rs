@@ -11,10 +11,10 @@
 //! *present* (a root without `etc/os-release`, such as a test tree), else none.
 //!
 //! ```
-//! use kiln_packages::DatabaseRoot;
+//! use kiln_packages::Sysroot;
 //!
 //! let empty = tempfile::tempdir().unwrap();
-//! let at = DatabaseRoot::new(empty.path());
+//! let at = Sysroot::new(empty.path());
 //! assert!(kiln_databases::choose(&at).is_none());
 //! let e = kiln_databases::open(&at).unwrap_err();
 //! assert!(e.to_string().contains("no package database"));
@@ -23,7 +23,7 @@
 
 use std::path::PathBuf;
 
-pub use kiln_packages::{Database, DatabaseRoot, Driver, PackageError};
+pub use kiln_packages::{Database, Driver, PackageError, Sysroot};
 
 /// Every database kiln reads, in supermin's `--list-drivers` order.
 pub const DRIVERS: &[Driver] = &[
@@ -49,7 +49,7 @@ pub struct NotFound {
 }
 
 /// The driver for the database below `at`, if any (see the crate doc).
-pub fn choose(at: &DatabaseRoot) -> Option<&'static Driver> {
+pub fn choose(at: &Sysroot) -> Option<&'static Driver> {
     DRIVERS
         .iter()
         .find(|d| (d.detect)(&at.root))
@@ -57,7 +57,7 @@ pub fn choose(at: &DatabaseRoot) -> Option<&'static Driver> {
 }
 
 /// Open the database below `at`.
-pub fn open(at: &DatabaseRoot) -> Result<Box<dyn Database>, PackageError> {
+pub fn open(at: &Sysroot) -> Result<Box<dyn Database>, PackageError> {
     match choose(at) {
         Some(d) => (d.open)(&at.root),
         None => Err(PackageError::new(NotFound {
@@ -74,13 +74,13 @@ pub fn open(at: &DatabaseRoot) -> Result<Box<dyn Database>, PackageError> {
 /// What dates the database below `at` without opening it: the chosen driver's name and
 /// the paths whose `lstat` identity changes with the installed set (`None`: no
 /// database).
-pub fn fingerprint(at: &DatabaseRoot) -> Option<(&'static str, Vec<PathBuf>)> {
+pub fn fingerprint(at: &Sysroot) -> Option<(&'static str, Vec<PathBuf>)> {
     choose(at).map(|d| (d.name, (d.fingerprint)(&at.root)))
 }
 
 /// supermin's `--list-drivers` output for the root: one `system/packager`, a tab and
 /// `detected` or `not-detected` per line.
-pub fn list_drivers(at: &DatabaseRoot) -> String {
+pub fn list_drivers(at: &Sysroot) -> String {
     DRIVERS
         .iter()
         .map(|d| {
@@ -115,7 +115,7 @@ mod tests {
                 "fedora/rpm"
             ]
         );
-        let at = DatabaseRoot::new(t.path());
+        let at = Sysroot::new(t.path());
         assert_eq!(
             list_drivers(&at),
             names
@@ -130,7 +130,7 @@ mod tests {
     fn a_present_database_is_chosen_and_a_detected_one_wins() {
         let t = tempfile::tempdir().unwrap();
         let r = t.path();
-        let at = DatabaseRoot::new(r);
+        let at = Sysroot::new(r);
         fs::create_dir_all(r.join("var/lib/pacman/local")).unwrap();
         fs::create_dir_all(r.join("var/lib/dpkg")).unwrap();
         fs::write(r.join("var/lib/dpkg/status"), "").unwrap();

@@ -3,11 +3,11 @@
 
 use std::process::Command;
 
-use kiln_databases::{DatabaseRoot, list_drivers};
+use kiln_databases::{Sysroot, list_drivers};
 
 #[test]
 fn host_list_matches_supermin() {
-    let ours = list_drivers(&DatabaseRoot::default());
+    let ours = list_drivers(&Sysroot::default());
     assert!(ours.contains("debian/dpkg\tdetected\n"), "{ours}");
     assert_eq!(ours.lines().count(), 7);
     assert_eq!(ours.matches("\tdetected").count(), 1, "{ours}");

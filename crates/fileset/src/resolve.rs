@@ -30,14 +30,14 @@ use crate::builder::{PlaceError, SetBuilder, Source};
 use crate::entry::{Content, Entry, Kind, Meta};
 use crate::munge::{HostFile, StatCache, munge};
 use crate::scan;
-use kiln_databases::{DatabaseRoot, PackageError};
+use kiln_databases::{PackageError, Sysroot};
 use kiln_pattern::{FnMatchSet, PatternError};
 
 /// Options of the file set stage.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Which package database (the host's by default).
-    pub database: DatabaseRoot,
+    pub sysroot: Sysroot,
 }
 
 /// `e` and its causes, joined by ": " (for a warning that does not stop the stage).
@@ -166,7 +166,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
 
     // 1. Packages and their closure.
     tracing::info!("mapping package names to installed packages");
-    let db = kiln_databases::open(&opts.database)?;
+    let db = kiln_databases::open(&opts.sysroot)?;
     tracing::info!("package database: {}", db.driver());
     let names: Vec<&str> = inputs.packages.iter().map(|l| l.value.as_str()).collect();
     tracing::info!("resolving full list of package dependencies");
@@ -451,7 +451,7 @@ mod tests {
         let r = resolve(
             &inputs,
             &Options {
-                database: DatabaseRoot::new(root.path()),
+                sysroot: Sysroot::new(root.path()),
             },
         )
         .unwrap();
@@ -505,7 +505,7 @@ mod tests {
         let e = resolve(
             &inputs,
             &Options {
-                database: DatabaseRoot::new(root.path()),
+                sysroot: Sysroot::new(root.path()),
             },
         )
         .unwrap_err();

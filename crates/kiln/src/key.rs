@@ -7,7 +7,7 @@
 //! - the host files named by `hostfiles` lists (glob(3) expanded as supermin does):
 //!   path and `lstat` metadata (type, mode, owner, size, mtime, ctime, inode, device),
 //!   plus the target and metadata of symlinks;
-//! - the package database: the driver chosen for [`KeyOptions::database`] (the same
+//! - the package database: the driver chosen for [`KeyOptions::sysroot`] (the same
 //!   choice the build makes, `kiln-databases`) and the `lstat` metadata of the files
 //!   that date it (for dpkg `status` and `diversions`: dpkg rewrites `status` on every
 //!   install, upgrade or removal); when no database is found, that fact;
@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use kiln_cache::Key;
 use kiln_inputs::{Class, InputKind, classify};
 pub use kiln_kernel::{KernelEnv, Roots};
-pub use kiln_packages::DatabaseRoot;
+pub use kiln_packages::Sysroot;
 
 /// Bump when the appliance kiln builds changes in a way old cached slots lack.
 pub const FORMAT_VERSION: u32 = 1;
@@ -62,7 +62,7 @@ pub struct KeyOptions {
     /// `--size` of the root image in bytes (`None`: kiln's default, 4 GiB).
     pub size: Option<u64>,
     /// Which package database (the build reads the same: `BuildOptions::database`).
-    pub database: DatabaseRoot,
+    pub sysroot: Sysroot,
     /// `SUPERMIN_KERNEL`, `SUPERMIN_KERNEL_VERSION`, `SUPERMIN_MODULES` (default: the
     /// process environment, which is also what the build pipeline reads).
     pub kernel: KernelEnv,
@@ -78,7 +78,7 @@ impl Default for KeyOptions {
         KeyOptions {
             host_cpu: std::env::consts::ARCH.to_owned(),
             size: None,
-            database: DatabaseRoot::default(),
+            sysroot: Sysroot::default(),
             kernel: KernelEnv::from_process(),
             roots: Roots::default(),
             euid: rustix::process::geteuid().as_raw(),
@@ -163,7 +163,7 @@ pub fn appliance_key(supermin_d: &Path, opts: &KeyOptions) -> Result<Key, KeyErr
         }
     }
 
-    match kiln_databases::fingerprint(&opts.database) {
+    match kiln_databases::fingerprint(&opts.sysroot) {
         Some((driver, paths)) => {
             h.bytes("database", driver.as_bytes());
             for p in &paths {

@@ -31,7 +31,7 @@ pub mod locate;
 pub mod pipeline;
 
 pub use kiln_cache as cache;
-pub use kiln_packages::DatabaseRoot;
+pub use kiln_packages::Sysroot;
 pub use locate::{LocateError, LocateOptions, Pinned, locate};
 pub use pipeline::{
     ApplianceReport, BuildError, BuildOptions, BuildReport, Format, build, build_into,

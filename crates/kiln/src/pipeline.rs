@@ -39,7 +39,7 @@ pub struct BuildOptions {
     /// Stop after the file set is resolved (benchmarks, debugging): nothing is written.
     pub resolve_only: bool,
     /// Which package database (the cache key reads the same: `KeyOptions::database`).
-    pub database: kiln_packages::DatabaseRoot,
+    pub sysroot: kiln_packages::Sysroot,
     /// ext2: image size in bytes.
     pub size: u64,
     /// ext2: the CPU architecture whose kernel to pick (supermin's `--host-cpu`).
@@ -66,7 +66,7 @@ impl BuildOptions {
             output,
             include_packagelist: false,
             resolve_only: false,
-            database: kiln_packages::DatabaseRoot::default(),
+            sysroot: kiln_packages::Sysroot::default(),
             size: kiln_image::DEFAULT_SIZE,
             host_cpu: default_host_cpu(),
             copy_kernel: false,
@@ -200,7 +200,7 @@ fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildErr
         let resolved = kiln_fileset::resolve(
             &inputs,
             &Options {
-                database: opts.database.clone(),
+                sysroot: opts.sysroot.clone(),
             },
         );
         let modules = scan.map(|h| {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use kiln::key::{DatabaseRoot, KernelEnv, KeyOptions, Roots, appliance_key};
+use kiln::key::{KernelEnv, KeyOptions, Roots, Sysroot, appliance_key};
 use kiln::locate::{BuildFn, LocateOptions, locate};
 use kiln_cache::BuildMeta;
 
@@ -69,7 +69,7 @@ impl Fixture {
     }
     fn options(&self) -> KeyOptions {
         KeyOptions {
-            database: DatabaseRoot::new(self.root()),
+            sysroot: Sysroot::new(self.root()),
             kernel: KernelEnv {
                 kernel: Some(self.path("vmlinuz-1").into()),
                 version: Some("1.0".into()),
@@ -312,7 +312,7 @@ fn the_package_database_root_is_in_the_key() {
     let other = f.path("other-root");
     fs::create_dir_all(other.join("var/lib/dpkg")).unwrap();
     let mut o = f.options();
-    o.database = DatabaseRoot::new(&other);
+    o.sysroot = Sysroot::new(&other);
     let none = f.key_with(&o);
     assert_ne!(none, k, "no database is not the fixture's database");
     fs::write(other.join("var/lib/dpkg/status"), "").unwrap();
