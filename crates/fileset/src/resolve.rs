@@ -36,7 +36,8 @@ use kiln_pattern::{FnMatchSet, PatternError};
 /// Options of the file set stage.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Which package database (the host's by default).
+    /// The installed system: its package database, and the root every package file
+    /// and hostfiles pattern is read below (the host's `/` by default).
     pub sysroot: Sysroot,
 }
 
@@ -252,12 +253,15 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
                 pattern: l.value.clone(),
             });
         }
-        let matches =
+        let matches = if opts.sysroot.is_host() {
             kiln_pattern::glob(l.value.as_os_str()).map_err(|source| ResolveError::Glob {
                 origin: l.origin.clone(),
                 pattern: l.value.clone(),
                 source,
-            })?;
+            })?
+        } else {
+            kiln_pattern::glob_in(&opts.sysroot.root, l.value.as_os_str())
+        };
         files.extend(matches.into_iter().map(HostFile::same));
     }
     counts.after_hostfiles = files.len();
@@ -265,7 +269,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
 
     // 5. Existence, then readability; a diverted file is read from where dpkg put it.
     let mut noted = false;
-    let mut cache = StatCache::default();
+    let mut cache = StatCache::new(opts.sysroot.clone());
     let root = rustix::process::geteuid().is_root();
     files.retain_mut(|f| {
         let md = if f.source == f.path {
@@ -285,7 +289,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         if !md.is_file() || root {
             return true;
         }
-        match readable(&f.source) {
+        match readable(&cache.host_path(&f.source)) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(
@@ -326,7 +330,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
             tracing::warn!("{}: vanished while building (ignored)", f.source.display());
             continue;
         };
-        let entry = match scan::host_entry_from(&f.source, f.path.clone(), &md) {
+        let entry = match scan::host_entry_from(&cache.host_path(&f.source), f.path.clone(), &md) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!("{e} (ignored)");
@@ -396,19 +400,9 @@ mod tests {
     /// image: every step of the stage, checked on the resulting set.
     #[test]
     fn resolves_packages_excludes_hostfiles_diversions_and_base_images() {
-        let host = tempfile::tempdir().unwrap();
-        let h = fs::canonicalize(host.path()).unwrap();
+        // The system lives below a root (`--sysroot`); its files under /srv/host.
+        let h = PathBuf::from("/srv/host");
         let hs = h.display().to_string();
-        for d in ["usr/bin", "usr/share/doc/app", "etc/app", "opt"] {
-            fs::create_dir_all(h.join(d)).unwrap();
-        }
-        fs::write(h.join("usr/bin/app"), b"app").unwrap();
-        fs::write(h.join("usr/bin/tool.real"), b"diverted").unwrap();
-        fs::write(h.join("usr/share/doc/app/README"), b"doc").unwrap();
-        fs::write(h.join("etc/app/app.conf"), b"conf").unwrap();
-        fs::write(h.join("opt/.hidden"), b"h").unwrap();
-        fs::write(h.join("opt/visible"), b"v").unwrap();
-        symlink("usr/bin", h.join("bin")).unwrap();
         let list = format!(
             "/.\n{hs}\n{hs}/bin\n{hs}/bin/app\n{hs}/usr/bin/tool\n{hs}/usr/share/doc\n{hs}/usr/share/doc/app/README\n\
              {hs}/etc/app/app.conf\n{hs}/gone\n"
@@ -420,6 +414,17 @@ mod tests {
         );
         let diversions = format!("{hs}/usr/bin/tool\n{hs}/usr/bin/tool.real\nother\n");
         let root = fake_root(&status, &[("app", &list)], &diversions);
+        let on_disk = root.path().join("srv/host");
+        for d in ["usr/bin", "usr/share/doc/app", "etc/app", "opt"] {
+            fs::create_dir_all(on_disk.join(d)).unwrap();
+        }
+        fs::write(on_disk.join("usr/bin/app"), b"app").unwrap();
+        fs::write(on_disk.join("usr/bin/tool.real"), b"diverted").unwrap();
+        fs::write(on_disk.join("usr/share/doc/app/README"), b"doc").unwrap();
+        fs::write(on_disk.join("etc/app/app.conf"), b"conf").unwrap();
+        fs::write(on_disk.join("opt/.hidden"), b"h").unwrap();
+        fs::write(on_disk.join("opt/visible"), b"v").unwrap();
+        symlink("usr/bin", on_disk.join("bin")).unwrap();
 
         let line = |v: &str| Line {
             value: v.to_string(),
@@ -472,7 +477,7 @@ mod tests {
         assert!(matches!(get("bin").map(|e| &e.kind), Some(Kind::Symlink(t)) if t == b"usr/bin"));
         // Diverted: the path the package names, the bytes from where dpkg put them.
         assert!(matches!(get("usr/bin/tool").map(|e| &e.kind),
-            Some(Kind::File(Content::Host { path, .. })) if path == &h.join("usr/bin/tool.real")));
+            Some(Kind::File(Content::Host { path, .. })) if path == &on_disk.join("usr/bin/tool.real")));
         assert!(get("usr/share/doc/app/README").is_none());
         assert!(
             get("usr/share/doc").is_some(),

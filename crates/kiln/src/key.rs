@@ -61,7 +61,9 @@ pub struct KeyOptions {
     pub host_cpu: String,
     /// `--size` of the root image in bytes (`None`: kiln's default, 4 GiB).
     pub size: Option<u64>,
-    /// Which package database (the build reads the same: `BuildOptions::database`).
+    /// The installed system: its package database and hostfiles are read below it
+    /// (the build reads the same: `BuildOptions::sysroot`). Set it with
+    /// [`KeyOptions::set_sysroot`] so the kernel roots follow.
     pub sysroot: Sysroot,
     /// `SUPERMIN_KERNEL`, `SUPERMIN_KERNEL_VERSION`, `SUPERMIN_MODULES` (default: the
     /// process environment, which is also what the build pipeline reads).
@@ -71,6 +73,15 @@ pub struct KeyOptions {
     /// The effective IDs the appliance is built for.
     pub euid: u32,
     pub egid: u32,
+}
+
+impl KeyOptions {
+    /// Read everything below `sysroot`: the package database, hostfiles, and the kernel
+    /// from its `/boot` and `/lib/modules`.
+    pub fn set_sysroot(&mut self, sysroot: Sysroot) {
+        self.roots = crate::pipeline::kernel_roots(&sysroot);
+        self.sysroot = sysroot;
+    }
 }
 
 impl Default for KeyOptions {
@@ -155,11 +166,23 @@ pub fn appliance_key(supermin_d: &Path, opts: &KeyOptions) -> Result<Key, KeyErr
 
     let mut patterns = Vec::new();
     hash_inputs(&mut h, supermin_d, &mut patterns)?;
+    let root = &opts.sysroot;
     for pat in &patterns {
         h.bytes("glob", pat);
-        // A pattern glob(3) cannot expand is hashed as such; the build reports it.
-        for m in kiln_pattern::glob(OsStr::from_bytes(pat)).unwrap_or_default() {
-            h.meta(&m);
+        if root.is_host() {
+            // A pattern glob(3) cannot expand is hashed as such; the build reports it.
+            for m in kiln_pattern::glob(OsStr::from_bytes(pat)).unwrap_or_default() {
+                h.meta(&m);
+            }
+        } else {
+            // Below another root, as the build expands it: links followed inside it.
+            for m in kiln_pattern::glob_in(&root.root, OsStr::from_bytes(pat)) {
+                let dir = m.parent().map(|d| kiln_pattern::resolve_in(&root.root, d));
+                match (dir, m.file_name()) {
+                    (Some(Ok(d)), Some(n)) => h.meta(&root.host_path(&d.join(n))),
+                    _ => h.meta(&root.host_path(&m)),
+                }
+            }
         }
     }
 

@@ -31,6 +31,7 @@ pub mod locate;
 pub mod pipeline;
 
 pub use kiln_cache as cache;
+pub use kiln_databases as databases;
 pub use kiln_packages::Sysroot;
 pub use locate::{LocateError, LocateOptions, Pinned, locate};
 pub use pipeline::{
