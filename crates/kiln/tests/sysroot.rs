@@ -315,3 +315,80 @@ fn foreign_debian_root_boots_its_own_kernel() {
         outcome.console
     );
 }
+
+/// Two more rpm packages make the root bootable: the host's busybox (requiring
+/// `libc.so.6()(64bit)`) and the C library it needs (providing it).
+const BOOTABLE_RPMS: &[(&str, &str)] = &[
+    (
+        "kiln-glibc",
+        "BuildArch: x86_64
+Provides: libc.so.6()(64bit)
+%define __os_install_post %{nil}
+%define _build_id_links none
+%install
+mkdir -p %{buildroot}/lib64 %{buildroot}/lib/x86_64-linux-gnu
+cp -L /lib64/ld-linux-x86-64.so.2 %{buildroot}/lib64/
+cp -L /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_64-linux-gnu/libresolv.so.2 %{buildroot}/lib/x86_64-linux-gnu/
+%files
+/lib64/ld-linux-x86-64.so.2
+/lib/x86_64-linux-gnu/libc.so.6
+/lib/x86_64-linux-gnu/libresolv.so.2
+",
+    ),
+    (
+        "kiln-busybox",
+        "BuildArch: x86_64
+Requires: libc.so.6()(64bit)
+%define __os_install_post %{nil}
+%define _build_id_links none
+%install
+mkdir -p %{buildroot}/bin
+cp -L /bin/busybox %{buildroot}/bin/busybox
+%files
+/bin/busybox
+",
+    ),
+];
+
+/// An rpm root made by the real tools boots under `kiln boot` (with the host's kernel:
+/// the root has none).
+#[test]
+fn rpm_root_appliance_boots() {
+    assert!(
+        rpmroot::tools_present(),
+        "rpm and rpmbuild: run scripts/setup-host"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let root = rpmroot::make_root(t.path(), BOOTABLE_RPMS);
+    let sd = t.path().join("supermin.d");
+    fs::create_dir_all(&sd).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/supermin.d");
+    fs::copy(example.join("init.tar.gz"), sd.join("init.tar.gz")).unwrap();
+    fs::write(sd.join("packages"), "kiln-busybox\n").unwrap();
+    let out = t.path().join("appliance");
+    let mut o = BuildOptions::new(vec![sd], Format::Ext2, out.clone());
+    o.set_sysroot(Sysroot::new(&root));
+    o.kernel_roots = kiln::key::Roots::default();
+    let r = kiln::build(&o).unwrap();
+    assert_eq!(
+        r.packages,
+        ["kiln-busybox-1.0-1.x86_64", "kiln-glibc-1.0-1.x86_64"]
+    );
+    let outcome = kiln_boot::boot(
+        &out,
+        &kiln_boot::BootOptions {
+            timeout: std::time::Duration::from_secs(300),
+            echo: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(outcome.init_ran, "console:\n{}", outcome.console);
+    assert!(
+        outcome
+            .console
+            .contains("Hello from the kiln example appliance"),
+        "console:\n{}",
+        outcome.console
+    );
+}
