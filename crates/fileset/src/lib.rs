@@ -20,9 +20,11 @@
 //!   chroot behaviour; its ext2 output keeps the tarball's, see [`builder`]);
 //! - hard links: host files sharing an inode stay hard links; tarball hard links become
 //!   separate files with the same bytes;
-//! - unreadable host files are left out with a warning naming them, never written as
+//! - unreadable host files, and host files below a directory the user cannot search,
+//!   are left out with a warning naming them, never written as
 //!   empty files; packages that are not installed are warned about and ignored.
 
+pub mod access;
 pub mod builder;
 pub mod entry;
 pub mod munge;

@@ -16,7 +16,9 @@
 //!    crashes later);
 //! 5. existence filter (lstat of source or path), then **unreadable files are left out
 //!    with a warning naming them** (as supermin's warning) — kiln never writes an empty
-//!    stand-in for a file it cannot read, as root or not;
+//!    stand-in for a file it cannot read, as root or not; files (and hostfiles
+//!    patterns) hidden by a directory the user cannot search are left out with one
+//!    warning per such directory ([`crate::access`]), not silently as missing ones;
 //! 6. munging ([`crate::munge`]);
 //! 7. base images (in order), then the munged host entries, merged by [`SetBuilder`].
 
@@ -26,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_inputs::{BaseImage, Inputs, Member, MemberKind, Origin};
 
+use crate::access::Hidden;
 use crate::builder::{PlaceError, SetBuilder, Source};
 use crate::entry::{Content, Entry, Kind, Meta};
 use crate::munge::{HostFile, StatCache, munge};
@@ -246,6 +249,8 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
     );
 
     // 4. Hostfiles.
+    let root = rustix::process::geteuid().is_root();
+    let mut hidden = Hidden::default();
     for l in &inputs.hostfiles {
         if !l.value.is_absolute() {
             return Err(ResolveError::RelativeHostfile {
@@ -262,6 +267,10 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         } else {
             kiln_pattern::glob_in(&opts.sysroot.root, l.value.as_os_str())
         };
+        // (Searchability is a property of this machine's own directories.)
+        if matches.is_empty() && !root && opts.sysroot.is_host() {
+            hidden.note_pattern(&l.value);
+        }
         files.extend(matches.into_iter().map(HostFile::same));
     }
     counts.after_hostfiles = files.len();
@@ -270,7 +279,6 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
     // 5. Existence, then readability; a diverted file is read from where dpkg put it.
     let mut noted = false;
     let mut cache = StatCache::new(opts.sysroot.clone());
-    let root = rustix::process::geteuid().is_root();
     files.retain_mut(|f| {
         let md = if f.source == f.path {
             cache.lstat(&f.path)
@@ -284,7 +292,13 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
                 (s, None) => s,
             }
         };
-        let Some(md) = md else { return false };
+        let Some(md) = md else {
+            // Not there, or hidden by a directory this user cannot search.
+            if !root && opts.sysroot.is_host() {
+                hidden.note_missing(&f.path);
+            }
+            return false;
+        };
         // Root reads everything (CAP_DAC_OVERRIDE): no need to ask.
         if !md.is_file() || root {
             return true;
@@ -308,6 +322,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
             }
         }
     });
+    hidden.warn();
     counts.after_unreadable = files.len();
     tracing::info!(
         "{} files, after removing unreadable files",

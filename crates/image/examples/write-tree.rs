@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let chroot = rest[0] == "--chroot" && rest.len() >= 2;
     let mut opts = kiln_image::ImageOptions::default();
     if let Some(s) = rest.get(1).filter(|_| !chroot) {
-        opts.size = kiln_image::parse_size(s)?;
+        opts.size = kiln_size::parse(s)?;
     }
     if let Ok(t) = std::env::var("KILN_IMAGE_THREADS") {
         opts.threads = t.parse()?;

@@ -45,9 +45,9 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Errors computing a key.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("reading supermin appliance {path:?}: {source}")]
+    #[error("reading supermin appliance {}", path.display())]
     Read { path: PathBuf, source: io::Error },
-    #[error("reading supermin appliance {path:?}: {source}")]
+    #[error("reading supermin appliance {}", path.display())]
     Inputs {
         path: PathBuf,
         source: Box<kiln_inputs::InputError>,

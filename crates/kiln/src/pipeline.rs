@@ -145,21 +145,21 @@ pub enum BuildError {
     Inputs(#[from] InputError),
     #[error(transparent)]
     Resolve(#[from] ResolveError),
-    #[error("the appliance file set is inconsistent: {0}")]
+    #[error("the appliance file set is inconsistent")]
     Set(#[from] SetError),
-    #[error("adding /packagelist: {0}")]
+    #[error("adding /packagelist")]
     Packagelist(#[from] kiln_fileset::builder::PlaceError),
     #[error(transparent)]
     Chroot(#[from] ChrootError),
     #[error(transparent)]
     Kernel(#[from] kiln_kernel::Error),
-    #[error("adding the kernel modules tree: {0}")]
+    #[error("adding the kernel modules tree")]
     Modules(#[from] kiln_fileset::builder::TreeError),
     #[error(transparent)]
     Output(#[from] OutdirError),
-    #[error("writing the root image: {0}")]
+    #[error("writing the root image")]
     Image(#[from] ImageError),
-    #[error("writing the initrd: {0}")]
+    #[error("writing the initrd")]
     Initrd(#[from] kiln_initrd::Error),
 }
 
