@@ -80,9 +80,10 @@ pub struct Args {
     #[arg(long, hide = true)]
     resolve_only: bool,
 
-    /// Root directory of the dpkg database to use instead of `/`.
-    #[arg(long, value_name = "DIR", hide = true, default_value = "/")]
-    dpkg_root: PathBuf,
+    /// Build from the installed system below DIR instead of `/`: its package database,
+    /// package files, hostfiles, /boot and /lib/modules.
+    #[arg(long, value_name = "DIR", alias = "dpkg-root", default_value = "/")]
+    sysroot: PathBuf,
 
     /// supermin.d directories or input files.
     #[arg(value_name = "INPUT", required = true)]
@@ -111,7 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut opts = kiln::BuildOptions::new(args.inputs, format, output);
     opts.include_packagelist = args.include_packagelist;
     opts.resolve_only = args.resolve_only;
-    opts.database = kiln::DatabaseRoot::new(args.dpkg_root);
+    opts.set_sysroot(kiln::Sysroot::new(args.sysroot));
     opts.size = args.size;
     opts.copy_kernel = args.copy_kernel;
     if let Some(cpu) = args.host_cpu {

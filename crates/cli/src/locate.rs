@@ -48,6 +48,11 @@ pub struct Args {
     size: Option<u64>,
 
     /// Rebuild even if the appliance is cached.
+    /// Read the installed system below DIR instead of `/` (package database, files,
+    /// /boot, /lib/modules).
+    #[arg(long, value_name = "DIR")]
+    sysroot: Option<PathBuf>,
+
     #[arg(long)]
     force: bool,
 }
@@ -59,11 +64,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .map(|p| p.as_raw_nonzero().get() as u32)
             .context("kiln has no parent process to pin the appliance to; use --pin-to PID")?,
     };
-    let key = kiln::key::KeyOptions {
+    let mut key = kiln::key::KeyOptions {
         host_cpu: args.host_cpu,
         size: args.size,
         ..Default::default()
     };
+    if let Some(dir) = args.sysroot {
+        key.set_sysroot(kiln::Sysroot::new(dir));
+    }
     let opts = kiln::LocateOptions {
         path: args.path,
         cachedir: args.cachedir,

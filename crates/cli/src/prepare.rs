@@ -20,18 +20,23 @@ pub struct Args {
     #[arg(long)]
     json: bool,
 
+    /// Read the installed system below DIR instead of `/` (package database, files,
+    /// /boot, /lib/modules).
+    #[arg(long, value_name = "DIR")]
+    sysroot: Option<PathBuf>,
+
     /// Installed package names (dependencies are resolved at build time).
     #[arg(value_name = "PACKAGE", required = true)]
     packages: Vec<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let r = kiln_prepare::prepare(
-        &args.packages,
-        &args.output,
-        &kiln_prepare::PrepareOptions::default(),
-    )
-    .with_context(|| format!("preparing {}", args.output.display()))?;
+    let mut opts = kiln_prepare::PrepareOptions::default();
+    if let Some(dir) = args.sysroot {
+        opts.root = dir;
+    }
+    let r = kiln_prepare::prepare(&args.packages, &args.output, &opts)
+        .with_context(|| format!("preparing {}", args.output.display()))?;
     if args.json {
         let v = serde_json::json!({
             "output": args.output,

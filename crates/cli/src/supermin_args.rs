@@ -247,7 +247,10 @@ pub fn parse(argv: &[String]) -> Parsed {
             "--list-drivers" => {
                 return Parsed::Exit {
                     code: 0,
-                    stdout: "debian/dpkg\tdetected\n".into(),
+                    // Detected for the root in use: `KILN_SYSROOT`, else `/`.
+                    stdout: kiln::databases::list_drivers(&kiln::Sysroot::new(
+                        std::env::var_os("KILN_SYSROOT").unwrap_or_else(|| "/".into()),
+                    )),
                     stderr: String::new(),
                 };
             }

@@ -256,6 +256,7 @@ fn pipeline_options(opts: &SuperminOptions) -> pipeline::BuildOptions {
     o.include_packagelist = opts.include_packagelist;
     o.kernel_env = opts.key.kernel.clone();
     o.kernel_roots = opts.key.roots.clone();
+    o.sysroot = opts.key.sysroot.clone();
     o
 }
 
@@ -419,7 +420,7 @@ pub fn up_to_date_by_mtime(opts: &SuperminOptions) -> Result<bool, SuperminError
     }
     // supermin compares the package database's own file; the database's fingerprint
     // paths are those files for whichever database the key reads.
-    let db = kiln_databases::fingerprint(&opts.key.database)
+    let db = kiln_databases::fingerprint(&opts.key.sysroot)
         .map(|(_, paths)| paths)
         .unwrap_or_default();
     for i in opts.inputs.iter().chain(db.iter()) {
