@@ -13,6 +13,19 @@
 //!
 //! Invariants: at most one qemu per [`boot`] call; qemu is killed at the timeout and
 //! always reaped; nothing is written to the appliance directory.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use kiln_boot::{BootOptions, boot};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // An appliance made by `kiln build -f ext2 -o /tmp/appliance ...`.
+//! let out = boot(std::path::Path::new("/tmp/appliance"), &BootOptions::default())?;
+//! assert!(out.init_ran, "{}", out.console);
+//! println!("booted with {} in {:?}", out.accel, out.elapsed);
+//! # Ok(()) }
+//! ```
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -27,16 +40,24 @@ const EXEC_FAILED: &str = "kiln-init: error: exec /init";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("appliance file {path}: {source}")]
-    Missing { path: PathBuf, source: io::Error },
+    #[error("appliance file {path}")]
+    Missing {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error(
         "{path} is not an ext2/3/4 filesystem (no magic 0xEF53 at 0x438), so it has no root UUID; rebuild the appliance with `kiln build -f ext2`"
     )]
     NotExt { path: PathBuf },
-    #[error("cannot run {qemu}: {source}; install qemu-system-x86 (scripts/setup-host)")]
-    Spawn { qemu: PathBuf, source: io::Error },
-    #[error("waiting for qemu: {0}")]
-    Wait(io::Error),
+    #[error("cannot run {qemu} (install qemu-system-x86, as scripts/setup-host does)")]
+    Spawn {
+        qemu: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("waiting for qemu")]
+    Wait(#[source] io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -11,6 +11,22 @@
 //! - `DIR` must be a directory or absent: a file or a symlink at `DIR` is refused, never
 //!   followed or replaced; `/` and `..` are refused;
 //! - a staging directory that is dropped unpublished (error, panic) is removed.
+//!
+//! # Example
+//!
+//! ```
+//! use kiln_outdir::Staging;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let t = tempfile::tempdir()?;
+//! let out = t.path().join("appliance");
+//! let staging = Staging::new(&out)?;
+//! std::fs::write(staging.path().join("kernel"), b"...")?;
+//! // Until here `out` is untouched; now it is replaced in one rename.
+//! staging.publish()?;
+//! assert!(out.join("kernel").exists());
+//! # Ok(()) }
+//! ```
 
 use std::fs;
 use std::io;
@@ -24,7 +40,7 @@ use rustix::fs::{CWD, RenameFlags, renameat_with};
 pub enum OutdirError {
     #[error("output {path}: {why}")]
     Refused { path: PathBuf, why: &'static str },
-    #[error("output {path}: {source}")]
+    #[error("output {path}")]
     Io {
         path: PathBuf,
         #[source]
