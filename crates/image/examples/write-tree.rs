@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let t1 = Instant::now();
     if chroot {
-        let st = kiln_fileset::write_chroot(&set, Path::new(&rest[1]))?;
+        let st = kiln_chroot::write_chroot(&set, Path::new(&rest[1]))?;
         eprintln!("chroot: {st:?}");
         return Ok(());
     }
