@@ -39,6 +39,8 @@ pub struct Pinned {
     dir: Arc<OwnedFd>,
     pin_name: String,
     remove_on_drop: bool,
+    /// Removes the pin if a signal ends its (this) process first.
+    cleanup: Option<kiln_cleanup::Guard>,
 }
 
 impl Pinned {
@@ -78,6 +80,7 @@ impl Pinned {
     /// process has exited.
     pub fn keep(mut self) {
         self.remove_on_drop = false;
+        self.cleanup = None;
     }
 }
 
@@ -118,11 +121,21 @@ impl Cache {
             built,
         } = src;
         let mut tries = 0;
-        let (pin_name, pin_fd) = loop {
+        let (pin_name, pin_fd, cleanup) = loop {
             let name = format!("{PIN}{}-{}-{}-{key}", owner.pid, owner.start, next_seq());
             tries += 1;
-            match fsx::make_dir(self.fd(), &name, 0o755) {
-                Ok(fd) => break (name, fd),
+            let made = kiln_cleanup::create(|| {
+                let fd = fsx::make_dir(self.fd(), &name, 0o755)?;
+                // Only this process's own pins go when it is interrupted.
+                let (dir, n) = (self.dir.clone(), name.clone());
+                let cleanup = move || match mine {
+                    true => fsx::remove_tree(dir.as_fd(), &n),
+                    false => Ok(()),
+                };
+                Ok::<_, io::Error>((fd, cleanup))
+            });
+            match made {
+                Ok((fd, guard)) => break (name, fd, guard),
                 // NotFound: gc removed it at once, so the owner has just exited.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 10_000 => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 100 => continue,
@@ -173,6 +186,7 @@ impl Cache {
             dir: self.dir.clone(),
             pin_name,
             remove_on_drop: mine,
+            cleanup: mine.then_some(cleanup),
         })
     }
 }

@@ -154,11 +154,18 @@ impl Cache {
 
     /// Make a private build directory `tmp-<key>-<pid>-<n>` (0700) and lock it: while
     /// the lock is held, gc knows its builder is alive.
-    fn make_private(&self, key: &Key) -> Result<(String, File)> {
+    /// Its removal is registered with `kiln-cleanup`, so a SIGINT, SIGTERM or SIGHUP
+    /// during the build removes it before the process exits.
+    fn make_private(&self, key: &Key) -> Result<(String, File, kiln_cleanup::Guard)> {
         loop {
             let name = format!("{TMP}{key}-{}-{}", std::process::id(), next_seq());
-            let fd = match fsx::make_dir(self.fd(), &name, 0o700) {
-                Ok(fd) => fd,
+            let made = kiln_cleanup::create(|| {
+                let fd = fsx::make_dir(self.fd(), &name, 0o700)?;
+                let (dir, n) = (self.dir.clone(), name.clone());
+                Ok::<_, io::Error>((fd, move || fsx::remove_tree(dir.as_fd(), &n)))
+            });
+            let (fd, cleanup) = match made {
+                Ok(made) => made,
                 // NotFound: a racing gc took it for debris before we locked it.
                 Err(e)
                     if matches!(
@@ -177,7 +184,7 @@ impl Cache {
             if still_named(self.fd(), &name, f.as_fd())
                 .map_err(|e| CacheError::io(self.path.join(&name), "lstat", e))?
             {
-                return Ok((name, f));
+                return Ok((name, f, cleanup));
             }
         }
     }
@@ -193,7 +200,7 @@ impl Cache {
         F: FnOnce(&Path) -> Result<BuildMeta, E>,
         E: Into<BuildError>,
     {
-        let (tmp_name, tmp) = self.make_private(key)?;
+        let (tmp_name, tmp, cleanup) = self.make_private(key)?;
         let tmp_path = self.path.join(&tmp_name);
         tracing::info!("building appliance {key} in {}", tmp_path.display());
         let result = build(&tmp_path);
@@ -225,6 +232,9 @@ impl Cache {
             }
         };
         fault("after-publish");
+        // Published: `tmp_name` is gone or names an old slot that readers may still be
+        // pinning from, which only gc (under its lock) may remove after a signal.
+        drop(cleanup);
         // Let readers at the new slot before clearing away the old one.
         drop(tmp);
         if replaced {
