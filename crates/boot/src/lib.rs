@@ -248,6 +248,13 @@ pub fn boot(dir: &Path, opts: &BootOptions) -> Result<BootOutcome> {
     Ok(out)
 }
 
+/// Fault injection for the tests: `KILN_BOOT_FAULT=try-wait` makes polling qemu fail
+/// once it has run for 300 ms.
+fn try_wait_fault(start: Instant) -> bool {
+    start.elapsed() >= Duration::from_millis(300)
+        && std::env::var_os("KILN_BOOT_FAULT").is_some_and(|v| v == "try-wait")
+}
+
 fn drive_arg(path: &Path, id: &str) -> String {
     // qemu's -drive syntax doubles commas in file names.
     let f = path.to_string_lossy().replace(',', ",,");
@@ -332,14 +339,24 @@ fn run_qemu(
     });
     let mut timed_out = false;
     let status = loop {
-        match child.try_wait().map_err(Error::Wait)? {
-            Some(st) => break st,
-            None if start.elapsed() >= opts.timeout => {
+        let polled = match child.try_wait() {
+            Ok(_) if try_wait_fault(start) => Err(io::Error::other("injected try_wait failure")),
+            r => r,
+        };
+        match polled {
+            Ok(Some(st)) => break st,
+            Ok(None) if start.elapsed() >= opts.timeout => {
                 timed_out = true;
                 let _ = child.kill();
                 break child.wait().map_err(Error::Wait)?;
             }
-            None => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                // Never leave qemu running (or a zombie) behind an error.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Wait(e));
+            }
         }
     };
     let _ = reader.join();
