@@ -59,9 +59,10 @@ pub struct GcReport {
     pub debris: usize,
     /// Slots removed by the bounds.
     pub removed: Vec<Key>,
-    /// Bytes freed by removing slots.
+    /// Bytes freed by everything removed (dead pins, leftovers, slots): the allocated
+    /// size of each file whose last link went, whatever the policy.
     pub freed: u64,
-    /// Slots left, and their allocated bytes.
+    /// Slots left, and their allocated bytes (always measured).
     pub slots: usize,
     pub bytes: u64,
 }
@@ -140,8 +141,11 @@ impl Cache {
                 pinned.insert(key);
             } else {
                 // Never entered if it is a link; a FIFO or file is just unlinked.
-                match fsx::remove_tree(self.fd(), n) {
-                    Ok(()) => report.dead_pins += 1,
+                match fsx::remove_tree_freeing(self.fd(), n) {
+                    Ok(freed) => {
+                        report.dead_pins += 1;
+                        report.freed += freed;
+                    }
                     Err(e) => tracing::debug!("gc: {}: {e}", self.path.join(n).display()),
                 }
             }
@@ -150,8 +154,11 @@ impl Cache {
         for n in &names {
             let Some(k) = private_key(n) else { continue };
             match self.remove_if_unlocked(n) {
-                Ok(true) => report.debris += 1,
-                Ok(false) => {
+                Ok(Some(freed)) => {
+                    report.debris += 1;
+                    report.freed += freed;
+                }
+                Ok(None) => {
                     busy_keys.insert(k.to_owned());
                 }
                 Err(e) => tracing::debug!("gc: {}: {e}", self.path.join(n).display()),
@@ -163,10 +170,9 @@ impl Cache {
             if st.st_uid != self.euid {
                 continue; // not ours to judge; locate refuses it with a security error
             }
-            let size = match (policy.max_size, open_dir(self.fd(), n)) {
-                (Some(_), Ok(fd)) => fsx::allocated_size(fd.as_fd()).unwrap_or(0),
-                _ => 0,
-            };
+            let size = open_dir(self.fd(), n)
+                .and_then(|fd| fsx::allocated_size(fd.as_fd()))
+                .unwrap_or(0);
             slots.push((key, size, mtime_of(&st)));
         }
         // Newest first; remove from the end.
@@ -184,13 +190,13 @@ impl Cache {
                 continue;
             }
             match self.remove_slot(key) {
-                Ok(true) => {
+                Ok(Some(freed)) => {
                     count -= 1;
                     bytes = bytes.saturating_sub(*size);
-                    report.freed += size;
+                    report.freed += freed;
                     report.removed.push(key.clone());
                 }
-                Ok(false) => {}
+                Ok(None) => {}
                 Err(e) => tracing::debug!("gc: slot {key}: {e}"),
             }
         }
@@ -215,47 +221,46 @@ impl Cache {
     }
 
     /// Remove a `tmp-`/`trash-` directory if nobody holds its lock (its builder or
-    /// remover is dead). Returns whether it was removed.
-    fn remove_if_unlocked(&self, name: &str) -> io::Result<bool> {
+    /// remover is dead). Returns the bytes freed if it was removed.
+    fn remove_if_unlocked(&self, name: &str) -> io::Result<Option<u64>> {
         let st = match lstat_at(self.fd(), name) {
             Ok(st) => st,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
         if file_type(&st) != FileType::Directory {
-            fsx::remove_tree(self.fd(), name)?;
-            return Ok(true);
+            return fsx::remove_tree_freeing(self.fd(), name).map(Some);
         }
         let f = File::from(open_dir(self.fd(), name)?);
         match f.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
         if !still_named(self.fd(), name, f.as_fd())? {
-            return Ok(false);
+            return Ok(None);
         }
-        fsx::remove_tree(self.fd(), name)?;
-        Ok(true)
+        fsx::remove_tree_freeing(self.fd(), name).map(Some)
     }
 
     /// Remove slot `key` unless someone is pinning from it or a live pin names it.
-    fn remove_slot(&self, key: &Key) -> io::Result<bool> {
+    /// Returns the bytes freed if it was removed.
+    fn remove_slot(&self, key: &Key) -> io::Result<Option<u64>> {
         let name = format!("{SLOT}{key}");
         let f = File::from(open_dir(self.fd(), &name)?);
         match f.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
         if !still_named(self.fd(), &name, f.as_fd())? {
-            return Ok(false);
+            return Ok(None);
         }
         // Under the exclusive lock no reader can be half-way through pinning, so the
         // pins listed now are all there will be for this directory.
         let names = fsx::list(self.fd())?;
         if self.live_pins(&names).contains_key(key) {
-            return Ok(false);
+            return Ok(None);
         }
         let trash = format!("{TRASH}{key}-{}-{}", std::process::id(), next_seq());
         rustix::fs::renameat_with(self.fd(), &name, self.fd(), &trash, RenameFlags::NOREPLACE)
@@ -267,8 +272,7 @@ impl Cache {
                 }
             })?;
         crate::cache::fault("gc-after-rename");
-        fsx::remove_tree(self.fd(), &trash)?;
-        Ok(true)
+        fsx::remove_tree_freeing(self.fd(), &trash).map(Some)
     }
 
     fn remove_lock_if_free(&self, name: &str) -> io::Result<()> {
