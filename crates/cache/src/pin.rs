@@ -6,9 +6,8 @@
 //! to be the file that was verified, so a pin's three files come from one build.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Stat};
 use rustix::io::Errno;
@@ -36,7 +35,7 @@ pub struct Pinned {
     built: bool,
     pub(crate) waited_for: Option<u32>,
     owner: ProcessId,
-    dir: Arc<OwnedFd>,
+    cache: Cache,
     pin_name: String,
     remove_on_drop: bool,
     /// Removes the pin if a signal ends its (this) process first.
@@ -88,7 +87,9 @@ impl Drop for Pinned {
     fn drop(&mut self) {
         // Only the owner removes it: a forked child dropping its copy must not.
         if self.remove_on_drop && std::process::id() == self.owner.pid {
-            let _ = fsx::remove_tree(self.dir.as_fd(), &self.pin_name);
+            let _ = fsx::remove_tree(self.cache.fd(), &self.pin_name);
+            // A newer build of the same source may be waiting for this pin to go.
+            self.cache.remove_if_superseded(&self.key);
         }
     }
 }
@@ -183,7 +184,7 @@ impl Cache {
             built,
             waited_for: None,
             owner,
-            dir: self.dir.clone(),
+            cache: self.clone(),
             pin_name,
             remove_on_drop: mine,
             cleanup: mine.then_some(cleanup),
