@@ -27,6 +27,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod run;
+
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};

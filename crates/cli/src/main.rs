@@ -17,6 +17,7 @@ mod gc;
 mod locate;
 mod prepare;
 mod progress;
+mod run;
 mod supermin;
 mod supermin_args;
 
@@ -42,6 +43,7 @@ enum Command {
     Checksum(checksum::Args),
     Cache(cache_ls::Args),
     Prepare(prepare::Args),
+    Run(run::Args),
     /// Print kiln's manual page (roff) on stdout: `kiln manpage | man -l -`.
     #[command(hide = true)]
     Manpage(docs::ManpageArgs),
@@ -116,6 +118,7 @@ fn main() -> ExitCode {
         Command::Checksum(args) => checksum::run(args),
         Command::Cache(args) => cache_ls::run(args),
         Command::Prepare(args) => prepare::run(args),
+        Command::Run(args) => return run::main(args),
         Command::Supermin { args } => return exit(supermin::main(args)),
         Command::Manpage(docs::ManpageArgs { dir: Some(dir) }) => {
             docs::manpages_to_dir(<Cli as clap::CommandFactory>::command(), &dir)
