@@ -277,6 +277,7 @@ fn locate_supermin(
         pin_to: opts.pin_to,
         force_rebuild: opts.force_rebuild,
         gc: opts.gc.clone(),
+        source: None, // cached_build names it
     };
     let builder = opts.builder.clone().unwrap_or_else(default_builder);
     let pin = cached_build(&cache, supermin_d, &key, &opts.key, &get, &*builder)?;
@@ -318,7 +319,26 @@ pub fn cached_build(
         key,
         options,
     };
-    cache.get_or_build(key, get, |dir| builder(&req, dir))
+    let mut get = get.clone();
+    if get.source.is_none() {
+        get.source = Some(source_key(supermin_d, options));
+    }
+    cache.get_or_build(key, &get, |dir| builder(&req, dir))
+}
+
+/// What an appliance is built from, as opposed to its content (the key): the
+/// supermin.d directory and every option, including which package database, but not
+/// the state of the packages or files. Builds after a package change share it, so the
+/// newest one supersedes the older slots in the cache.
+pub fn source_key(supermin_d: &Path, options: &KeyOptions) -> Key {
+    let mut h = blake3::Hasher::new_derive_key("kiln appliance source v1");
+    let dir = std::fs::canonicalize(supermin_d).unwrap_or_else(|_| supermin_d.to_path_buf());
+    let dir = dir.as_os_str().as_encoded_bytes();
+    h.update(&(dir.len() as u64).to_le_bytes());
+    h.update(dir);
+    // Every option, as one record (its Debug form names each field).
+    h.update(format!("{options:?}").as_bytes());
+    Key::from_digest(h.finalize().as_bytes())
 }
 
 /// The UUID of an ext2/3/4 root image as libguestfs reads it for `root=UUID=`; `None`
