@@ -1,9 +1,9 @@
 //! kiln's static init: PID 1 of the mini initrd.
 //!
-//! It mounts /proc, /sys and /dev (devtmpfs), loads the modules listed in `/modules` in
-//! order (`finit_module`; a failure is reported, never fatal by itself; the list comes in
-//! stages separated by `-` lines, and once the root device is visible at a stage boundary
-//! the drivers for other buses are not loaded — `kiln.allmodules` loads all), finds the root
+//! It mounts /proc, /sys and /dev (devtmpfs), loads every module listed in `/modules`
+//! (`finit_module`, several at once with prerequisites respected, see `modules.rs`; a
+//! failure is reported, never fatal by itself), so that every disk of the VM is visible
+//! before the appliance's `/init` runs, as with supermin's initrd; then it finds the root
 //! device from `root=UUID=…` (the 16 bytes at 0x468 *and* the ext magic 0xEF53 at 0x438,
 //! so a disk that merely carries the same UUID bytes is not taken) or `root=/dev/NAME`,
 //! waiting at most `kiln.rootwait=SECONDS` (default 30), mounts it `ext4` (which also
@@ -75,8 +75,6 @@ struct Cmdline {
     quiet: bool,
     /// `kiln.debug`: one timing line per module.
     debug: bool,
-    /// `kiln.allmodules`: load every module in the initrd, not only up to the root's bus.
-    allmodules: bool,
     root: Option<Result<Root, String>>,
     rootwait: Duration,
 }
@@ -87,7 +85,6 @@ fn parse_cmdline(line: &str) -> Cmdline {
     let mut c = Cmdline {
         quiet: false,
         debug: false,
-        allmodules: false,
         root: None,
         rootwait: Duration::from_secs(DEFAULT_ROOTWAIT),
     };
@@ -96,8 +93,6 @@ fn parse_cmdline(line: &str) -> Cmdline {
             c.quiet = true;
         } else if w == "kiln.debug" {
             c.debug = true;
-        } else if w == "kiln.allmodules" {
-            c.allmodules = true;
         } else if let Some(v) = w.strip_prefix("root=") {
             c.root = Some(if let Some(u) = v.strip_prefix("UUID=") {
                 parse_uuid(u).map(Root::Uuid)
@@ -191,10 +186,8 @@ fn run() -> ! {
         Some(Err(e)) => fatal(&e),
         None => fatal("no root= on the kernel command line (root=UUID=… or root=/dev/NAME)"),
     };
-    let (ok, failed, skipped) = load_modules(&log, Some(&root), c.allmodules);
-    log.info(&format!(
-        "loaded {ok} modules ({failed} failed, {skipped} not needed)"
-    ));
+    let (ok, failed) = load_modules(&log);
+    log.info(&format!("loaded {ok} modules ({failed} failed)"));
     let (name, maj, min) = wait_for_root(&log, &root, c.rootwait);
     log.info(&format!("root is {name} ({maj}:{min})"));
 
