@@ -75,6 +75,8 @@ struct Cmdline {
     quiet: bool,
     /// `kiln.debug`: one timing line per module.
     debug: bool,
+    /// `kiln.jobs=N`: how many modules are loaded at once (1 = one after the other).
+    jobs: usize,
     root: Option<Result<Root, String>>,
     rootwait: Duration,
 }
@@ -85,6 +87,7 @@ fn parse_cmdline(line: &str) -> Cmdline {
     let mut c = Cmdline {
         quiet: false,
         debug: false,
+        jobs: modules::DEFAULT_JOBS,
         root: None,
         rootwait: Duration::from_secs(DEFAULT_ROOTWAIT),
     };
@@ -93,6 +96,10 @@ fn parse_cmdline(line: &str) -> Cmdline {
             c.quiet = true;
         } else if w == "kiln.debug" {
             c.debug = true;
+        } else if let Some(v) = w.strip_prefix("kiln.jobs=")
+            && let Ok(n) = v.parse::<usize>()
+        {
+            c.jobs = n.clamp(1, 16);
         } else if let Some(v) = w.strip_prefix("root=") {
             c.root = Some(if let Some(u) = v.strip_prefix("UUID=") {
                 parse_uuid(u).map(Root::Uuid)
@@ -186,7 +193,7 @@ fn run() -> ! {
         Some(Err(e)) => fatal(&e),
         None => fatal("no root= on the kernel command line (root=UUID=… or root=/dev/NAME)"),
     };
-    let (ok, failed) = load_modules(&log);
+    let (ok, failed) = load_modules(&log, c.jobs);
     log.info(&format!("loaded {ok} modules ({failed} failed)"));
     let (name, maj, min) = wait_for_root(&log, &root, c.rootwait);
     log.info(&format!("root is {name} ({maj}:{min})"));
@@ -270,6 +277,10 @@ mod tests {
             parse_cmdline("root=UUID=0123456789abcdef0123456789abcdeg").root,
             Some(Err(_))
         ));
+        assert_eq!(parse_cmdline("kiln.jobs=1").jobs, 1);
+        assert_eq!(parse_cmdline("kiln.jobs=0 kiln.jobs=x").jobs, 1);
+        assert_eq!(parse_cmdline("kiln.jobs=999").jobs, 16);
+        assert_eq!(parse_cmdline("xkiln.jobs=2").jobs, modules::DEFAULT_JOBS);
         assert_eq!(
             parse_cmdline("kiln.rootwait=-1").rootwait,
             Duration::from_secs(DEFAULT_ROOTWAIT)

@@ -22,9 +22,10 @@ use std::time::Instant;
 
 use crate::Log;
 
-/// How many modules are loaded at once. A handful is enough to keep one CPU busy while
-/// probes wait; more would only add contention on the kernel's module locks.
-const THREADS: usize = 4;
+/// How many modules are loaded at once unless `kiln.jobs=N` says otherwise. A handful
+/// is enough to keep one CPU busy while probes wait; more would only add contention on
+/// the kernel's module locks.
+pub(crate) const DEFAULT_JOBS: usize = 4;
 
 /// One line of `/modules`.
 #[derive(Debug, PartialEq, Eq)]
@@ -97,7 +98,7 @@ fn load_one(name: &str) -> Result<(), rustix::io::Errno> {
 }
 
 /// Load every module listed in `/modules` (see the module doc). Returns (loaded, failed).
-pub(crate) fn load_modules(log: &Log) -> (usize, usize) {
+pub(crate) fn load_modules(log: &Log, jobs: usize) -> (usize, usize) {
     let text = match fs::read_to_string("/modules") {
         Ok(s) => s,
         Err(e) => {
@@ -106,13 +107,14 @@ pub(crate) fn load_modules(log: &Log) -> (usize, usize) {
         }
     };
     let list = parse_list(&text);
-    load_list(log, &list, load_one)
+    load_list(log, &list, jobs, load_one)
 }
 
 /// The scheduler, with the loader as a parameter (tests pass a fake one).
 pub(crate) fn load_list(
     log: &Log,
     list: &[Module],
+    jobs: usize,
     load: impl Fn(&str) -> Result<(), rustix::io::Errno> + Sync,
 ) -> (usize, usize) {
     let sched = Mutex::new(Sched {
@@ -163,7 +165,7 @@ pub(crate) fn load_list(
         }
     };
     std::thread::scope(|scope| {
-        for _ in 1..THREADS.min(list.len()) {
+        for _ in 1..jobs.min(list.len()) {
             scope.spawn(worker);
         }
         worker();
@@ -173,7 +175,7 @@ pub(crate) fn load_list(
             "{} modules in {} ms on {} threads",
             list.len(),
             start.elapsed().as_millis(),
-            THREADS.min(list.len())
+            jobs.clamp(1, list.len().max(1))
         ));
     }
     match sched.into_inner() {
@@ -233,7 +235,7 @@ mod tests {
         let done: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let running = AtomicUsize::new(0);
         let peak = AtomicUsize::new(0);
-        let (loaded, failed) = load_list(&quiet(), &list, |name| {
+        let (loaded, failed) = load_list(&quiet(), &list, DEFAULT_JOBS, |name| {
             let n = running.fetch_add(1, Ordering::SeqCst) + 1;
             peak.fetch_max(n, Ordering::SeqCst);
             {
@@ -274,7 +276,19 @@ mod tests {
     }
 
     #[test]
+    fn one_job_loads_in_list_order() {
+        let list = parse_list("a.ko:\nb.ko:\nc.ko: a.ko\nd.ko:\n");
+        let done: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let r = load_list(&quiet(), &list, 1, |name| {
+            done.lock().unwrap().push(name.to_string());
+            Ok(())
+        });
+        assert_eq!(r, (4, 0));
+        assert_eq!(done.into_inner().unwrap(), ["a.ko", "b.ko", "c.ko", "d.ko"]);
+    }
+
+    #[test]
     fn an_empty_list_loads_nothing() {
-        assert_eq!(load_list(&quiet(), &[], |_| Ok(())), (0, 0));
+        assert_eq!(load_list(&quiet(), &[], DEFAULT_JOBS, |_| Ok(())), (0, 0));
     }
 }
