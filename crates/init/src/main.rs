@@ -30,6 +30,7 @@ use rustix::mount::{MountFlags, UnmountFlags};
 
 mod modules;
 mod root;
+mod run;
 
 use modules::load_modules;
 use root::{Root, parse_uuid, wait_for_root};
@@ -241,6 +242,9 @@ fn run() -> ! {
         fatal(&format!("switching to the new root: {e}"));
     }
 
+    if run::wanted(&cmdline) {
+        run::main();
+    }
     let _ = writeln!(io::stderr(), "{MARKER}");
     let err = Command::new("/init").arg0("init").exec();
     let _ = writeln!(io::stderr(), "kiln-init: error: exec /init: {err}");
