@@ -84,6 +84,10 @@ impl Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.json {
+        // Before any work: the summary names the output.
+        crate::locate::json_path(&args.output)?;
+    }
     let format = match args.format {
         FormatArg::Chroot => kiln::Format::Chroot,
         FormatArg::Ext2 => kiln::Format::Ext2,
@@ -103,26 +107,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         println!(
             "{}",
-            summary(&opts, &report, started.elapsed().as_secs_f64())
+            summary(&opts, &report, started.elapsed().as_secs_f64())?
         );
     }
     Ok(())
 }
 
 /// The `--json` summary; field names are documented in the README and stable.
-fn summary(opts: &kiln::BuildOptions, r: &kiln::BuildReport, seconds: f64) -> serde_json::Value {
+fn summary(
+    opts: &kiln::BuildOptions,
+    r: &kiln::BuildReport,
+    seconds: f64,
+) -> anyhow::Result<serde_json::Value> {
     let ap = r.appliance.as_ref();
-    serde_json::json!({
+    let kernel = ap
+        .map(|a| crate::locate::json_path(&a.kernel))
+        .transpose()?;
+    Ok(serde_json::json!({
         "format": match opts.format {
             kiln::Format::Chroot => "chroot",
             kiln::Format::Ext2 => "ext2",
         },
-        "output": opts.output,
+        "output": crate::locate::json_path(&opts.output)?,
         "written": !opts.resolve_only,
         "packages": r.packages.len(),
         "entries": r.entries,
         "content_bytes": r.content_bytes,
-        "kernel": ap.map(|a| &a.kernel),
+        "kernel": kernel,
         "kernel_version": ap.map(|a| &a.kernel_version),
         "root_uuid": ap.map(|a| &a.root_uuid),
         "root_blocks_used": ap.map(|a| a.image.blocks_used),
@@ -131,5 +142,5 @@ fn summary(opts: &kiln::BuildOptions, r: &kiln::BuildReport, seconds: f64) -> se
         "initrd_modules": ap.map(|a| a.initrd_modules.len()),
         "initrd_bytes": ap.map(|a| a.initrd_bytes),
         "seconds": seconds,
-    })
+    }))
 }
