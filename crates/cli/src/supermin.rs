@@ -105,7 +105,7 @@ fn build(a: &Args, out: &Path) -> anyhow::Result<()> {
         say(a, format!("build: {}", names.join(" ")));
     }
     let size = match &a.size {
-        Some(s) => Some(kiln_image::parse_size(s).map_err(|e| anyhow::anyhow!("{e}"))?),
+        Some(s) => Some(kiln_size::parse_supermin(s).map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
     };
     let format = match a.format {

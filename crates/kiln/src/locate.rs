@@ -398,6 +398,7 @@ pub fn pipeline_builder() -> Arc<BuildFn> {
             o.copy_kernel = true;
             o.kernel_env = req.options.kernel.clone();
             o.kernel_roots = req.options.roots.clone();
+            o.database = req.options.database.clone();
             let report = crate::pipeline::build_into(&o, dir)?;
             Ok(BuildMeta {
                 root_uuid: report.appliance.map(|a| a.root_uuid),

@@ -270,9 +270,11 @@ fn unkeyed_builds_use_supermins_mtime_rule() {
         let f = f.unwrap();
         fs::copy(f.path(), sd.join(f.file_name())).unwrap();
     }
-    // dpkg's status file is compared too; a private one keeps the test independent of
-    // the host's package activity.
-    let status = t.path().join("status");
+    // dpkg's status file is compared too; a private database root keeps the test
+    // independent of the host's package activity.
+    let db = t.path().join("db");
+    let status = db.join("var/lib/dpkg/status");
+    fs::create_dir_all(status.parent().unwrap()).unwrap();
     fs::write(&status, "").unwrap();
     for p in [status.clone(), sd.clone()]
         .into_iter()
@@ -284,7 +286,7 @@ fn unkeyed_builds_use_supermins_mtime_rule() {
     let out = t.path().join("appliance.d");
     let mut o = opts(&sd, &out, &cache, None);
     o.include_packagelist = true;
-    o.key.dpkg_status = status.clone();
+    o.key.database = kiln::DatabaseRoot::new(&db);
     assert!(
         !kiln::supermin::up_to_date_by_mtime(&o).unwrap(),
         "no output yet"
@@ -311,7 +313,7 @@ fn unkeyed_builds_use_supermins_mtime_rule() {
     let chroot = t.path().join("chroot");
     let mut o = opts(&sd, &chroot, &cache, None);
     o.format = Format::Chroot;
-    o.key.dpkg_status = status;
+    o.key.database = kiln::DatabaseRoot::new(&db);
     assert_eq!(build(&o).unwrap().outcome, Outcome::Direct);
     assert!(chroot.join("bin").exists());
     assert!(!chroot.join(KEY_FILE).exists());

@@ -256,6 +256,8 @@ fn pipeline_options(opts: &SuperminOptions) -> pipeline::BuildOptions {
     o.include_packagelist = opts.include_packagelist;
     o.kernel_env = opts.key.kernel.clone();
     o.kernel_roots = opts.key.roots.clone();
+    // The database the key reads is the one the build resolves from.
+    o.database = opts.key.database.clone();
     o
 }
 
@@ -417,8 +419,12 @@ pub fn up_to_date_by_mtime(opts: &SuperminOptions) -> Result<bool, SuperminError
             None => return Ok(false),
         }
     }
-    let db = opts.key.dpkg_status.clone();
-    for i in opts.inputs.iter().chain(std::iter::once(&db)) {
+    // supermin compares the package database's own file; the database's fingerprint
+    // paths are those files for whichever database the key reads.
+    let db = kiln_databases::fingerprint(&opts.key.database)
+        .map(|(_, paths)| paths)
+        .unwrap_or_default();
+    for i in opts.inputs.iter().chain(db.iter()) {
         if let Some(t) = mtime(i)?
             && t >= oldest_out
         {
