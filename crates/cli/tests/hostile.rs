@@ -167,6 +167,22 @@ fn non_utf8_paths_are_used_byte_exactly_and_json_refuses_them_naming_the_path() 
         fs::metadata(out.join("root")).unwrap().nlink() >= 2,
         "linked"
     );
+    // qemu gets the real (non-UTF-8) file names: the example boots to its greeting.
+    let o = run(
+        &[
+            "boot".as_ref(),
+            "--timeout".as_ref(),
+            "300".as_ref(),
+            out.as_os_str(),
+        ],
+        &cache,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("Hello from the kiln example appliance"),
+        "{}",
+        text(&o)
+    );
     let chroot = b.join("chroot");
     let o = run(
         &[
