@@ -257,10 +257,19 @@ fn try_wait_fault(start: Instant) -> bool {
         && std::env::var_os("KILN_BOOT_FAULT").is_some_and(|v| v == "try-wait")
 }
 
-fn drive_arg(path: &Path, id: &str) -> String {
-    // qemu's -drive syntax doubles commas in file names.
-    let f = path.to_string_lossy().replace(',', ",,");
-    format!("file={f},format=raw,if=none,id={id},snapshot=on,cache=unsafe")
+fn drive_arg(path: &Path, id: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    // qemu's -drive syntax doubles commas in file names; the name stays bytes (a path
+    // that is not UTF-8 must reach qemu as it is).
+    let mut v = b"file=".to_vec();
+    for &b in path.as_os_str().as_bytes() {
+        v.push(b);
+        if b == b',' {
+            v.push(b',');
+        }
+    }
+    v.extend_from_slice(format!(",format=raw,if=none,id={id},snapshot=on,cache=unsafe").as_bytes());
+    std::ffi::OsString::from_vec(v)
 }
 
 fn run_qemu(
@@ -294,7 +303,8 @@ fn run_qemu(
     }
     for (i, d) in disks.iter().enumerate() {
         let id = format!("disk{i}");
-        cmd.args(["-drive", &drive_arg(d, &id)])
+        cmd.arg("-drive")
+            .arg(drive_arg(d, &id))
             .args(["-device", &format!("virtio-blk-pci,drive={id}")]);
     }
     cmd.stdin(Stdio::null())
@@ -413,5 +423,15 @@ mod tests {
             root_uuid(&dir.path().join("none")),
             Err(Error::Missing { .. })
         ));
+    }
+
+    #[test]
+    fn drive_arg_keeps_path_bytes_and_doubles_commas() {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let p = PathBuf::from(std::ffi::OsString::from_vec(b"/t/\xff,x/root".to_vec()));
+        assert_eq!(
+            drive_arg(&p, "disk0").as_bytes(),
+            &b"file=/t/\xff,,x/root,format=raw,if=none,id=disk0,snapshot=on,cache=unsafe"[..]
+        );
     }
 }

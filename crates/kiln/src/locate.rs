@@ -31,6 +31,13 @@ pub enum LocateError {
          a fixed appliance (README.fixed, kernel, initrd, root) or vmlinuz.{cpu} + initramfs.{cpu}.img"
     )]
     NotFound { path: OsString, cpu: String },
+    /// `pin_to` names a process that is not running or that never exits (init, a
+    /// kernel thread): its pin would vanish at once or never be released.
+    #[error(
+        "cannot pin the appliance to PID {pid}: {why}; pin it to the process that uses the files \
+         (by default kiln's parent), or run that command under `kiln locate -- CMD ARGS...`"
+    )]
+    PinTarget { pid: u32, why: &'static str },
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
@@ -223,6 +230,9 @@ fn exists(dir: &Path, names: &[&str]) -> bool {
 /// # Ok(()) }
 /// ```
 pub fn locate(opts: &LocateOptions) -> Result<Pinned, LocateError> {
+    if let Some(pid) = opts.pin_to {
+        check_pin_target(pid)?;
+    }
     let path = search_path(opts);
     let cpu = &opts.key.host_cpu;
     for element in split_path(&path) {
@@ -292,6 +302,39 @@ fn locate_supermin(
         element: element.to_path_buf(),
         pin: Some(pin),
     })
+}
+
+/// Refuse a pin owner that will hold a pin forever or not at all: PID 1 (this PID
+/// namespace's init), kernel threads (PID 2 and its children), and processes that are
+/// not running.
+pub fn check_pin_target(pid: u32) -> Result<(), LocateError> {
+    let why = if pid == 1 {
+        "it is init, which never exits, so the pin would never be released"
+    } else {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) if pid != 0 => "no such running process",
+            Err(_) => "no such process",
+            Ok(stat) => match stat_state_and_ppid(&stat) {
+                None => "its /proc entry cannot be read",
+                Some(('Z', _)) => "no such running process (it has exited)",
+                Some((_, ppid)) if pid == 2 || ppid == 2 => {
+                    "it is a kernel thread, which never exits"
+                }
+                Some(_) => return Ok(()),
+            },
+        }
+    };
+    Err(LocateError::PinTarget { pid, why })
+}
+
+/// State and parent PID from `/proc/PID/stat` (fields 3 and 4, counted after the
+/// command name's closing parenthesis, which may itself contain spaces).
+fn stat_state_and_ppid(stat: &str) -> Option<(char, u32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
 }
 
 /// The cache under `root`, else under [`kiln_cache::default_root`].
