@@ -96,6 +96,10 @@ pub struct Args {
     #[arg(long)]
     console: bool,
 
+    /// Extra kernel command-line arguments (e.g. `loglevel=7`, `kiln.debug`).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    append: Vec<String>,
+
     /// The command and its arguments.
     #[arg(
         value_name = "CMD",
@@ -186,7 +190,11 @@ fn run(args: Args) -> anyhow::Result<u8> {
         },
         qemu: args.qemu.clone(),
         timeout,
-        append: Vec::new(),
+        append: args
+            .append
+            .iter()
+            .flat_map(|a| a.split_whitespace().map(String::from))
+            .collect(),
         echo_console: args.console,
     };
     let out = {
