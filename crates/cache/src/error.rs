@@ -1,4 +1,8 @@
 //! Errors of the cache.
+//!
+//! Each error's `Display` is its own message only; the cause (an `io::Error`, the
+//! build closure's error) is returned by `source()`, and front ends print the chain
+//! joined by ": ".
 
 use std::io;
 use std::path::PathBuf;
@@ -16,21 +20,31 @@ pub enum CacheError {
 
     /// The cache root (`--cachedir`, `LIBGUESTFS_CACHEDIR`, `TMPDIR`, `/var/tmp`) is unusable.
     #[error(
-        "cache root {path:?}: {source}; set --cachedir or LIBGUESTFS_CACHEDIR to an existing directory"
+        "cache root {} is unusable (set --cachedir or LIBGUESTFS_CACHEDIR to an existing directory)",
+        path.display()
     )]
-    Root { path: PathBuf, source: io::Error },
+    Root {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 
     /// A system call on an entry of the cache directory failed.
-    #[error("cache {path:?}: {op}: {source}")]
+    #[error("cache {}: {op}", path.display())]
     Io {
         path: PathBuf,
         op: &'static str,
+        #[source]
         source: io::Error,
     },
 
     /// The build closure failed; its temporary directory has been removed.
-    #[error("building appliance {key} failed: {source}")]
-    Build { key: String, source: BuildError },
+    #[error("building appliance {key} failed")]
+    Build {
+        key: String,
+        #[source]
+        source: BuildError,
+    },
 
     /// The build closure returned, but its output is not a usable appliance.
     #[error("building appliance {key}: {msg}")]

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use rustix::fs::{FileType, RenameFlags, Stat};
 
-use crate::cache::{LOCK, PIN, SLOT, TMP, TRASH, next_seq, read_holder};
+use crate::cache::{LOCK, PIN, SLOT, TMP, TRASH, next_seq};
 use crate::fsx::{self, file_type, lstat_at, open_dir, still_named};
 use crate::proc::ProcessId;
 use crate::{Cache, CacheError, Key};
@@ -321,15 +321,6 @@ impl Cache {
         }
         out.sort_by_key(|s| std::cmp::Reverse(s.last_use));
         Ok(out)
-    }
-
-    /// The PID building `key` right now, if any.
-    pub fn builder_of(&self, key: &Key) -> Option<u32> {
-        let f = fsx::open_file_ro(self.fd(), &format!("{LOCK}{key}")).ok()?;
-        match f.try_lock_shared() {
-            Err(std::fs::TryLockError::WouldBlock) => read_holder(&f).or(Some(0)),
-            _ => None,
-        }
     }
 }
 

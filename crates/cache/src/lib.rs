@@ -39,11 +39,14 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! ```
 //! use kiln_cache::{BuildMeta, Cache, GetOptions, Key};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let cache = Cache::open_default()?;
+//! # let tmp = tempfile::tempdir()?;
+//! # let root = tmp.path();
+//! // `Cache::open_default()` uses LIBGUESTFS_CACHEDIR, TMPDIR or /var/tmp.
+//! let cache = Cache::open(root)?.on_wait(|w| eprintln!("{w}"));
 //! let key = Key::new("0123456789abcdef")?;
 //! let pinned = cache.get_or_build(&key, &GetOptions::default(), |dir| {
 //!     for f in ["kernel", "initrd", "root"] {
@@ -51,21 +54,38 @@
 //!     }
 //!     Ok::<_, std::io::Error>(BuildMeta::default())
 //! })?;
+//! assert!(pinned.built());
 //! println!("{} {} {}", pinned.kernel().display(), pinned.initrd().display(), pinned.root().display());
 //! // The pin (and with it the guarantee that the files stay put) ends here.
 //! drop(pinned);
+//! // The next call finds the slot.
+//! let again = cache.lookup(&key, None)?.expect("cached");
+//! assert!(!again.built());
 //! # Ok(()) }
 //! ```
+//!
+//! # Modules
+//!
+//! `cache` (opening, lookup, get-or-build), `security` (checks of the directory and its
+//! entries), `lock` (the build lock and what a waiter is told), `slot` (build, seal,
+//! publish, the slot record), `pin` (per-process hard links), `gc` (collection and
+//! listing), `fsx` (openat wrappers that never follow links), `proc` (process identity).
 
 mod cache;
 mod error;
 mod fsx;
 mod gc;
 mod key;
+mod lock;
+mod pin;
 mod proc;
+mod security;
+mod slot;
 
-pub use cache::{BuildMeta, Cache, GetOptions, Pinned, default_root, ext_uuid};
+pub use cache::{BuildMeta, Cache, GetOptions, default_root};
 pub use error::{BuildError, CacheError};
 pub use gc::{DEFAULT_KEEP, GcPolicy, GcReport, SlotInfo};
 pub use key::Key;
+pub use lock::Waiting;
+pub use pin::Pinned;
 pub use proc::{ProcessId, process_start_time};

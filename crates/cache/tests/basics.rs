@@ -119,7 +119,10 @@ fn failed_build_leaves_nothing_and_next_call_builds() {
         })
         .unwrap_err();
     assert!(matches!(err, CacheError::Build { .. }), "{err}");
-    assert!(err.to_string().contains("disk on fire"));
+    // The cause is the error's source, printed by front ends after its message.
+    assert!(!err.to_string().contains("disk on fire"), "{err}");
+    let src = std::error::Error::source(&err).map(|s| s.to_string());
+    assert_eq!(src.as_deref(), Some("disk on fire"));
     assert_eq!(names(&cache), vec![format!("lock-{k}")]);
     // A builder that forgets a file is refused too.
     let err = cache
@@ -147,31 +150,50 @@ fn failed_build_leaves_nothing_and_next_call_builds() {
     verify(&p);
 }
 
+/// The builder hands the root UUID to the cache, which records it in the slot; the
+/// cache itself never parses `root` (it does not know what an appliance is made of).
 #[test]
-fn root_uuid_is_read_from_an_ext_superblock_when_not_given() {
+fn root_uuid_comes_from_the_builder_and_root_is_never_parsed() {
     let root = tempfile::tempdir().unwrap();
     let cache = Cache::open(root.path()).unwrap();
+    let ext_looking = || {
+        let mut img = vec![0u8; 4096];
+        img[0x438] = 0x53;
+        img[0x439] = 0xef;
+        for (i, b) in img[0x468..0x478].iter_mut().enumerate() {
+            *b = i as u8 * 17;
+        }
+        img
+    };
+    let given = "00112233-4455-6677-8899-aabbccddeeff";
     let p = cache
         .get_or_build(&key("cc"), &no_gc(), |d| {
             fs::write(d.join("kernel"), "k")?;
             fs::write(d.join("initrd"), "i")?;
-            let mut img = vec![0u8; 4096];
-            img[0x438] = 0x53;
-            img[0x439] = 0xef;
-            for (i, b) in img[0x468..0x478].iter_mut().enumerate() {
-                *b = i as u8 * 17;
-            }
-            fs::write(d.join("root"), img)?;
+            fs::write(d.join("root"), vec![0u8; 4096])?;
+            Ok::<_, std::io::Error>(BuildMeta {
+                root_uuid: Some(given.to_owned()),
+            })
+        })
+        .unwrap();
+    assert_eq!(p.root_uuid(), Some(given));
+    drop(p);
+    let again = cache.lookup(&key("cc"), None).unwrap().unwrap();
+    assert_eq!(again.root_uuid(), Some(given));
+
+    // A superblock in `root` is not read: no UUID from the builder, none recorded.
+    let p = cache
+        .get_or_build(&key("cd"), &no_gc(), |d| {
+            fs::write(d.join("kernel"), "k")?;
+            fs::write(d.join("initrd"), "i")?;
+            fs::write(d.join("root"), ext_looking())?;
             Ok::<_, std::io::Error>(BuildMeta::default())
         })
         .unwrap();
-    assert_eq!(p.root_uuid(), Some("00112233-4455-6677-8899-aabbccddeeff"));
+    assert_eq!(p.root_uuid(), None);
     drop(p);
-    let again = cache.lookup(&key("cc"), None).unwrap().unwrap();
-    assert_eq!(
-        again.root_uuid(),
-        Some("00112233-4455-6677-8899-aabbccddeeff")
-    );
+    let again = cache.lookup(&key("cd"), None).unwrap().unwrap();
+    assert_eq!(again.root_uuid(), None);
 }
 
 #[test]
@@ -399,4 +421,48 @@ fn setuid_caller_uses_the_effective_uid() {
     ] {
         assert_eq!(fs::metadata(&p).unwrap().uid(), 65534, "{p:?}");
     }
+}
+
+/// A library caller hears whom it waits for through its callback, before blocking.
+#[test]
+fn waiting_for_another_builder_is_told_to_the_callback() {
+    use std::sync::{Arc, Mutex, mpsc};
+    let root = tempfile::tempdir().unwrap();
+    let k = key("ab");
+    let builder = Cache::open(root.path()).unwrap();
+    let (started_tx, started_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let k2 = k.clone();
+    let t = std::thread::spawn(move || {
+        let p = builder
+            .get_or_build(&k2, &no_gc(), |d| {
+                started_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                fake_build(d, 0, None)
+            })
+            .unwrap();
+        assert!(p.built());
+    });
+    started_rx.recv().unwrap();
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let h = heard.clone();
+    let waiter = Cache::open(root.path()).unwrap().on_wait(move |w| {
+        h.lock().unwrap().push(w.to_string());
+        let _ = go_tx.send(());
+    });
+    let p = waiter
+        .get_or_build(&k, &no_gc(), |_| -> Result<BuildMeta, std::io::Error> {
+            panic!("the waiter must reuse the other build")
+        })
+        .unwrap();
+    t.join().unwrap();
+    assert!(!p.built());
+    assert_eq!(p.waited_for(), Some(std::process::id()));
+    assert_eq!(
+        *heard.lock().unwrap(),
+        vec![format!(
+            "waiting for PID {} building {k}",
+            std::process::id()
+        )]
+    );
 }

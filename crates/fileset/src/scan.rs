@@ -4,15 +4,26 @@
 //! Used for package and host files, for the kernel's modules tree, and by writers' tests
 //! to turn a directory on disk into a file set. Everything is read with `lstat`
 //! semantics: a symlink is an entry of its own, never followed.
+//!
+//! Regular files on pseudo filesystems (procfs, sysfs and their kin, told by `statfs`
+//! magic) report a size that has nothing to do with what `read` returns (0 for
+//! `/proc/version`, 4096 for any sysfs attribute). Their bytes are read once, when the
+//! entry is made, into [`Content::Bytes`] (at most [`PSEUDO_MAX`] bytes): the set holds
+//! what the read returned, as supermin copies it.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use crate::entry::{Content, Entry, Kind, Meta, Xattr};
+
+/// The most bytes read from one pseudo file; a larger one (`/proc/kcore`) is an error
+/// naming it, so the caller leaves it out with a warning.
+pub const PSEUDO_MAX: u64 = 16 << 20;
 
 /// An error reading a host object, naming it.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +93,8 @@ pub fn meta_of(md: &fs::Metadata, xattrs: Vec<Xattr>) -> Meta {
 
 /// Read one host object (lstat semantics) as an entry placed at `dest`.
 ///
-/// Regular files become [`Content::Host`] referring to `src`.
+/// Regular files become [`Content::Host`] referring to `src`, except on pseudo
+/// filesystems, whose files are read now into [`Content::Bytes`] (see the module doc).
 pub fn host_entry(src: &Path, dest: PathBuf) -> Result<Entry, ScanError> {
     let md = fs::symlink_metadata(src).map_err(err(src))?;
     entry_from(src, dest, &md)
@@ -93,10 +105,69 @@ pub fn host_entry_from(src: &Path, dest: PathBuf, md: &fs::Metadata) -> Result<E
     entry_from(src, dest, md)
 }
 
+/// `statfs` magic numbers of filesystems whose files are generated on read.
+const PSEUDO_MAGICS: [u32; 11] = [
+    0x9fa0,      // proc
+    0x6265_6572, // sysfs
+    0x6462_6720, // debugfs
+    0x7472_6163, // tracefs
+    0x7363_6673, // securityfs
+    0x0027_e0eb, // cgroup
+    0x6367_7270, // cgroup2
+    0x6265_6570, // configfs
+    0xde5e_81e4, // efivarfs
+    0xcafe_4a11, // bpf
+    0x6165_676c, // pstore
+];
+
+/// True when the regular file `src` (on device `dev`) lives on a pseudo filesystem.
+/// One `statfs` per device, remembered for the life of the process.
+fn is_pseudo(src: &Path, dev: u64) -> bool {
+    static SEEN: Mutex<Option<HashMap<u64, bool>>> = Mutex::new(None);
+    if let Ok(g) = SEEN.lock()
+        && let Some(&v) = g.as_ref().and_then(|m| m.get(&dev))
+    {
+        return v;
+    }
+    let Ok(st) = rustix::fs::statfs(src) else {
+        return false;
+    };
+    // f_type is a C long; the magic numbers are 32-bit values.
+    let pseudo = PSEUDO_MAGICS.contains(&(st.f_type as u32));
+    if let Ok(mut g) = SEEN.lock() {
+        g.get_or_insert_with(HashMap::new).insert(dev, pseudo);
+    }
+    pseudo
+}
+
+/// Read a pseudo file's bytes as `read` returns them, without blocking (a file such as
+/// `/proc/kmsg` would wait for data forever) and at most [`PSEUDO_MAX`] bytes.
+fn read_pseudo(src: &Path) -> io::Result<Vec<u8>> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        src,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )?;
+    let mut data = Vec::new();
+    fs::File::from(fd)
+        .take(PSEUDO_MAX + 1)
+        .read_to_end(&mut data)?;
+    if data.len() as u64 > PSEUDO_MAX {
+        return Err(io::Error::other(format!(
+            "a generated file of more than {PSEUDO_MAX} bytes: not copied"
+        )));
+    }
+    Ok(data)
+}
+
 fn entry_from(src: &Path, dest: PathBuf, md: &fs::Metadata) -> Result<Entry, ScanError> {
     let ft = md.file_type();
     let kind = if ft.is_dir() {
         Kind::Dir
+    } else if ft.is_file() && is_pseudo(src, md.dev()) {
+        let data = read_pseudo(src).map_err(err(src))?;
+        Kind::File(Content::Bytes(Arc::from(data)))
     } else if ft.is_file() {
         Kind::File(Content::Host {
             path: src.to_path_buf(),
@@ -203,6 +274,22 @@ mod tests {
         assert!(matches!(&kinds[2].1, Kind::File(c) if c.len() == 5));
         assert_eq!(kinds[3], ("/g".into(), Kind::HardLink("/d/f".into())));
         assert_eq!(kinds[4], ("/s".into(), Kind::Symlink(b"d/f".to_vec())));
+    }
+
+    /// procfs reports size 0 and sysfs 4096 whatever the content: the entry holds what
+    /// the read returns.
+    #[test]
+    fn pseudo_files_hold_what_the_read_returns() {
+        for p in ["/proc/version", "/sys/devices/system/cpu/possible"] {
+            let e = host_entry(Path::new(p), p.into()).unwrap();
+            let want = fs::read(p).unwrap();
+            assert!(!want.is_empty() && want.len() != 4096, "{p}: {want:?}");
+            assert_eq!(e.kind, Kind::File(Content::Bytes(want.into())), "{p}");
+        }
+        // An ordinary file stays a reference to the host.
+        let t = tempfile::NamedTempFile::new().unwrap();
+        let e = host_entry(t.path(), "/f".into()).unwrap();
+        assert!(matches!(e.kind, Kind::File(Content::Host { .. })));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! kiln's inputs stage: read the INPUT paths of a supermin appliance (`supermin.d`) into
 //! ordered, parsed [`Inputs`].
 //!
-//! This crate owns *reading*: content sniffing, decompression, list parsing and base image
-//! (tar) reading. It never looks at the package database or the rest of the host; the file
+//! This crate owns *reading*: content sniffing, list parsing and base image (tar)
+//! reading; decompression is `kiln-compress`'s. It never looks at the package database or the rest of the host; the file
 //! set stage (`kiln-fileset`) turns [`Inputs`] into the entries of the appliance root.
 //!
 //! # Behaviour (supermin 5 compatible)
@@ -42,25 +42,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-/// How an input file is compressed (detected by magic bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Xz,
-    Zstd,
-}
-
-impl fmt::Display for Compression {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Compression::None => "uncompressed",
-            Compression::Gzip => "gzip",
-            Compression::Xz => "xz",
-            Compression::Zstd => "zstd",
-        })
-    }
-}
+/// How an input file is compressed (detected by magic bytes, in `kiln-compress`).
+pub use kiln_compress::Compression;
 
 /// What an input file is (decided by its decompressed content).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,19 +200,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> InputError + '_ {
 /// How many decompressed bytes sniffing looks at (as supermin).
 const SNIFF_LEN: usize = 512;
 
-/// Detect the compression of `head` (the first bytes of a file) by magic number.
-pub fn detect_compression(head: &[u8]) -> Compression {
-    if head.starts_with(&[0x1f, 0x8b, 0x08]) {
-        Compression::Gzip
-    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
-        Compression::Xz
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Compression::Zstd
-    } else {
-        Compression::None
-    }
-}
-
 /// What a decompressed sample says about a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -263,17 +233,10 @@ pub fn classify(sample: &[u8]) -> Class {
 /// Open `path` as a decompressing reader.
 fn open_decoded(path: &Path, c: Compression) -> Result<Box<dyn Read>, InputError> {
     let f = io::BufReader::new(fs::File::open(path).map_err(io_err(path))?);
-    Ok(match c {
-        Compression::None => Box::new(f),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(f)),
-        Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new(f)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(f).map_err(
-            |source| InputError::Decompress {
-                path: path.to_path_buf(),
-                compression: c,
-                source,
-            },
-        )?),
+    kiln_compress::decoder(c, f).map_err(|source| InputError::Decompress {
+        path: path.to_path_buf(),
+        compression: c,
+        source,
     })
 }
 
@@ -290,7 +253,7 @@ pub fn sniff(path: &Path) -> Result<(Compression, InputKind), InputError> {
         let mut f = fs::File::open(path).map_err(io_err(path))?;
         read_up_to(&mut f, SNIFF_LEN).map_err(io_err(path))?
     };
-    let c = detect_compression(&head);
+    let c = kiln_compress::detect(&head);
     let sample = if c == Compression::None {
         head
     } else {

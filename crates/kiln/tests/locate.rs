@@ -175,7 +175,10 @@ fn real_libguestfs_appliance_is_built_once_and_pinned() {
     let uuid = a.root_uuid().expect("an ext2 root has a UUID").to_owned();
     let root = fs::File::open(a.root().unwrap()).unwrap();
     assert_eq!(
-        kiln_cache::ext_uuid(&root).unwrap().as_deref(),
+        kiln_image::read_uuid(&root)
+            .unwrap()
+            .map(|u| kiln_image::uuid_string(&u))
+            .as_deref(),
         Some(uuid.as_str())
     );
     // The kernel is a real bzImage, the initrd non-empty.

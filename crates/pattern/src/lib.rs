@@ -1,5 +1,25 @@
-//! Safe wrappers around glibc's `glob(3)` (hostfiles) and `fnmatch(3)` (excludefiles),
-//! with exactly the flags supermin uses, so matching is bit-for-bit compatible.
+//! Pattern matching with exactly supermin's semantics: safe wrappers around glibc's
+//! `glob(3)` (hostfiles) and `fnmatch(3)` (excludefiles, kernel and module patterns),
+//! with the flags supermin uses, so matching is bit-for-bit compatible.
+//!
+//! This crate owns every pattern match kiln makes; no other crate carries a matcher.
+//! It is written by hand (a thin layer over libc) because the point is to agree with
+//! the C library supermin calls, quirks included, which no Rust glob crate does: `*`
+//! crosses `/` in [`fnmatch`], backslash is literal, results of [`glob`] are sorted
+//! bytewise, dot files are matched only by a pattern component starting with `.`.
+//!
+//! Invariants: patterns or names containing NUL bytes never match (they cannot name a
+//! path); [`FnMatchSet::matches`] agrees with [`fnmatch`] on every input (its fast paths
+//! are only shortcuts, tested against the libc call).
+//!
+//! ```
+//! use kiln_pattern::{FnMatchSet, fnmatch};
+//!
+//! assert!(fnmatch(b"/usr/share/doc/*", b"/usr/share/doc/bash/README"));
+//! let excludes = FnMatchSet::new([&b"/boot/*"[..], b"/usr/share/man/*"]);
+//! assert!(excludes.matches(b"/boot/vmlinuz"));
+//! assert!(!excludes.matches(b"/usr/bin/man"));
+//! ```
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
