@@ -15,6 +15,7 @@
 //! always reaped; nothing is written to the appliance directory.
 
 pub mod run;
+pub mod vmlinux;
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
