@@ -28,6 +28,7 @@
 //! ```
 
 pub mod run;
+pub mod vmlinux;
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
