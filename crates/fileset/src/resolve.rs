@@ -19,6 +19,10 @@
 //!    warning per such directory ([`crate::access`]), not silently as missing ones;
 //! 6. munging ([`crate::munge`]);
 //! 7. base images (in order), then the munged host entries, merged by [`SetBuilder`].
+//!    Host directories take the time of the package database's `status` file instead
+//!    of their own, so that the image is a function of its cache key: a directory's
+//!    time changes with any file created in it (`/tmp`, `/var/tmp`) and is not in the
+//!    key, while `status` is.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -156,6 +160,15 @@ fn readable(p: &Path) -> Result<(), std::io::Error> {
         rustix::fs::AtFlags::EACCESS,
     )
     .map_err(std::io::Error::from)
+}
+
+/// The time given to host directories: the package database's `status` file's, which
+/// changes with every package change and is part of the appliance's cache key, where a
+/// directory's own time is not (it changes whenever a file is created in it); time 0
+/// without a database.
+fn package_set_time(status: &Path) -> (i64, u32) {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(status).map_or((0, 0), |m| (m.mtime(), m.mtime_nsec() as u32))
 }
 
 /// Run the whole stage.
@@ -328,6 +341,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
 
     // 7. Merge: base images first, then host entries.
     let mut builder = SetBuilder::new();
+    builder.host_dir_time = Some(package_set_time(&db.status_path()));
     counts.base_members = add_base_images(&mut builder, &inputs.base_images)?;
     for f in &munged {
         let Some(md) = cache.lstat(&f.source) else {
