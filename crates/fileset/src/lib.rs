@@ -38,5 +38,5 @@ pub mod scan;
 
 pub use builder::{SetBuilder, Source};
 pub use chroot::write_chroot;
-pub use entry::{Content, Entry, FileSet, Kind, Meta, SetError, Xattr, is_normal_abs};
+pub use entry::{Content, Entry, FileSet, Kind, Meta, Region, SetError, Xattr, is_normal_abs};
 pub use resolve::{Counts, Options, ResolveError, Resolved, resolve};

@@ -115,9 +115,9 @@ pub enum ResolveError {
 fn member_entry(m: &Member) -> Entry {
     let kind = match &m.kind {
         MemberKind::Dir => Kind::Dir,
-        MemberKind::File(d) => Kind::File(Content::Bytes(d.clone())),
+        MemberKind::File(d) => Kind::File(Content::Spilled(d.clone())),
         // Identity is not kept for tarball hard links: each name gets the shared bytes.
-        MemberKind::HardLink { content, .. } => Kind::File(Content::Bytes(content.clone())),
+        MemberKind::HardLink { content, .. } => Kind::File(Content::Spilled(content.clone())),
         MemberKind::Symlink(t) => Kind::Symlink(t.clone()),
         MemberKind::CharDev(d) => Kind::CharDev(*d),
         MemberKind::BlockDev(d) => Kind::BlockDev(*d),
@@ -387,9 +387,8 @@ pub fn packagelist(packages: &[String]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_inputs::{Line, Member};
+    use kiln_inputs::{Line, Member, Region};
     use std::os::unix::fs::symlink;
-    use std::sync::Arc;
 
     fn origin() -> Origin {
         Origin {
@@ -445,7 +444,7 @@ mod tests {
                 source: "base.tar".into(),
                 members: vec![Member {
                     path: h.join("etc/app/app.conf"),
-                    kind: MemberKind::File(Arc::from(&b"from base"[..])),
+                    kind: MemberKind::File(Region::from_bytes(b"from base").unwrap()),
                     perm: 0o600,
                     uid: 0,
                     gid: 0,
@@ -490,7 +489,7 @@ mod tests {
         let conf = get("etc/app/app.conf").unwrap();
         assert_eq!(
             conf.kind,
-            Kind::File(Content::Bytes(Arc::from(&b"from base"[..])))
+            Kind::File(Content::Spilled(Region::from_bytes(b"from base").unwrap()))
         );
         assert_eq!(conf.meta.perm, 0o600);
     }
