@@ -15,6 +15,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+// The library's ELF check, one source for both (a build script cannot use its own crate).
+#[path = "src/elf.rs"]
+mod elf;
+
 fn main() {
     if let Err(e) = run() {
         eprintln!("kiln-initrd build script: {e}");
@@ -77,7 +81,9 @@ fn run() -> Result<(), String> {
         target_dir.join(&target).join("release").join("kiln-init")
     };
     let bytes = fs::read(&built).map_err(|e| format!("{}: {e}", built.display()))?;
-    if has_interp(&bytes)? {
+    let interp =
+        elf::has_interp(&bytes).map_err(|why| format!("the init {}: {why}", built.display()))?;
+    if interp {
         return Err(format!(
             "{} is dynamically linked (has PT_INTERP); the initrd needs a static init",
             built.display()
@@ -90,25 +96,4 @@ fn run() -> Result<(), String> {
     fs::write(&hash, blake3::hash(&bytes).as_bytes())
         .map_err(|e| format!("{}: {e}", hash.display()))?;
     Ok(())
-}
-
-// The same check as kiln_initrd::check_static_init, duplicated because a build script
-// cannot use its own crate.
-fn has_interp(b: &[u8]) -> Result<bool, String> {
-    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 || b[5] != 1 {
-        return Err("the init is not a 64-bit little-endian ELF file".into());
-    }
-    let u16at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
-    let phoff = u64::from_le_bytes(b[32..40].try_into().map_err(|_| "bad ELF")?) as usize;
-    let (phentsize, phnum) = (u16at(54), u16at(56));
-    for i in 0..phnum {
-        let o = phoff + i * phentsize;
-        if o + 4 > b.len() {
-            return Err("truncated ELF program headers".into());
-        }
-        if u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) == 3 {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }

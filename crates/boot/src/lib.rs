@@ -14,6 +14,8 @@
 //! Invariants: at most one qemu per [`boot`] call; qemu is killed at the timeout and
 //! always reaped; nothing is written to the appliance directory.
 
+pub mod run;
+
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};

@@ -31,20 +31,37 @@ pub enum FormatArg {
 )]
 pub struct Args {
     /// Output format.
-    #[arg(short = 'f', long = "format", value_enum)]
-    format: FormatArg,
+    #[arg(
+        short = 'f',
+        long = "format",
+        value_enum,
+        required_unless_present = "fixed"
+    )]
+    format: Option<FormatArg>,
 
     /// Output directory; replaced atomically if it exists.
-    #[arg(short = 'o', value_name = "DIR")]
-    output: PathBuf,
+    #[arg(short = 'o', value_name = "DIR", required_unless_present = "tar")]
+    output: Option<PathBuf>,
+
+    /// Write a libguestfs fixed appliance (implies `-f ext2`): README.fixed, kernel (a
+    /// copy, not a link), initrd and root, for LIBGUESTFS_PATH or `kiln locate --path`.
+    #[arg(long)]
+    fixed: bool,
+
+    /// With --fixed: also (or, without -o, only) write the appliance as a reproducible
+    /// sparse tarball FILE (.tar, .tar.gz, .tar.xz or .tar.zst), entries under
+    /// `appliance/`, times from SOURCE_DATE_EPOCH (else 0).
+    #[arg(long, value_name = "FILE", requires = "fixed")]
+    tar: Option<PathBuf>,
 
     /// Add /packagelist: the resolved packages, one `name_version_arch` per line.
     #[arg(long)]
     include_packagelist: bool,
 
-    /// ext2: size of the root image, as supermin: a number with a suffix b, K, M or G
-    /// (`4G`, `512M`, `10737418240b`). The file is sparse.
-    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
+    /// ext2: size of the root image: a number of bytes, optionally followed by b, K, M,
+    /// G or T (`4G`, `512M`, `10737418240b`, as supermin; also `1.5GiB`, `4096`). The
+    /// file is sparse.
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = kiln_size::parse)]
     size: u64,
 
     /// ext2: the CPU architecture whose kernel to pick (default: this machine's).
@@ -72,10 +89,6 @@ pub struct Args {
     inputs: Vec<PathBuf>,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    kiln_image::parse_size(s).map_err(|e| e.to_string())
-}
-
 impl Args {
     /// True when `--json` was given (no progress display then).
     pub fn json(&self) -> bool {
@@ -84,22 +97,32 @@ impl Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.fixed && args.format == Some(FormatArg::Chroot) {
+        anyhow::bail!("--fixed writes an ext2 appliance: leave out -f chroot");
+    }
     let format = match args.format {
-        FormatArg::Chroot => kiln::Format::Chroot,
-        FormatArg::Ext2 => kiln::Format::Ext2,
+        Some(FormatArg::Chroot) => kiln::Format::Chroot,
+        Some(FormatArg::Ext2) | None => kiln::Format::Ext2,
     };
-    let mut opts = kiln::BuildOptions::new(args.inputs, format, args.output);
+    let output = match (&args.output, &args.tar) {
+        (Some(o), _) | (None, Some(o)) => o.clone(),
+        (None, None) => anyhow::bail!("no output: give -o DIR"),
+    };
+    let mut opts = kiln::BuildOptions::new(args.inputs, format, output);
     opts.include_packagelist = args.include_packagelist;
     opts.resolve_only = args.resolve_only;
-    opts.dpkg_root = args.dpkg_root;
+    opts.database = kiln::DatabaseRoot::new(args.dpkg_root);
     opts.size = args.size;
     opts.copy_kernel = args.copy_kernel;
     if let Some(cpu) = args.host_cpu {
         opts.host_cpu = cpu;
     }
     let started = std::time::Instant::now();
-    let report =
-        kiln::build(&opts).with_context(|| format!("building {}", opts.output.display()))?;
+    let report = if args.fixed {
+        crate::fixed::run(&opts, args.output.as_deref(), args.tar.as_deref())?
+    } else {
+        kiln::build(&opts).with_context(|| format!("building {}", opts.output.display()))?
+    };
     if args.json {
         println!(
             "{}",

@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use kiln::cache::Cache;
 
-use crate::size::human;
+use kiln_size::human;
 
 /// Inspect the per-user appliance cache.
 #[derive(Debug, clap::Args)]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use kiln::cache::{Cache, DEFAULT_KEEP, GcPolicy};
 
-use crate::size::{human, parse_size};
+use kiln_size::{human, parse as parse_size};
 
 /// Remove pins of exited processes, leftovers of interrupted builds, and the least
 /// recently used appliances beyond --keep / --max-size. An appliance pinned by a

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::size::parse_size;
+use kiln_size::parse as parse_size;
 
 /// Locate the appliance on the search path and print kernel, initrd and root.
 ///

@@ -11,11 +11,13 @@ mod boot;
 mod build;
 mod cache_ls;
 mod checksum;
+mod docs;
+mod fixed;
 mod gc;
 mod locate;
 mod prepare;
 mod progress;
-mod size;
+mod run;
 mod supermin;
 mod supermin_args;
 
@@ -41,9 +43,11 @@ enum Command {
     Checksum(checksum::Args),
     Cache(cache_ls::Args),
     Prepare(prepare::Args),
+    Run(run::Args),
     /// Print kiln's manual page (roff) on stdout: `kiln manpage | man -l -`.
     #[command(hide = true)]
-    Manpage,
+    Manpage(docs::ManpageArgs),
+    Completions(docs::CompletionsArgs),
     /// Run kiln's supermin-compatible front end: `kiln supermin --build ...` behaves as
     /// `supermin --build ...` (also used when kiln is invoked under the name `supermin`).
     #[command(disable_help_flag = true)]
@@ -114,8 +118,15 @@ fn main() -> ExitCode {
         Command::Checksum(args) => checksum::run(args),
         Command::Cache(args) => cache_ls::run(args),
         Command::Prepare(args) => prepare::run(args),
+        Command::Run(args) => return run::main(args),
         Command::Supermin { args } => return exit(supermin::main(args)),
-        Command::Manpage => manpage(),
+        Command::Manpage(docs::ManpageArgs { dir: Some(dir) }) => {
+            docs::manpages_to_dir(<Cli as clap::CommandFactory>::command(), &dir)
+        }
+        Command::Manpage(_) => manpage(),
+        Command::Completions(args) => {
+            docs::completions(<Cli as clap::CommandFactory>::command(), &args)
+        }
     };
     progress::finish();
     match result {

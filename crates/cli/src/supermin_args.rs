@@ -127,16 +127,9 @@ it.  Modern QEMU will generate a correct DTB for the supermin
 appliance automatically.
 ";
 
-/// True when `s` is a valid supermin size (`^[.0-9]+[bKMG]$`). The number itself is
-/// converted later.
+/// True when `s` is a valid supermin size (`^[.0-9]+[bKMG]$`).
 fn size_syntax_ok(s: &str) -> bool {
-    let Some(last) = s.chars().last() else {
-        return false;
-    };
-    let num = &s[..s.len() - last.len_utf8()];
-    matches!(last, 'b' | 'K' | 'M' | 'G')
-        && !num.is_empty()
-        && num.bytes().all(|b| b == b'.' || b.is_ascii_digit())
+    kiln_size::parse_supermin(s).is_ok()
 }
 
 /// Parse supermin's arguments (without argv[0]).

@@ -1,14 +1,14 @@
 //! kiln's file set stage: turn the parsed inputs of a supermin appliance into the exact,
-//! sorted list of entries of the appliance root ([`FileSet`]), and write a file set out
-//! as a directory tree ([`chroot`]).
+//! sorted list of entries of the appliance root ([`FileSet`]). Writing a set out is the
+//! writers' job (`kiln-chroot`, `kiln-image`).
 //!
 //! Modules: [`entry`] holds the types that are the contract with the writers that follow
-//! (chroot, ext2); [`scan`] reads host objects into entries; [`dpkg`] reads the package
-//! database by hand (status, `info/*.list`, diversions; the root is configurable for
-//! tests); pattern matching is `kiln-pattern`'s (glob(3)/fnmatch(3)); [`munge`] is
+//! (chroot, ext2); [`scan`] reads host objects into entries; the package database is
+//! read through the interface of `kiln-packages` (which database: `kiln-databases`, the
+//! one place that names the implementations); pattern matching is `kiln-pattern`'s (glob(3)/fnmatch(3)); [`munge`] is
 //! supermin's parent/symlink completion, in-process; [`builder`] merges base images and
 //! host entries into one tree, resolving paths through the set's own symlinks;
-//! [`mod@resolve`] runs the whole stage with supermin's counts; [`chroot`] writes a set.
+//! [`mod@resolve`] runs the whole stage with supermin's counts.
 //!
 //! Invariants and choices (details in each module):
 //! - the output is a valid [`FileSet`]: sorted, unique, parents are directories, hard
@@ -26,8 +26,6 @@
 
 pub mod access;
 pub mod builder;
-pub mod chroot;
-pub mod dpkg;
 pub mod entry;
 pub mod munge;
 /// The pattern matcher, re-exported for crates that still reach it through the file
@@ -37,6 +35,5 @@ pub mod resolve;
 pub mod scan;
 
 pub use builder::{SetBuilder, Source};
-pub use chroot::write_chroot;
 pub use entry::{Content, Entry, FileSet, Kind, Meta, Region, SetError, Xattr, is_normal_abs};
 pub use resolve::{Counts, Options, ResolveError, Resolved, resolve};

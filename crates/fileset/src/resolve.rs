@@ -1,13 +1,15 @@
-//! The file set stage as a whole: [`Inputs`] + the dpkg database + the host → a
+//! The file set stage as a whole: [`Inputs`] + the package database + the host → a
 //! [`SetBuilder`] holding every entry of the appliance root, with supermin's counts.
 //!
 //! Steps (reference §2.4–2.6), each logged at `info` with its count:
-//! 1. package names → installed packages → closure over Depends + Pre-Depends
-//!    ([`crate::dpkg`]); names that are not installed are **warned about** by name and
+//! 1. package names → installed packages → their dependency closure, through the
+//!    package-database interface (`kiln-packages`; the database is chosen by
+//!    `kiln-databases`); names that are not installed are **warned about** by name and
 //!    origin (supermin ignores them silently) and otherwise ignored, as supermin does;
 //! 2. their files; **config files are dropped** (they come from base images): a path is
-//!    config when it is under `/etc/` and a regular file on the host (supermin's rule), or
-//!    when it is one of the package's dpkg conffiles (anywhere);
+//!    config when the database flags it so (for dpkg: under `/etc/` and a regular file on
+//!    the host, supermin's rule, or one of the package's conffiles, anywhere); ghost
+//!    entries (listed, not shipped) are dropped too;
 //! 3. excludefiles: `fnmatch(FNM_NOESCAPE)` on package files only;
 //! 4. hostfiles: `glob(GLOB_NOESCAPE)`; a pattern not starting with `/` is an error
 //!    naming its input line (supermin globs it relative to the current directory and
@@ -19,13 +21,12 @@
 //!    warning per such directory ([`crate::access`]), not silently as missing ones;
 //! 6. munging ([`crate::munge`]);
 //! 7. base images (in order), then the munged host entries, merged by [`SetBuilder`].
-//!    Host directories take the time of the package database's `status` file instead
-//!    of their own, so that the image is a function of its cache key: a directory's
-//!    time changes with any file created in it (`/tmp`, `/var/tmp`) and is not in the
-//!    key, while `status` is.
+//!    Host directories take the time of the package database (the newest of its
+//!    fingerprint files, dpkg's `status`) instead of their own, so that the image is a
+//!    function of its cache key: a directory's time changes with any file created in it
+//!    (`/tmp`, `/var/tmp`) and is not in the key, while the database's files are.
 
 use std::collections::{HashMap, HashSet};
-use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -33,25 +34,29 @@ use kiln_inputs::{BaseImage, Inputs, Member, MemberKind, Origin};
 
 use crate::access::Hidden;
 use crate::builder::{PlaceError, SetBuilder, Source};
-use crate::dpkg::{DpkgDb, DpkgError};
 use crate::entry::{Content, Entry, Kind, Meta};
 use crate::munge::{HostFile, StatCache, munge};
 use crate::scan;
+use kiln_databases::{DatabaseRoot, PackageError};
 use kiln_pattern::{FnMatchSet, PatternError};
 
 /// Options of the file set stage.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// The root whose `var/lib/dpkg` is the package database (`/` for the host).
-    pub dpkg_root: PathBuf,
+    /// Which package database (the host's by default).
+    pub database: DatabaseRoot,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            dpkg_root: PathBuf::from("/"),
-        }
+/// `e` and its causes, joined by ": " (for a warning that does not stop the stage).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
     }
+    s
 }
 
 /// The numbers supermin prints at `-v` (reference §1.7, §8.3), plus kiln's own.
@@ -82,15 +87,15 @@ pub struct Resolved {
     /// The closure as `name_version_arch`, sorted bytewise (`--include-packagelist`).
     pub packages: Vec<String>,
     pub counts: Counts,
-    /// The package database's `status` file (its mtime dates the package set).
-    pub dpkg_status: PathBuf,
+    /// The driver of the package database read (`debian/dpkg`).
+    pub database: &'static str,
 }
 
 /// An error of the file set stage, naming the input or file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error(transparent)]
-    Dpkg(#[from] DpkgError),
+    Packages(#[from] PackageError),
     #[error(
         "{origin}: hostfiles pattern {pattern:?} is not an absolute path: write it \
          starting with `/`"
@@ -162,13 +167,18 @@ fn readable(p: &Path) -> Result<(), std::io::Error> {
     .map_err(std::io::Error::from)
 }
 
-/// The time given to host directories: the package database's `status` file's, which
-/// changes with every package change and is part of the appliance's cache key, where a
-/// directory's own time is not (it changes whenever a file is created in it); time 0
-/// without a database.
-fn package_set_time(status: &Path) -> (i64, u32) {
+/// The time given to host directories: the newest of the package database's own
+/// files whose identity is part of the appliance's cache key (dpkg's `status`, rewritten
+/// on every package change), where a directory's own time is not (it changes whenever
+/// a file is created in it); time 0 when there are none.
+fn package_set_time(db_files: &[PathBuf]) -> (i64, u32) {
     use std::os::unix::fs::MetadataExt;
-    fs::metadata(status).map_or((0, 0), |m| (m.mtime(), m.mtime_nsec() as u32))
+    db_files
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.mtime(), m.mtime_nsec() as u32))
+        .max()
+        .unwrap_or((0, 0))
 }
 
 /// Run the whole stage.
@@ -177,10 +187,11 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
 
     // 1. Packages and their closure.
     tracing::info!("mapping package names to installed packages");
-    let db = DpkgDb::load(&opts.dpkg_root)?;
+    let db = kiln_databases::open(&opts.database)?;
+    tracing::info!("package database: {}", db.driver());
     let names: Vec<&str> = inputs.packages.iter().map(|l| l.value.as_str()).collect();
     tracing::info!("resolving full list of package dependencies");
-    let res = db.resolve(&names);
+    let res = db.resolve(&names)?;
     for m in &res.missing {
         let origin = inputs
             .packages
@@ -190,10 +201,11 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
             .unwrap_or_default();
         tracing::warn!("{origin}: package {m:?} is not installed on this host: ignored");
     }
+    let all = db.packages();
     let packages: Vec<String> = res
         .packages
         .iter()
-        .map(|&i| db.package(i).display())
+        .map(|&i| all[i].display.clone())
         .collect();
     for p in &packages {
         tracing::debug!("package: {p}");
@@ -202,36 +214,35 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
     counts.missing_packages = res.missing.len();
     tracing::info!("{} packages, including dependencies", counts.packages);
 
-    // 2. Their files, without config files.
-    let mut conffiles: HashSet<&Path> = HashSet::new();
-    let mut listed: HashMap<PathBuf, usize> = HashMap::new();
+    // 2. Their files, without config files (a path is config when any package of the
+    // closure says so) and without ghosts; the first package listing a path decides
+    // where its bytes are.
+    let mut config: HashSet<PathBuf> = HashSet::new();
+    let mut listed: HashMap<PathBuf, PathBuf> = HashMap::new();
     for &i in &res.packages {
-        conffiles.extend(db.package(i).conffiles.iter().map(PathBuf::as_path));
         let files = match db.files(i) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(
-                    "package {}: {e}: its files are left out",
-                    db.package(i).display()
+                    "package {}: {}: its files are left out",
+                    all[i].display,
+                    error_chain(&e)
                 );
                 continue;
             }
         };
         for f in files {
-            listed.entry(f).or_insert(i);
+            if f.flags.config {
+                config.insert(f.path);
+            } else if !f.flags.ghost {
+                listed.entry(f.path).or_insert(f.source);
+            }
         }
     }
     let mut files: Vec<HostFile> = listed
         .into_iter()
-        .filter(|(p, _)| {
-            let etc_file = p.as_os_str().as_bytes().starts_with(b"/etc/")
-                && fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
-            !etc_file && !conffiles.contains(p.as_path())
-        })
-        .map(|(p, i)| HostFile {
-            source: db.source_of(&db.package(i).name, &p),
-            path: p,
-        })
+        .filter(|(p, _)| !config.contains(p))
+        .map(|(path, source)| HostFile { path, source })
         .collect();
     files.sort_unstable_by(|a, b| crate::builder::set_order(&a.path, &b.path));
     counts.files = files.len();
@@ -341,7 +352,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
 
     // 7. Merge: base images first, then host entries.
     let mut builder = SetBuilder::new();
-    builder.host_dir_time = Some(package_set_time(&db.status_path()));
+    builder.host_dir_time = Some(package_set_time(&db.fingerprint()));
     counts.base_members = add_base_images(&mut builder, &inputs.base_images)?;
     for f in &munged {
         let Some(md) = cache.lstat(&f.source) else {
@@ -368,7 +379,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         builder,
         packages,
         counts,
-        dpkg_status: db.status_path(),
+        database: db.driver(),
     })
 }
 
@@ -388,7 +399,23 @@ pub fn packagelist(packages: &[String]) -> Vec<u8> {
 mod tests {
     use super::*;
     use kiln_inputs::{Line, Member, Region};
+    use std::fs;
     use std::os::unix::fs::symlink;
+
+    /// A synthetic dpkg root: `status`, `diversions` and `.list` files.
+    fn fake_root(status: &str, lists: &[(&str, &str)], diversions: &str) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        let admin = t.path().join("var/lib/dpkg");
+        fs::create_dir_all(admin.join("info")).unwrap();
+        fs::write(admin.join("status"), status).unwrap();
+        if !diversions.is_empty() {
+            fs::write(admin.join("diversions"), diversions).unwrap();
+        }
+        for (name, content) in lists {
+            fs::write(admin.join("info").join(format!("{name}.list")), content).unwrap();
+        }
+        t
+    }
 
     fn origin() -> Origin {
         Origin {
@@ -424,7 +451,7 @@ mod tests {
              Conffiles:\n {hs}/etc/app/app.conf 0123456789abcdef\n"
         );
         let diversions = format!("{hs}/usr/bin/tool\n{hs}/usr/bin/tool.real\nother\n");
-        let root = crate::dpkg::tests::fake_root(&status, &[("app", &list)], &diversions);
+        let root = fake_root(&status, &[("app", &list)], &diversions);
 
         let line = |v: &str| Line {
             value: v.to_string(),
@@ -456,7 +483,7 @@ mod tests {
         let r = resolve(
             &inputs,
             &Options {
-                dpkg_root: root.path().to_path_buf(),
+                database: DatabaseRoot::new(root.path()),
             },
         )
         .unwrap();
@@ -496,7 +523,7 @@ mod tests {
 
     #[test]
     fn relative_hostfile_names_its_origin() {
-        let root = crate::dpkg::tests::fake_root("", &[], "");
+        let root = fake_root("", &[], "");
         let inputs = Inputs {
             hostfiles: vec![Line {
                 value: "etc/passwd".into(),
@@ -510,7 +537,7 @@ mod tests {
         let e = resolve(
             &inputs,
             &Options {
-                dpkg_root: root.path().to_path_buf(),
+                database: DatabaseRoot::new(root.path()),
             },
         )
         .unwrap_err();

@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let chroot = rest[0] == "--chroot" && rest.len() >= 2;
     let mut opts = kiln_image::ImageOptions::default();
     if let Some(s) = rest.get(1).filter(|_| !chroot) {
-        opts.size = kiln_image::parse_size(s)?;
+        opts.size = kiln_size::parse(s)?;
     }
     if let Ok(t) = std::env::var("KILN_IMAGE_THREADS") {
         opts.threads = t.parse()?;
@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let t1 = Instant::now();
     if chroot {
-        let st = kiln_fileset::write_chroot(&set, Path::new(&rest[1]))?;
+        let st = kiln_chroot::write_chroot(&set, Path::new(&rest[1]))?;
         eprintln!("chroot: {st:?}");
         return Ok(());
     }

@@ -20,14 +20,20 @@
 //! the exec so that `kiln boot` can tell the appliance's `/init` was reached.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::fs::{CWD, FileType, Mode};
 use rustix::mount::{MountFlags, UnmountFlags};
+
+mod modules;
+mod root;
+mod run;
+
+use modules::load_modules;
+use root::{Root, parse_uuid, wait_for_root};
 
 /// The line `kiln boot` looks for on the console.
 const MARKER: &str = "kiln-init: exec /init";
@@ -65,33 +71,6 @@ fn fatal(msg: &str) -> ! {
     std::process::exit(1)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Root {
-    Uuid([u8; 16]),
-    Dev(String),
-}
-
-impl std::fmt::Display for Root {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Root::Uuid(u) => write!(f, "root UUID={} (with ext2/3/4 magic)", uuid_string(u)),
-            Root::Dev(n) => write!(f, "root device /dev/{n}"),
-        }
-    }
-}
-
-fn uuid_string(u: &[u8; 16]) -> String {
-    let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        h[0..4].concat(),
-        h[4..6].concat(),
-        h[6..8].concat(),
-        h[8..10].concat(),
-        h[10..16].concat()
-    )
-}
-
 #[derive(Debug, PartialEq, Eq)]
 struct Cmdline {
     quiet: bool,
@@ -101,19 +80,6 @@ struct Cmdline {
     allmodules: bool,
     root: Option<Result<Root, String>>,
     rootwait: Duration,
-}
-
-fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
-    let hex: Vec<u8> = s.bytes().filter(|&c| c != b'-').collect();
-    if hex.len() != 32 {
-        return Err(format!("root=UUID={s}: not a 16-byte UUID"));
-    }
-    let mut out = [0u8; 16];
-    for (i, pair) in hex.chunks(2).enumerate() {
-        let txt = std::str::from_utf8(pair).map_err(|_| format!("root=UUID={s}: not hex"))?;
-        out[i] = u8::from_str_radix(txt, 16).map_err(|_| format!("root=UUID={s}: not hex"))?;
-    }
-    Ok(out)
 }
 
 /// Parse the kernel command line by words. Later words win, as with the kernel's own
@@ -167,210 +133,6 @@ fn mount_fs(log: &Log, fstype: &str, target: &str) {
         if e != rustix::io::Errno::BUSY {
             log.warn(&format!("mount {fstype} on {target}: {e}"));
         }
-    }
-}
-
-/// Load the modules listed in `/modules` in order. A line `- MS` ends a stage: if the
-/// root is visible by then (checked for up to MS milliseconds, [`STAGE_GRACE`] if
-/// absent, as SCSI and ATA scans run asynchronously), the remaining stages (drivers for
-/// other buses) are skipped unless `all` is set. Returns (loaded, failed, skipped).
-fn load_modules(log: &Log, root: Option<&Root>, all: bool) -> (usize, usize, usize) {
-    let list = match fs::read_to_string("/modules") {
-        Ok(s) => s,
-        Err(e) => {
-            log.warn(&format!("cannot read /modules: {e}; loading no modules"));
-            return (0, 0, 0);
-        }
-    };
-    let lines: Vec<&str> = list
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let (mut ok, mut failed) = (0, 0);
-    for (i, name) in lines.iter().enumerate() {
-        if let Some(rest) = name.strip_prefix('-') {
-            let grace = rest
-                .trim()
-                .parse::<u64>()
-                .map(Duration::from_millis)
-                .unwrap_or(STAGE_GRACE);
-            if let Some(r) = root
-                && !all
-                && root_visible_within(r, grace)
-            {
-                let skipped = lines[i..].iter().filter(|l| !l.starts_with('-')).count();
-                log.info(&format!(
-                    "root visible; skipping {skipped} modules for other buses (kiln.allmodules loads them)"
-                ));
-                return (ok, failed, skipped);
-            }
-            continue;
-        }
-        let path = format!("/{name}");
-        let res = fs::File::open(&path)
-            .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))
-            .and_then(|f| rustix::system::finit_module(&f, c"", 0));
-        if log.debug {
-            log.info(&format!("module {name}: {res:?}"));
-        }
-        match res {
-            Ok(()) => ok += 1,
-            // Built in or already loaded: nothing to do.
-            Err(rustix::io::Errno::EXIST) => ok += 1,
-            Err(e) => {
-                failed += 1;
-                log.warn(&format!("module {name}: {e}"));
-            }
-        }
-    }
-    (ok, failed, 0)
-}
-
-/// How long a stage boundary without its own grace time waits for the root before
-/// loading the next stage.
-const STAGE_GRACE: Duration = Duration::from_millis(100);
-
-fn root_visible_within(root: &Root, grace: Duration) -> bool {
-    let start = Instant::now();
-    let mut delay = Duration::from_millis(1);
-    loop {
-        if find_root_once(root).is_ok() {
-            return true;
-        }
-        if start.elapsed() >= grace {
-            return false;
-        }
-        std::thread::sleep(delay);
-        delay = (delay * 2).min(Duration::from_millis(20));
-    }
-}
-
-fn read_dev_number(sysdir: &Path) -> Option<(u32, u32)> {
-    let s = fs::read_to_string(sysdir.join("dev")).ok()?;
-    let (a, b) = s.trim().split_once(':')?;
-    Some((a.parse().ok()?, b.parse().ok()?))
-}
-
-/// A private device node for probing: devtmpfs may create `/dev/NAME` a little after the
-/// sysfs entry appears, so the init makes its own.
-fn probe_node(maj: u32, min: u32) -> io::Result<fs::File> {
-    let p = "/.kiln-probe";
-    let _ = fs::remove_file(p);
-    rustix::fs::mknodat(
-        CWD,
-        p,
-        FileType::BlockDevice,
-        Mode::from_raw_mode(0o600),
-        rustix::fs::makedev(maj, min),
-    )?;
-    let f = fs::File::open(p);
-    let _ = fs::remove_file(p);
-    f
-}
-
-/// What the probe saw on one block device (for the timeout message).
-enum Seen {
-    Match,
-    NoMagic,
-    OtherUuid,
-    Unreadable(String),
-}
-
-fn probe_ext(maj: u32, min: u32, uuid: &[u8; 16]) -> Seen {
-    let mut f = match probe_node(maj, min) {
-        Ok(f) => f,
-        Err(e) => return Seen::Unreadable(e.to_string()),
-    };
-    let mut sb = [0u8; 0x478];
-    if let Err(e) = f.read_exact(&mut sb) {
-        return Seen::Unreadable(e.to_string());
-    }
-    if sb[0x438..0x43a] != [0x53, 0xef] {
-        Seen::NoMagic
-    } else if sb[0x468..0x478] == uuid[..] {
-        Seen::Match
-    } else {
-        Seen::OtherUuid
-    }
-}
-
-/// One scan for the root device. Returns (name, maj, min) or a description of what was
-/// seen, for the timeout message.
-fn find_root_once(root: &Root) -> Result<(String, u32, u32), Vec<String>> {
-    let mut seen = Vec::new();
-    match root {
-        Root::Dev(name) => {
-            let d = Path::new("/sys/class/block").join(name);
-            if let Some((a, b)) = read_dev_number(&d) {
-                return Ok((name.clone(), a, b));
-            }
-        }
-        Root::Uuid(uuid) => {
-            let mut names: Vec<String> = match fs::read_dir("/sys/class/block") {
-                Ok(rd) => rd
-                    .filter_map(|e| e.ok())
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
-            names.sort();
-            for name in names {
-                let d = Path::new("/sys/class/block").join(&name);
-                let size: u64 = fs::read_to_string(d.join("size"))
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                    .unwrap_or(0);
-                if size == 0 {
-                    continue;
-                }
-                let Some((a, b)) = read_dev_number(&d) else {
-                    continue;
-                };
-                match probe_ext(a, b, uuid) {
-                    Seen::Match => return Ok((name, a, b)),
-                    Seen::NoMagic => seen.push(format!("{name} (no ext magic)")),
-                    Seen::OtherUuid => seen.push(format!("{name} (other UUID)")),
-                    Seen::Unreadable(e) => seen.push(format!("{name} ({e})")),
-                }
-            }
-        }
-    }
-    Err(seen)
-}
-
-fn wait_for_root(log: &Log, root: &Root, timeout: Duration) -> (String, u32, u32) {
-    let start = Instant::now();
-    let mut delay = Duration::from_millis(1);
-    let mut announced = false;
-    loop {
-        let seen = match find_root_once(root) {
-            Ok(found) => return found,
-            Err(seen) => seen,
-        };
-        let waited = start.elapsed();
-        if waited >= timeout {
-            let seen = if seen.is_empty() {
-                "none".to_string()
-            } else {
-                seen.join(", ")
-            };
-            fatal(&format!(
-                "gave up after {:.1} s waiting for {root}; block devices seen: {seen}. \
-                 Check that the root disk is attached and that its driver (virtio-blk, \
-                 virtio-scsi, ata, nvdimm) is in the initrd; kiln.rootwait=SECONDS changes the wait",
-                waited.as_secs_f64()
-            ));
-        }
-        if !announced && waited >= Duration::from_secs(1) {
-            announced = true;
-            log.info(&format!(
-                "waiting up to {} s for {root}",
-                timeout.as_secs_f64()
-            ));
-        }
-        std::thread::sleep(delay.min(timeout.saturating_sub(waited)));
-        delay = (delay * 2).min(Duration::from_millis(20));
     }
 }
 
@@ -480,6 +242,9 @@ fn run() -> ! {
         fatal(&format!("switching to the new root: {e}"));
     }
 
+    if run::wanted(&cmdline) {
+        run::main();
+    }
     let _ = writeln!(io::stderr(), "{MARKER}");
     let err = Command::new("/init").arg0("init").exec();
     let _ = writeln!(io::stderr(), "kiln-init: error: exec /init: {err}");
@@ -520,11 +285,5 @@ mod tests {
             parse_cmdline("kiln.rootwait=-1").rootwait,
             Duration::from_secs(DEFAULT_ROOTWAIT)
         );
-    }
-
-    #[test]
-    fn uuid_roundtrip() {
-        let u = parse_uuid("cc33dc13-0000-4a5b-9c8d-0123456789ab").unwrap();
-        assert_eq!(uuid_string(&u), "cc33dc13-0000-4a5b-9c8d-0123456789ab");
     }
 }

@@ -7,8 +7,10 @@
 //! - the host files named by `hostfiles` lists (glob(3) expanded as supermin does):
 //!   path and `lstat` metadata (type, mode, owner, size, mtime, ctime, inode, device),
 //!   plus the target and metadata of symlinks;
-//! - the package database: `lstat` metadata of dpkg's `status` and `diversions` (dpkg
-//!   rewrites `status` on every install, upgrade or removal);
+//! - the package database: the driver chosen for [`KeyOptions::database`] (the same
+//!   choice the build makes, `kiln-databases`) and the `lstat` metadata of the files
+//!   that date it (for dpkg `status` and `diversions`: dpkg rewrites `status` on every
+//!   install, upgrade or removal); when no database is found, that fact;
 //! - the kernel: the `SUPERMIN_KERNEL*` overrides and the kernel `kiln-kernel` chooses
 //!   (path, version, metadata of the file, of its modules tree and of `modules.dep`,
 //!   which depmod rewrites whenever modules change); if no kernel can be chosen, every
@@ -35,6 +37,7 @@ use std::path::{Path, PathBuf};
 use kiln_cache::Key;
 use kiln_inputs::{Class, InputKind, classify};
 pub use kiln_kernel::{KernelEnv, Roots};
+pub use kiln_packages::DatabaseRoot;
 
 /// Bump when the appliance kiln builds changes in a way old cached slots lack.
 pub const FORMAT_VERSION: u32 = 1;
@@ -42,9 +45,9 @@ pub const FORMAT_VERSION: u32 = 1;
 /// Errors computing a key.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("reading supermin appliance {path:?}: {source}")]
+    #[error("reading supermin appliance {}", path.display())]
     Read { path: PathBuf, source: io::Error },
-    #[error("reading supermin appliance {path:?}: {source}")]
+    #[error("reading supermin appliance {}", path.display())]
     Inputs {
         path: PathBuf,
         source: Box<kiln_inputs::InputError>,
@@ -58,8 +61,8 @@ pub struct KeyOptions {
     pub host_cpu: String,
     /// `--size` of the root image in bytes (`None`: kiln's default, 4 GiB).
     pub size: Option<u64>,
-    /// dpkg's status file (its directory's `diversions` is covered too).
-    pub dpkg_status: PathBuf,
+    /// Which package database (the build reads the same: `BuildOptions::database`).
+    pub database: DatabaseRoot,
     /// `SUPERMIN_KERNEL`, `SUPERMIN_KERNEL_VERSION`, `SUPERMIN_MODULES` (default: the
     /// process environment, which is also what the build pipeline reads).
     pub kernel: KernelEnv,
@@ -75,7 +78,7 @@ impl Default for KeyOptions {
         KeyOptions {
             host_cpu: std::env::consts::ARCH.to_owned(),
             size: None,
-            dpkg_status: PathBuf::from("/var/lib/dpkg/status"),
+            database: DatabaseRoot::default(),
             kernel: KernelEnv::from_process(),
             roots: Roots::default(),
             euid: rustix::process::geteuid().as_raw(),
@@ -160,8 +163,15 @@ pub fn appliance_key(supermin_d: &Path, opts: &KeyOptions) -> Result<Key, KeyErr
         }
     }
 
-    h.meta(&opts.dpkg_status);
-    h.meta(&opts.dpkg_status.with_file_name("diversions"));
+    match kiln_databases::fingerprint(&opts.database) {
+        Some((driver, paths)) => {
+            h.bytes("database", driver.as_bytes());
+            for p in &paths {
+                h.meta(p);
+            }
+        }
+        None => h.bytes("database", b"\0none"),
+    }
 
     hash_kernel(&mut h, opts);
     Ok(Key::from_digest(h.0.finalize().as_bytes()))

@@ -5,6 +5,8 @@
 //!   only sequences the stages and carries their errors.
 //! - [`locate`]: the search path walk (supermin → fixed → old-style) and the pinned
 //!   handle callers get ([`locate::Pinned`]).
+//! - [`supermin`]: `supermin --build`'s contract (`--if-newer`, `OUT` filled from a cache
+//!   slot or built straight into, atomically replaced), for kiln's supermin front end.
 //! - [`key`]: the cache key of a supermin appliance (a checksum of everything that ends
 //!   up in it, cheap enough for every launch).
 //!
@@ -29,8 +31,12 @@
 pub mod key;
 pub mod locate;
 pub mod pipeline;
+pub mod supermin;
 
 pub use kiln_cache as cache;
+/// The package databases (for callers that map files to packages, e.g. `kiln run`).
+pub use kiln_databases as databases;
+pub use kiln_packages::DatabaseRoot;
 pub use locate::{LocateError, LocateOptions, Pinned, locate};
 pub use pipeline::{
     ApplianceReport, BuildError, BuildOptions, BuildReport, Format, build, build_into,

@@ -272,22 +272,14 @@ fn locate_supermin(
     supermin_d: &Path,
 ) -> Result<Pinned, LocateError> {
     let key = appliance_key(supermin_d, &opts.key)?;
-    let cache = match &opts.cachedir {
-        Some(d) => Cache::open(d)?,
-        None => Cache::open_default()?,
-    };
+    let cache = open_cache(opts.cachedir.as_deref())?;
     let get = GetOptions {
         pin_to: opts.pin_to,
         force_rebuild: opts.force_rebuild,
         gc: opts.gc.clone(),
     };
     let builder = opts.builder.clone().unwrap_or_else(default_builder);
-    let req = BuildRequest {
-        supermin_d,
-        key: &key,
-        options: &opts.key,
-    };
-    let pin = cache.get_or_build(&key, &get, |dir| builder(&req, dir))?;
+    let pin = cached_build(&cache, supermin_d, &key, &opts.key, &get, &*builder)?;
     Ok(Pinned {
         kernel: pin.kernel().to_path_buf(),
         initrd: pin.initrd().to_path_buf(),
@@ -299,6 +291,34 @@ fn locate_supermin(
         element: element.to_path_buf(),
         pin: Some(pin),
     })
+}
+
+/// The cache under `root`, else under [`kiln_cache::default_root`].
+pub fn open_cache(root: Option<&Path>) -> Result<Cache, CacheError> {
+    match root {
+        Some(d) => Cache::open(d),
+        None => Cache::open_default(),
+    }
+}
+
+/// The cached build of one `supermin.d`, shared by [`locate`] and the supermin front
+/// end ([`crate::supermin`]): the slot for `key` (computed from `supermin_d` and
+/// `options`), built by `builder` on a miss (or always, with `get.force_rebuild`), pinned
+/// as `get` says.
+pub fn cached_build(
+    cache: &Cache,
+    supermin_d: &Path,
+    key: &Key,
+    options: &KeyOptions,
+    get: &GetOptions,
+    builder: &BuildFn,
+) -> Result<kiln_cache::Pinned, CacheError> {
+    let req = BuildRequest {
+        supermin_d,
+        key,
+        options,
+    };
+    cache.get_or_build(key, get, |dir| builder(&req, dir))
 }
 
 /// The UUID of an ext2/3/4 root image as libguestfs reads it for `root=UUID=`; `None`
@@ -335,12 +355,24 @@ pub fn pipeline_builder() -> Arc<BuildFn> {
             o.copy_kernel = true;
             o.kernel_env = req.options.kernel.clone();
             o.kernel_roots = req.options.roots.clone();
+            o.database = req.options.database.clone();
             let report = crate::pipeline::build_into(&o, dir)?;
             Ok(BuildMeta {
                 root_uuid: report.appliance.map(|a| a.root_uuid),
             })
         },
     )
+}
+
+/// A failure of [`supermin_builder`].
+#[derive(Debug, thiserror::Error)]
+enum ExternalBuildError {
+    #[error("cannot run {}", .0.display())]
+    Run(PathBuf, #[source] std::io::Error),
+    #[error("{} --build failed ({})", .0.display(), .1)]
+    Failed(PathBuf, std::process::ExitStatus),
+    #[error("moving {} into the cache slot", .0.display())]
+    Output(PathBuf, #[source] std::io::Error),
 }
 
 /// A builder that runs `supermin --build -f ext2 --copy-kernel` and moves its output
@@ -369,15 +401,16 @@ pub fn supermin_builder(program: PathBuf) -> Arc<BuildFn> {
             }
             let status = cmd
                 .status()
-                .map_err(|e| format!("cannot run {}: {e}", program.display()))?;
+                .map_err(|e| ExternalBuildError::Run(program.clone(), e))?;
             if !status.success() {
-                return Err(format!("{} --build failed ({status})", program.display()).into());
+                return Err(ExternalBuildError::Failed(program.clone(), status).into());
             }
             for f in ["kernel", "initrd", "root"] {
                 std::fs::rename(out.join(f), dir.join(f))
-                    .map_err(|e| format!("{}: {e}", out.join(f).display()))?;
+                    .map_err(|e| ExternalBuildError::Output(out.join(f), e))?;
             }
-            std::fs::remove_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            std::fs::remove_dir_all(&out)
+                .map_err(|e| ExternalBuildError::Output(out.clone(), e))?;
             Ok(BuildMeta {
                 root_uuid: ext_uuid(&dir.join("root")),
             })

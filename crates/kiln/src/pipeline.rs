@@ -1,7 +1,7 @@
 //! The build pipeline: inputs → file set → output, one call per stage.
 //!
 //! ```text
-//! read_inputs ─► resolve (dpkg, globs, excludes, munging, base images)
+//! read_inputs ─► resolve (packages, globs, excludes, munging, base images)
 //!             ─► [+ /packagelist] ─► finish (validated FileSet) ─► write (chroot)
 //! ```
 //! The ext2 format chooses the kernel first (so a missing kernel fails before any work),
@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_fileset::chroot::{ChrootError, ChrootStats};
+use kiln_chroot::{ChrootError, ChrootStats};
 use kiln_fileset::{Counts, Meta, Options, ResolveError, SetError};
 use kiln_image::{ImageError, ImageOptions};
 use kiln_inputs::InputError;
@@ -38,8 +38,8 @@ pub struct BuildOptions {
     pub include_packagelist: bool,
     /// Stop after the file set is resolved (benchmarks, debugging): nothing is written.
     pub resolve_only: bool,
-    /// Root of the dpkg database (`/` for the host).
-    pub dpkg_root: PathBuf,
+    /// Which package database (the cache key reads the same: `KeyOptions::database`).
+    pub database: kiln_packages::DatabaseRoot,
     /// ext2: image size in bytes.
     pub size: u64,
     /// ext2: the CPU architecture whose kernel to pick (supermin's `--host-cpu`).
@@ -66,7 +66,7 @@ impl BuildOptions {
             output,
             include_packagelist: false,
             resolve_only: false,
-            dpkg_root: PathBuf::from("/"),
+            database: kiln_packages::DatabaseRoot::default(),
             size: kiln_image::DEFAULT_SIZE,
             host_cpu: default_host_cpu(),
             copy_kernel: false,
@@ -117,21 +117,21 @@ pub enum BuildError {
     Inputs(#[from] InputError),
     #[error(transparent)]
     Resolve(#[from] ResolveError),
-    #[error("the appliance file set is inconsistent: {0}")]
+    #[error("the appliance file set is inconsistent")]
     Set(#[from] SetError),
-    #[error("adding /packagelist: {0}")]
+    #[error("adding /packagelist")]
     Packagelist(#[from] kiln_fileset::builder::PlaceError),
     #[error(transparent)]
     Chroot(#[from] ChrootError),
     #[error(transparent)]
     Kernel(#[from] kiln_kernel::Error),
-    #[error("adding the kernel modules tree: {0}")]
+    #[error("adding the kernel modules tree")]
     Modules(#[from] kiln_fileset::builder::TreeError),
     #[error(transparent)]
     Output(#[from] OutdirError),
-    #[error("writing the root image: {0}")]
+    #[error("writing the root image")]
     Image(#[from] ImageError),
-    #[error("writing the initrd: {0}")]
+    #[error("writing the initrd")]
     Initrd(#[from] kiln_initrd::Error),
 }
 
@@ -200,7 +200,7 @@ fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildErr
         let resolved = kiln_fileset::resolve(
             &inputs,
             &Options {
-                dpkg_root: opts.dpkg_root.clone(),
+                database: opts.database.clone(),
             },
         );
         let modules = scan.map(|h| {
@@ -241,7 +241,7 @@ fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildErr
     match opts.format {
         Format::Chroot => {
             tracing::info!("chroot: writing {}", opts.output.display());
-            report.chroot = Some(kiln_fileset::write_chroot(&set, &opts.output)?);
+            report.chroot = Some(kiln_chroot::write_chroot(&set, &opts.output)?);
         }
         Format::Ext2 => {
             let Some(kernel) = kernel else {

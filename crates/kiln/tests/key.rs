@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use kiln::key::{KernelEnv, KeyOptions, Roots, appliance_key};
+use kiln::key::{DatabaseRoot, KernelEnv, KeyOptions, Roots, appliance_key};
 use kiln::locate::{BuildFn, LocateOptions, locate};
 use kiln_cache::BuildMeta;
 
@@ -36,6 +36,7 @@ impl Fixture {
             ),
         )
         .unwrap();
+        fs::create_dir_all(f.status().parent().unwrap()).unwrap();
         fs::write(f.status(), "Package: bash\nStatus: install ok installed\n").unwrap();
         fs::write(f.path("vmlinuz-1"), "kernel one").unwrap();
         fs::write(f.path("vmlinuz-2"), "kernel two").unwrap();
@@ -55,12 +56,20 @@ impl Fixture {
     fn host(&self) -> PathBuf {
         self.path("host")
     }
+    /// The root whose `var/lib/dpkg` is the package database.
+    fn root(&self) -> PathBuf {
+        self.path("root")
+    }
+    /// A file of the dpkg database.
+    fn dpkg(&self, name: &str) -> PathBuf {
+        self.root().join("var/lib/dpkg").join(name)
+    }
     fn status(&self) -> PathBuf {
-        self.path("status")
+        self.dpkg("status")
     }
     fn options(&self) -> KeyOptions {
         KeyOptions {
-            dpkg_status: self.status(),
+            database: DatabaseRoot::new(self.root()),
             kernel: KernelEnv {
                 kernel: Some(self.path("vmlinuz-1").into()),
                 version: Some("1.0".into()),
@@ -125,7 +134,7 @@ fn package_upgrade_changes_the_key() {
     let f = Fixture::new();
     let k0 = f.key();
     // dpkg writes status-new and renames it over status.
-    let new = f.path("status-new");
+    let new = f.dpkg("status-new");
     fs::write(
         &new,
         "Package: bash\nStatus: install ok installed\nVersion: 2\n",
@@ -137,7 +146,7 @@ fn package_upgrade_changes_the_key() {
     touch(&f.status(), 300);
     assert_ne!(f.key(), k1, "a touched package database counts as a change");
     let k2 = f.key();
-    fs::write(f.path("diversions"), "/bin/x\n/bin/x.distrib\npkg\n").unwrap();
+    fs::write(f.dpkg("diversions"), "/bin/x\n/bin/x.distrib\npkg\n").unwrap();
     assert_ne!(f.key(), k2, "a new diversion counts as a change");
 }
 
@@ -294,4 +303,20 @@ fn locate_rebuilds_exactly_when_the_key_changes_and_keeps_appliances_side_by_sid
     );
     let cache = kiln_cache::Cache::open(cache.path()).unwrap();
     assert_eq!(cache.list().unwrap().len(), 3);
+}
+
+#[test]
+fn the_package_database_root_is_in_the_key() {
+    let f = Fixture::new();
+    let k = f.key();
+    let other = f.path("other-root");
+    fs::create_dir_all(other.join("var/lib/dpkg")).unwrap();
+    let mut o = f.options();
+    o.database = DatabaseRoot::new(&other);
+    let none = f.key_with(&o);
+    assert_ne!(none, k, "no database is not the fixture's database");
+    fs::write(other.join("var/lib/dpkg/status"), "").unwrap();
+    let appeared = f.key_with(&o);
+    assert_ne!(appeared, none, "a database appearing changes the key");
+    assert_ne!(appeared, k);
 }

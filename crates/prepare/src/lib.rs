@@ -1,16 +1,17 @@
 //! `kiln prepare` (and the supermin front end's `--prepare`): from package names and the
-//! dpkg database, write a supermin appliance directory that `kiln build` turns into a
-//! bootable appliance.
+//! package database (through `kiln-packages`; which one: `kiln-databases`), write a
+//! supermin appliance directory that `kiln build` turns into a bootable appliance.
 //!
 //! Output (replacing `OUT` atomically, see `kiln-outdir`):
 //! - `packages`: the requested names that are installed (directly or through
 //!   `Provides`), de-duplicated and sorted bytewise, one per line. Dependencies are not
 //!   written: the build resolves them again, against the database it runs on.
 //! - `base.tar.gz`: the configuration files of the whole dependency closure — a path is
-//!   configuration when it is one of the package's dpkg conffiles, or a regular file under
-//!   `/etc/` (supermin's rule, which the build uses to leave such files out of the package
-//!   files) — plus the directories above them (supermin's tarball has files only, so
-//!   their directories come out with whatever owner the first writer had).
+//!   configuration when the database flags it so (for dpkg: one of the package's
+//!   conffiles, or a regular file under `/etc/` — supermin's rule, which the build uses
+//!   to leave such files out of the package files) — plus the directories above them
+//!   (supermin's tarball has files only, so their directories come out with whatever
+//!   owner the first writer had).
 //!
 //! Differences from supermin, on purpose:
 //! - configuration files come from the installed system (supermin's `--use-installed`).
@@ -24,12 +25,12 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use kiln_fileset::dpkg::{DpkgDb, DpkgError};
+use kiln_databases::{DatabaseRoot, PackageError};
 use kiln_outdir::{OutdirError, Staging};
+use kiln_packages::in_root;
 
 /// Errors of `prepare`, each naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +43,7 @@ pub enum PrepareError {
     )]
     NoneInstalled(String),
     #[error(transparent)]
-    Dpkg(#[from] DpkgError),
+    Packages(#[from] PackageError),
     #[error(transparent)]
     Output(#[from] OutdirError),
     #[error("prepare: writing {path}: {source}")]
@@ -56,7 +57,7 @@ pub enum PrepareError {
 /// Options of `prepare`.
 #[derive(Debug, Clone)]
 pub struct PrepareOptions {
-    /// Root of the dpkg database (`ROOT/var/lib/dpkg`) and of the files it lists.
+    /// The root the package database and the files it lists are read below.
     pub root: PathBuf,
     /// Clamp member times to this (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<i64>,
@@ -104,12 +105,12 @@ pub fn prepare<S: AsRef<str>>(
     if names.is_empty() {
         return Err(PrepareError::NoPackages);
     }
-    let db = DpkgDb::load(&opts.root)?;
+    let db = kiln_databases::open(&DatabaseRoot::new(&opts.root))?;
     let mut report = Prepared::default();
     let mut wanted: Vec<String> = Vec::new();
     for n in names {
         let n = n.as_ref();
-        if db.resolve(&[n]).missing.is_empty() {
+        if db.resolve(&[n])?.missing.is_empty() {
             wanted.push(n.to_string());
         } else {
             tracing::warn!("prepare: package {n} is not installed; left out");
@@ -121,7 +122,8 @@ pub fn prepare<S: AsRef<str>>(
     }
     wanted.sort();
     wanted.dedup();
-    let closure = db.resolve(&wanted);
+    let names: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    let closure = db.resolve(&names)?;
     report.closure = closure.packages.len();
     tracing::info!(
         "prepare: {} packages, including dependencies",
@@ -131,13 +133,10 @@ pub fn prepare<S: AsRef<str>>(
     // Configuration files of the closure: destination path → host source.
     let mut config: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
     for &i in &closure.packages {
-        let p = db.package(i);
-        for f in db.files(i)? {
-            let src = host_path(&opts.root, &db.source_of(&p.name, &f));
-            let is_file = fs::symlink_metadata(&src).is_ok_and(|m| m.is_file());
-            let etc = f.as_os_str().as_bytes().starts_with(b"/etc/");
-            if is_file && (etc || p.conffiles.contains(&f)) {
-                config.insert(f, src);
+        for f in db.config_files(i)? {
+            let src = in_root(&opts.root, &f.source);
+            if fs::symlink_metadata(&src).is_ok_and(|m| m.is_file()) {
+                config.insert(f.path, src);
             }
         }
     }
@@ -174,7 +173,7 @@ pub fn prepare<S: AsRef<str>>(
                 continue;
             }
             dirs_done.push(d.to_path_buf());
-            let dmd = fs::metadata(host_path(&opts.root, d)).map_err(werr(d))?;
+            let dmd = fs::metadata(in_root(&opts.root, d)).map_err(werr(d))?;
             let mut h = header(&dmd, tar::EntryType::Directory, 0, opts);
             tar.append_data(&mut h, member_name(d, true), io::empty())
                 .map_err(werr(&tpath))?;
@@ -192,11 +191,6 @@ pub fn prepare<S: AsRef<str>>(
     staging.publish()?;
     report.packages = wanted;
     Ok(report)
-}
-
-/// `path` (absolute, as dpkg lists it) below `root`.
-fn host_path(root: &Path, path: &Path) -> PathBuf {
-    root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
 /// The tar member name of `path`: `etc/x`, with a trailing `/` for directories.
@@ -230,93 +224,4 @@ fn header(
     };
     h.set_mtime(mtime.max(0) as u64);
     h
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn read_members(tgz: &Path) -> Vec<(String, tar::EntryType, u32, Vec<u8>)> {
-        let f = fs::File::open(tgz).unwrap();
-        let mut a = tar::Archive::new(flate2::read::GzDecoder::new(f));
-        a.entries()
-            .unwrap()
-            .map(|e| {
-                let mut e = e.unwrap();
-                let name = e.path().unwrap().to_string_lossy().into_owned();
-                let t = e.header().entry_type();
-                let mode = e.header().mode().unwrap();
-                let mut data = Vec::new();
-                io::Read::read_to_end(&mut e, &mut data).unwrap();
-                (name, t, mode, data)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn bash_and_coreutils_from_the_host_database() {
-        let t = tempfile::tempdir().unwrap();
-        let out = t.path().join("supermin.d");
-        let r = prepare(
-            &["coreutils", "bash", "bash", "no-such-package-kiln"],
-            &out,
-            &PrepareOptions::default(),
-        )
-        .unwrap();
-        assert_eq!(r.packages, ["bash", "coreutils"]);
-        assert_eq!(r.missing, ["no-such-package-kiln"]);
-        assert!(r.closure > 2, "dependencies resolved: {}", r.closure);
-        assert_eq!(
-            fs::read_to_string(out.join("packages")).unwrap(),
-            "bash\ncoreutils\n"
-        );
-        let members = read_members(&out.join("base.tar.gz"));
-        let names: Vec<&str> = members.iter().map(|m| m.0.as_str()).collect();
-        // bash's conffile, with its directory before it.
-        let find = |x: &str| {
-            names
-                .iter()
-                .position(|n| *n == x)
-                .unwrap_or_else(|| panic!("{x} not in {names:?}"))
-        };
-        let (bashrc, etc) = (find("etc/bash.bashrc"), find("etc/"));
-        assert!(etc < bashrc);
-        assert_eq!(members[bashrc].3, fs::read("/etc/bash.bashrc").unwrap());
-        assert_eq!(members[etc].1, tar::EntryType::Directory);
-        assert_eq!(
-            r.config_files,
-            members.iter().filter(|m| m.1.is_file()).count()
-        );
-        // The written directory is what the input reader accepts as a supermin.d.
-        let inputs = kiln_inputs::read_inputs(std::slice::from_ref(&out)).unwrap();
-        assert_eq!(inputs.base_images.len(), 1);
-        // Nothing beside the output.
-        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn reproducible() {
-        let t = tempfile::tempdir().unwrap();
-        let (a, b) = (t.path().join("a"), t.path().join("b"));
-        let o = PrepareOptions::default();
-        prepare(&["bash"], &a, &o).unwrap();
-        prepare(&["bash"], &b, &o).unwrap();
-        assert_eq!(
-            fs::read(a.join("base.tar.gz")).unwrap(),
-            fs::read(b.join("base.tar.gz")).unwrap()
-        );
-    }
-
-    #[test]
-    fn nothing_installed_is_an_error_and_writes_nothing() {
-        let t = tempfile::tempdir().unwrap();
-        let out = t.path().join("o");
-        let e = prepare(&["no-such-package-kiln"], &out, &PrepareOptions::default()).unwrap_err();
-        assert!(e.to_string().contains("no-such-package-kiln"), "{e}");
-        assert!(matches!(
-            prepare::<&str>(&[], &out, &PrepareOptions::default()),
-            Err(PrepareError::NoPackages)
-        ));
-        assert_eq!(fs::read_dir(t.path()).unwrap().count(), 0);
-    }
 }

@@ -1,4 +1,6 @@
-//! Write a [`FileSet`] as a directory tree (`kiln build -f chroot -o DIR`).
+//! Write a [`FileSet`] as a directory tree (`kiln build -f chroot -o DIR`): the chroot
+//! writer, beside the ext2 writer (`kiln-image`); the file set stage (`kiln-fileset`)
+//! only decides what the tree holds.
 //!
 //! - Everything is written into a fresh sibling directory `.DIR.kiln-XXXXXX`, then put in
 //!   place atomically: `renameat2(RENAME_EXCHANGE)` when `DIR` exists (the old tree is
@@ -17,6 +19,26 @@
 //! - New files are created with `O_EXCL | O_NOFOLLOW` and directories get their final
 //!   permissions only at the end (children first), so nothing in the tree is ever more
 //!   open than its final mode and 0555 directories can still be filled.
+//!
+//! ```
+//! use kiln_fileset::{Content, Entry, FileSet, Kind, Meta};
+//!
+//! let entry = |path: &str, kind, perm| Entry { path: path.into(), kind, meta: Meta::new(perm) };
+//! let set = FileSet::new(vec![
+//!     entry("/", Kind::Dir, 0o755),
+//!     entry("/etc", Kind::Dir, 0o755),
+//!     entry("/etc/hostname", Kind::File(Content::Bytes(b"kiln\n"[..].into())), 0o644),
+//!     entry("/hostname", Kind::Symlink(b"/etc/hostname".to_vec()), 0o777),
+//! ])
+//! .unwrap();
+//! let t = tempfile::tempdir().unwrap();
+//! let out = t.path().join("root");
+//! let stats = kiln_chroot::write_chroot(&set, &out).unwrap();
+//! assert_eq!(stats.entries, 4);
+//! assert_eq!(std::fs::read(out.join("etc/hostname")).unwrap(), b"kiln\n");
+//! // Absolute link targets are made relative: the tree never points into the host.
+//! assert_eq!(std::fs::read_link(out.join("hostname")).unwrap().to_str(), Some("etc/hostname"));
+//! ```
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -28,7 +50,7 @@ use rustix::fs::{AtFlags, CWD, Timespec, Timestamps};
 
 use kiln_outdir::{OutdirError, Staging};
 
-use crate::entry::{Content, Entry, FileSet, Kind, Meta};
+use kiln_fileset::{Content, Entry, FileSet, Kind, Meta};
 
 /// An error writing the chroot, naming the path at fault.
 #[derive(Debug, thiserror::Error)]
@@ -356,7 +378,7 @@ pub fn write_chroot(set: &FileSet, out: &Path) -> Result<ChrootStats, ChrootErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scan::scan_tree;
+    use kiln_fileset::scan::scan_tree;
     use std::os::unix::fs::MetadataExt;
 
     #[test]
@@ -465,7 +487,7 @@ mod tests {
 #[cfg(test)]
 mod node_tests {
     use super::*;
-    use crate::entry::Xattr;
+    use kiln_fileset::Xattr;
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
     fn entry(p: &str, kind: Kind, perm: u32) -> Entry {
@@ -533,5 +555,44 @@ mod node_tests {
             assert!(dev.is_err());
             assert_eq!(stats.skipped_devices, 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod root_tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    #[test]
+    #[ignore = "needs root"]
+    fn sets_owners_and_creates_devices_as_root() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "run as root (CI runs the ignored tests as root)"
+        );
+        let t = tempfile::tempdir().unwrap();
+        let mut f = Entry {
+            path: "/f".into(),
+            kind: Kind::File(Content::Bytes(b"x"[..].into())),
+            meta: Meta::new(0o4750),
+        };
+        (f.meta.uid, f.meta.gid) = (123, 456);
+        let dir = |p: &str| Entry {
+            path: p.into(),
+            kind: Kind::Dir,
+            meta: Meta::new(0o755),
+        };
+        let mut null = dir("/dev/null");
+        null.kind = Kind::CharDev(0x103);
+        null.meta = Meta::new(0o666);
+        let set = FileSet::new(vec![dir("/"), dir("/dev"), null, f]).unwrap();
+        let out = t.path().join("out");
+        let stats = write_chroot(&set, &out).unwrap();
+        assert_eq!(stats.skipped_devices, 0);
+        let md = fs::metadata(out.join("f")).unwrap();
+        assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (123, 456, 0o4750));
+        let dev = fs::symlink_metadata(out.join("dev/null")).unwrap();
+        assert!(dev.file_type().is_char_device());
+        assert_eq!((dev.rdev(), dev.mode() & 0o7777), (0x103, 0o666));
     }
 }

@@ -1,5 +1,12 @@
-//! The dpkg database, read by hand: `status` (installed packages, dependencies, provides,
-//! conffiles), `info/*.list` (files) and `diversions`.
+//! The dpkg database (Debian, Ubuntu), read by hand: `status` (installed packages,
+//! dependencies, provides, conffiles), `info/*.list` (files) and `diversions`, all below
+//! a root directory. [`DpkgDb`] implements [`kiln_packages::Database`]; [`DRIVER`] is
+//! supermin's `debian/dpkg`.
+//!
+//! Read by hand rather than through `dpkg-query`: the files are plain text with a
+//! stable format (deb-status(5), the `.list` files, `diversions` in line triples), one
+//! read of `status` is milliseconds where a `dpkg-query` per package is seconds, and no
+//! program of the root has to run on this machine.
 //!
 //! Resolution is better than supermin's (reference §2.4, §9.2) while agreeing with it on
 //! every name supermin does resolve:
@@ -11,15 +18,35 @@
 //!   installed (their files are all on disk);
 //! - a diversion applies to every package except the one that made it (supermin also
 //!   redirects the diverting package's own file), and local diversions apply too.
+//!
+//! Configuration files (the `config` flag of [`kiln_packages::FileFlags`]) are the
+//! package's conffiles and, as supermin's rule, every regular file under `/etc/`.
+//!
+//! ```
+//! use kiln_dpkg::DpkgDb;
+//!
+//! let root = tempfile::tempdir().unwrap();
+//! let admin = root.path().join("var/lib/dpkg");
+//! std::fs::create_dir_all(admin.join("info")).unwrap();
+//! std::fs::write(
+//!     admin.join("status"),
+//!     "Package: hello\nStatus: install ok installed\nVersion: 2.10\nArchitecture: amd64\n",
+//! )
+//! .unwrap();
+//! let db = DpkgDb::load(root.path()).unwrap();
+//! let r = db.resolve(&["hello", "absent"]);
+//! assert_eq!(db.package(r.packages[0]).display(), "hello_2.10_amd64");
+//! assert_eq!(r.missing, ["absent"]);
+//! ```
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// An error reading the dpkg database, naming the file.
+/// An error reading the dpkg database, naming the file (the cause is its source).
 #[derive(Debug, thiserror::Error)]
-#[error("dpkg database {path}: {source}")]
+#[error("dpkg database {}", path.display())]
 pub struct DpkgError {
     pub path: PathBuf,
     #[source]
@@ -113,7 +140,10 @@ pub struct Diversion {
 /// The installed packages of a dpkg database.
 #[derive(Debug, Clone)]
 pub struct DpkgDb {
+    root: PathBuf,
     admindir: PathBuf,
+    /// The packages as the interface describes them (same order as `pkgs`).
+    summary: Vec<kiln_packages::Package>,
     /// The primary (native) architecture.
     pub native_arch: String,
     pkgs: Vec<Package>,
@@ -122,15 +152,7 @@ pub struct DpkgDb {
     diversions: HashMap<PathBuf, Diversion>,
 }
 
-/// The result of resolving package names.
-#[derive(Debug, Clone, Default)]
-pub struct Resolution {
-    /// Indices of the packages in the closure (see [`DpkgDb::package`]), sorted by
-    /// display name.
-    pub packages: Vec<usize>,
-    /// Requested names that matched no installed package.
-    pub missing: Vec<String>,
-}
+pub use kiln_packages::Resolution;
 
 fn read(path: &Path) -> Result<Vec<u8>, DpkgError> {
     fs::read(path).map_err(|source| DpkgError {
@@ -156,7 +178,7 @@ fn default_arch() -> &'static str {
 impl DpkgDb {
     /// Load the database below `root` (`/` for the host): `ROOT/var/lib/dpkg/`.
     pub fn load(root: &Path) -> Result<DpkgDb, DpkgError> {
-        let admindir = root.join("var/lib/dpkg");
+        let admindir = kiln_packages::in_root(root, Path::new("/var/lib/dpkg"));
         let status_path = admindir.join("status");
         let status = read(&status_path)?;
         let status = String::from_utf8_lossy(&status);
@@ -191,8 +213,20 @@ impl DpkgDb {
                 });
             }
         };
+        let summary = pkgs
+            .iter()
+            .map(|p| kiln_packages::Package {
+                name: p.name.clone(),
+                version: p.version.clone(),
+                arch: p.arch.clone(),
+                provides: p.provides.clone(),
+                display: p.display(),
+            })
+            .collect();
         Ok(DpkgDb {
+            root: root.to_path_buf(),
             admindir,
+            summary,
             native_arch,
             pkgs,
             by_name,
@@ -425,5 +459,86 @@ fn parse_diversions(data: &str) -> HashMap<PathBuf, Diversion> {
         .collect()
 }
 
+fn io_to_package(e: DpkgError) -> kiln_packages::PackageError {
+    kiln_packages::PackageError::new(e)
+}
+
+/// The database's files below `root`: `status` (rewritten on every install, upgrade or
+/// removal) and `diversions`.
+fn fingerprint_paths(root: &Path) -> Vec<PathBuf> {
+    let admin = kiln_packages::in_root(root, Path::new("/var/lib/dpkg"));
+    vec![admin.join("status"), admin.join("diversions")]
+}
+
+impl kiln_packages::Database for DpkgDb {
+    fn driver(&self) -> &'static str {
+        DRIVER.name
+    }
+
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn packages(&self) -> &[kiln_packages::Package] {
+        &self.summary
+    }
+
+    fn resolve(&self, names: &[&str]) -> Result<Resolution, kiln_packages::PackageError> {
+        Ok(DpkgDb::resolve(self, names))
+    }
+
+    /// The listed files with their diversions applied; `config` for conffiles and for
+    /// regular files under `/etc/` (looked at below the root).
+    fn files(
+        &self,
+        package: usize,
+    ) -> Result<Vec<kiln_packages::PackageFile>, kiln_packages::PackageError> {
+        use std::os::unix::ffi::OsStrExt;
+        let p = &self.pkgs[package];
+        let files = DpkgDb::files(self, package).map_err(io_to_package)?;
+        Ok(files
+            .into_iter()
+            .map(|path| {
+                let etc = path.as_os_str().as_bytes().starts_with(b"/etc/")
+                    && fs::symlink_metadata(kiln_packages::in_root(&self.root, &path))
+                        .is_ok_and(|m| m.is_file());
+                let config = etc || p.conffiles.contains(&path);
+                kiln_packages::PackageFile {
+                    source: self.source_of(&p.name, &path),
+                    path,
+                    flags: kiln_packages::FileFlags {
+                        config,
+                        ..kiln_packages::FileFlags::NONE
+                    },
+                }
+            })
+            .collect())
+    }
+
+    fn fingerprint(&self) -> Vec<PathBuf> {
+        fingerprint_paths(&self.root)
+    }
+}
+
+/// supermin's `debian/dpkg`: detected on Debian and Ubuntu (`ID` in `etc/os-release`,
+/// or `etc/debian_version`) when the database is present.
+pub const DRIVER: kiln_packages::Driver = kiln_packages::Driver {
+    name: "debian/dpkg",
+    detect: |root| {
+        (matches!(
+            kiln_packages::os_release_id(root).as_str(),
+            "debian" | "ubuntu"
+        ) || kiln_packages::is_regular(root, "/etc/debian_version"))
+            && present(root)
+    },
+    present,
+    open: |root| Ok(Box::new(DpkgDb::load(root).map_err(io_to_package)?)),
+    fingerprint: fingerprint_paths,
+};
+
+fn present(root: &Path) -> bool {
+    kiln_packages::is_regular(root, "/var/lib/dpkg/status")
+}
+
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

@@ -1,11 +1,7 @@
 use super::*;
 
 /// A synthetic dpkg root: `status`, `diversions` and `.list` files.
-pub(crate) fn fake_root(
-    status: &str,
-    lists: &[(&str, &str)],
-    diversions: &str,
-) -> tempfile::TempDir {
+fn fake_root(status: &str, lists: &[(&str, &str)], diversions: &str) -> tempfile::TempDir {
     let t = tempfile::tempdir().unwrap();
     let admin = t.path().join("var/lib/dpkg");
     fs::create_dir_all(admin.join("info")).unwrap();
@@ -246,11 +242,66 @@ fn missing_status_names_the_file() {
 }
 
 #[test]
-fn real_host_database_loads() {
-    let db = DpkgDb::load(Path::new("/")).unwrap();
-    assert_eq!(db.native_arch, "amd64");
-    let r = db.resolve(&["bash", "coreutils"]);
-    assert!(r.missing.is_empty());
-    let n = names(&db, &r);
-    assert!(n.iter().any(|p| p.starts_with("libc6_")), "{n:?}");
+fn interface_flags_config_files_and_applies_diversions() {
+    use kiln_packages::Database;
+    let t = fake_root(
+        STATUS,
+        &[(
+            "libc6:amd64",
+            "/.\n/etc\n/etc/ld.so.conf.d/x86_64-linux-gnu.conf\n/etc/ld.so.conf\n/lib/libc.so.6\n",
+        )],
+        "/lib/libc.so.6\n/lib/libc.so.6.real\n:\n",
+    );
+    // A regular file under /etc/ below the root is config; /etc itself is not.
+    fs::create_dir_all(t.path().join("etc")).unwrap();
+    fs::write(t.path().join("etc/ld.so.conf"), b"include\n").unwrap();
+    let db = DpkgDb::load(t.path()).unwrap();
+    let i = db
+        .packages()
+        .iter()
+        .position(|p| p.name == "libc6")
+        .unwrap();
+    let files = Database::files(&db, i).unwrap();
+    let config: Vec<&Path> = files
+        .iter()
+        .filter(|f| f.flags.config)
+        .map(|f| f.path.as_path())
+        .collect();
+    assert_eq!(
+        config,
+        [
+            Path::new("/etc/ld.so.conf.d/x86_64-linux-gnu.conf"),
+            Path::new("/etc/ld.so.conf")
+        ]
+    );
+    let libc = files.iter().find(|f| f.path == Path::new("/lib/libc.so.6"));
+    assert_eq!(
+        libc.map(|f| f.source.as_path()),
+        Some(Path::new("/lib/libc.so.6.real"))
+    );
+    assert_eq!(Database::config_files(&db, i).unwrap().len(), 2);
+    assert_eq!(Database::packages(&db)[i].display, "libc6_2.36_amd64");
+    assert_eq!(
+        Database::fingerprint(&db),
+        [
+            t.path().join("var/lib/dpkg/status"),
+            t.path().join("var/lib/dpkg/diversions")
+        ]
+    );
+}
+
+#[test]
+fn driver_detects_debian_roots_with_a_database() {
+    let t = fake_root(STATUS, &[], "");
+    // A database without a Debian identity is present but not detected (as supermin).
+    assert!((DRIVER.present)(t.path()));
+    assert!(!(DRIVER.detect)(t.path()));
+    fs::create_dir_all(t.path().join("etc")).unwrap();
+    fs::write(t.path().join("etc/debian_version"), b"12.8\n").unwrap();
+    assert!((DRIVER.detect)(t.path()));
+    let empty = tempfile::tempdir().unwrap();
+    assert!(!(DRIVER.present)(empty.path()) && !(DRIVER.detect)(empty.path()));
+    let e = (DRIVER.open)(empty.path()).unwrap_err();
+    assert!(e.to_string().contains("var/lib/dpkg/status"), "{e}");
+    assert!(std::error::Error::source(&e).is_some());
 }

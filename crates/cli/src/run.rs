@@ -1,0 +1,313 @@
+//! `kiln run`: boot a VM built from the host's own files and run one command in it.
+//!
+//! The appliance is described as a supermin.d written to a private temporary directory
+//! ([`appliance`]): a `packages` list (the packages owning the command's executable,
+//! found through the dpkg database as `dpkg -S` would, plus `--packages`) and a
+//! `hostfiles` list (`--include`, and a command no package owns together with its
+//! shared-library closure). It goes through `kiln::locate`, i.e. the same per-user cache
+//! and key as `kiln locate`, so a second run of the same command line boots at once, and
+//! the appliance stays pinned until the VM is gone. The VM side is `kiln_boot::run`.
+//!
+//! Exit status: the command's (128+N when killed by signal N); 125 when kiln itself or
+//! the VM failed, 126/127 when the command could not be run or found in the appliance
+//! (the shell's and `env`'s conventions).
+
+mod appliance;
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::boot::AccelArg;
+
+/// kiln's own failure (as `env`, `chroot` and `docker run` use it).
+const FAILED: u8 = 125;
+
+/// Run a command in a VM made from the host's files.
+///
+/// The appliance holds the packages owning CMD (and their dependencies), --packages and
+/// --include; it is built once into the cache and reused. CMD's stdin, stdout and stderr
+/// are passed through separately and unchanged; with a terminal on stdin and stdout the
+/// command gets a terminal in the VM. The current directory is shared (9p) at the same
+/// path and is CMD's working directory. kiln exits with CMD's exit status (128+N if it
+/// was killed by signal N), 125 if kiln or the VM failed.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Example:\n  kiln run -- uname -r")]
+pub struct Args {
+    /// Also install these packages (and their dependencies) in the appliance.
+    #[arg(long, value_name = "PKG", num_args = 1.., action = clap::ArgAction::Append)]
+    packages: Vec<String>,
+
+    /// Also copy these host files or directories (recursively) into the appliance.
+    #[arg(long, value_name = "PATH", num_args = 1.., action = clap::ArgAction::Append)]
+    include: Vec<PathBuf>,
+
+    /// Share a host directory read-write, mounted at GUEST (default: the same path).
+    #[arg(long, value_name = "HOST[:GUEST]", action = clap::ArgAction::Append)]
+    share: Vec<OsString>,
+
+    /// Do not share the current directory (CMD then starts in /).
+    #[arg(long)]
+    no_cwd: bool,
+
+    /// Set a variable in CMD's environment.
+    #[arg(long, value_name = "NAME=VALUE", action = clap::ArgAction::Append)]
+    env: Vec<OsString>,
+
+    /// Boot this kernel (e.g. a build tree's arch/x86/boot/bzImage) instead of the
+    /// host's newest (as SUPERMIN_KERNEL).
+    #[arg(long, value_name = "FILE")]
+    kernel: Option<PathBuf>,
+
+    /// The modules directory for --kernel (as SUPERMIN_MODULES).
+    #[arg(long, value_name = "DIR")]
+    modules: Option<PathBuf>,
+
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = 512)]
+    memory: u32,
+
+    /// Guest CPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u32,
+
+    /// Stop the VM after this many seconds (default: no limit).
+    #[arg(long, value_name = "SECONDS")]
+    timeout: Option<f64>,
+
+    /// Accelerator.
+    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+    accel: AccelArg,
+
+    /// The qemu binary.
+    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+
+    /// The cache root (default: LIBGUESTFS_CACHEDIR, TMPDIR, /var/tmp).
+    #[arg(long, value_name = "DIR")]
+    cachedir: Option<PathBuf>,
+
+    /// Show the VM's console (kernel messages) on stderr.
+    #[arg(long)]
+    console: bool,
+
+    /// The command and its arguments.
+    #[arg(
+        value_name = "CMD",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    cmd: Vec<OsString>,
+}
+
+pub fn main(args: Args) -> ExitCode {
+    match run(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("kiln: error: {}", crate::message(&e));
+            ExitCode::from(FAILED)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<u8> {
+    let timeout = match args.timeout {
+        Some(t) if !(t.is_finite() && t > 0.0) => {
+            bail!("--timeout {t}: give a positive number of seconds")
+        }
+        Some(t) => Some(Duration::from_secs_f64(t)),
+        None => None,
+    };
+    let env = guest_env(&args.env)?;
+    let shares = shares(&args)?;
+    let cwd = if args.no_cwd {
+        None
+    } else {
+        shares
+            .iter()
+            .find(|s| s.is_cwd)
+            .map(|s| s.share.guest.clone())
+    };
+
+    let want = appliance::Want {
+        cmd: args.cmd[0].clone(),
+        packages: args.packages.clone(),
+        include: args.include.clone(),
+        cwd: std::env::current_dir().ok(),
+    };
+    let dir = appliance::supermin_d(&want)?;
+    let mut opts = kiln::LocateOptions {
+        path: Some(dir.path().as_os_str().to_owned()),
+        cachedir: args.cachedir.clone(),
+        ..Default::default()
+    };
+    if args.kernel.is_some() || args.modules.is_some() {
+        opts.key.kernel.kernel = args.kernel.clone().map(Into::into);
+        opts.key.kernel.modules = args.modules.clone().map(Into::into);
+        opts.key.kernel.version = None;
+    }
+    let appliance = kiln::locate(&opts).context("building the appliance")?;
+    drop(dir);
+    tracing::info!(
+        "appliance {} ({})",
+        appliance.kernel().display(),
+        if appliance.built() { "built" } else { "cached" }
+    );
+    let Some(root) = appliance.root() else {
+        bail!("the appliance has no root image");
+    };
+
+    let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let spec = kiln_boot::run::RunSpec {
+        argv: args.cmd.clone(),
+        env,
+        cwd,
+        shares: shares.into_iter().map(|s| s.share).collect(),
+        tty: tty
+            .then(|| kiln_boot::run::terminal_size(rustix::stdio::stdout()).unwrap_or((24, 80))),
+        stderr_tty: tty && std::io::stderr().is_terminal(),
+    };
+    let ropts = kiln_boot::run::RunOptions {
+        kernel: appliance.kernel().to_path_buf(),
+        initrd: appliance.initrd().to_path_buf(),
+        root: root.to_path_buf(),
+        memory_mib: args.memory,
+        cpus: args.cpus,
+        accel: match args.accel {
+            AccelArg::Auto => kiln_boot::Accel::Auto,
+            AccelArg::Kvm => kiln_boot::Accel::Kvm,
+            AccelArg::Tcg => kiln_boot::Accel::Tcg,
+        },
+        qemu: args.qemu.clone(),
+        timeout,
+        append: Vec::new(),
+        echo_console: args.console,
+    };
+    let out = {
+        let _raw = if tty { RawTerminal::enter() } else { None };
+        kiln_boot::run::run(&ropts, &spec)
+    };
+    drop(appliance);
+    let out = out.context("running the VM")?;
+    tracing::info!(
+        "VM ({}) ran {:.2} s, command started after {:.2} s",
+        out.accel,
+        out.elapsed.as_secs_f64(),
+        out.to_ready.map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    );
+    if let Some(m) = &out.guest_error {
+        eprintln!("kiln: error: {m}");
+    }
+    Ok(out.status.code())
+}
+
+/// CMD's environment: a fixed base, the host's TERM, then `--env` (later wins).
+fn guest_env(extra: &[OsString]) -> anyhow::Result<Vec<OsString>> {
+    let mut env: Vec<OsString> = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        "HOME=/root".into(),
+        "USER=root".into(),
+        "LOGNAME=root".into(),
+    ];
+    if let Some(t) = std::env::var_os("TERM") {
+        let mut v = OsString::from("TERM=");
+        v.push(t);
+        env.push(v);
+    }
+    for e in extra {
+        let b = e.as_bytes();
+        let Some(i) = b.iter().position(|&c| c == b'=') else {
+            bail!("--env {}: expected NAME=VALUE", Path::new(e).display());
+        };
+        if i == 0 {
+            bail!("--env {}: the name is empty", Path::new(e).display());
+        }
+        let name = &b[..=i];
+        env.retain(|v| !v.as_bytes().starts_with(name));
+        env.push(e.clone());
+    }
+    Ok(env)
+}
+
+struct ShareArg {
+    share: kiln_boot::run::Share,
+    is_cwd: bool,
+}
+
+fn shares(args: &Args) -> anyhow::Result<Vec<ShareArg>> {
+    let mut out = Vec::new();
+    if !args.no_cwd {
+        let cwd = std::env::current_dir().context("the current directory")?;
+        // Sharing / over the appliance's own root would hide it.
+        if cwd != Path::new("/") {
+            out.push(ShareArg {
+                share: kiln_boot::run::Share {
+                    host: cwd.clone(),
+                    guest: cwd,
+                },
+                is_cwd: true,
+            });
+        }
+    }
+    for s in &args.share {
+        let b = s.as_bytes();
+        // HOST:GUEST when what follows the last ':' is an absolute path.
+        let (host, guest) = match b.iter().rposition(|&c| c == b':') {
+            Some(i) if b.get(i + 1) == Some(&b'/') => (
+                PathBuf::from(OsString::from_vec(b[..i].to_vec())),
+                Some(PathBuf::from(OsString::from_vec(b[i + 1..].to_vec()))),
+            ),
+            _ => (PathBuf::from(s), None),
+        };
+        let host = std::fs::canonicalize(&host)
+            .with_context(|| format!("--share {}: the host directory", host.display()))?;
+        if !host.is_dir() {
+            bail!("--share {}: not a directory", host.display());
+        }
+        let guest = guest.unwrap_or_else(|| host.clone());
+        if guest == Path::new("/") || !guest.is_absolute() {
+            bail!(
+                "--share {}: the guest path must be absolute and not /",
+                Path::new(s).display()
+            );
+        }
+        out.push(ShareArg {
+            share: kiln_boot::run::Share { host, guest },
+            is_cwd: false,
+        });
+    }
+    Ok(out)
+}
+
+/// The host terminal in raw mode for the life of the value: keys (Ctrl-C included) go
+/// to the guest's terminal, which interprets them.
+struct RawTerminal {
+    saved: rustix::termios::Termios,
+}
+
+impl RawTerminal {
+    fn enter() -> Option<RawTerminal> {
+        let fd = rustix::stdio::stdin();
+        let saved = rustix::termios::tcgetattr(fd).ok()?;
+        let mut raw = saved.clone();
+        raw.make_raw();
+        rustix::termios::tcsetattr(fd, rustix::termios::OptionalActions::Now, &raw).ok()?;
+        Some(RawTerminal { saved })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            rustix::stdio::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+    }
+}

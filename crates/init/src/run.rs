@@ -1,0 +1,614 @@
+//! Run mode (`kiln.run` on the kernel command line, used by `kiln run`): instead of
+//! exec'ing the root's `/init`, PID 1 runs one command and powers the VM off.
+//!
+//! After the switch to the appliance root it mounts `/proc`, `/sys`, `/dev`, `/dev/pts`
+//! and `/dev/shm`, loads `virtio_console` from the root's `/lib/modules/RELEASE` (with its
+//! `modules.dep` dependencies), and opens four virtio-serial ports named by the host:
+//! - `kiln.ctl`: framed messages both ways (below): the command spec from the host,
+//!   window-size changes and signals; `R`eady, `F`ailure text and the e`X`it status
+//!   from the guest. Kernel messages never reach it (they stay on the console), so the
+//!   status cannot be corrupted by them;
+//! - `kiln.stdin`, `kiln.stdout`, `kiln.stderr`: raw bytes, copied unchanged between the
+//!   ports and the command's pipes (or its pty in terminal mode).
+//!
+//! Frames are `[kind: u8][len: u32 LE][payload]`. Host → guest: `S` spec (a sequence
+//! of fields `[tag: u8][len: u32 LE][bytes]`: `a` one argv word, `e` one `NAME=VALUE`,
+//! `c` the working directory, `m` a 9p mount `TAG\0GUEST_PATH`, `t` terminal mode with
+//! `rows: u16, cols: u16`, `2` stderr goes to the terminal too), `W` window size
+//! (`rows: u16, cols: u16`), `K` signal (`u32`) for the command's process group, `A`
+//! the host has every byte: power off. Guest → host: `R` the command started, `F` a
+//! message (what failed), `X` exit (`kind: u8` 0 exited / 1 killed by signal, `code:
+//! u32`, stdout bytes `u64`, stderr bytes `u64`). The host side is
+//! `kiln_boot::run`; the two are kept in step by the run tests, which boot real VMs.
+//!
+//! Invariants: the command is PID 1's only direct child besides reparented orphans,
+//! which are reaped; once the command exits every remaining process is killed, the
+//! output pipes are drained, the byte counts are sent with the status, and the VM powers
+//! off only after the host acknowledged (or after a bounded wait), so no output is lost
+//! in qemu's buffers; every wait is bounded.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rustix::fs::{CWD, FileType, Mode};
+use rustix::mount::MountFlags;
+use rustix::process::{Pid, Signal, WaitOptions};
+
+/// The kernel command-line word that selects run mode.
+const WORD: &str = "kiln.run";
+const PORTS: [&str; 4] = ["kiln.ctl", "kiln.stdin", "kiln.stdout", "kiln.stderr"];
+/// How long to wait for the host's acknowledgement before powering off anyway.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// Is run mode asked for on this kernel command line?
+pub fn wanted(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w == WORD)
+}
+
+#[derive(Debug, Default)]
+struct Spec {
+    argv: Vec<Vec<u8>>,
+    env: Vec<Vec<u8>>,
+    cwd: Option<Vec<u8>>,
+    mounts: Vec<(Vec<u8>, Vec<u8>)>,
+    tty: Option<(u16, u16)>,
+    stderr_tty: bool,
+}
+
+fn u16le(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn parse_spec(mut p: &[u8]) -> Result<Spec, String> {
+    let mut s = Spec::default();
+    while !p.is_empty() {
+        if p.len() < 5 {
+            return Err("truncated spec field".into());
+        }
+        let tag = p[0];
+        let len = u32::from_le_bytes([p[1], p[2], p[3], p[4]]) as usize;
+        let v = p
+            .get(5..5 + len)
+            .ok_or("spec field longer than the spec")?
+            .to_vec();
+        p = &p[5 + len..];
+        match tag {
+            b'a' => s.argv.push(v),
+            b'e' => s.env.push(v),
+            b'c' => s.cwd = Some(v),
+            b'm' => {
+                let i = v.iter().position(|&b| b == 0).ok_or("mount without NUL")?;
+                s.mounts.push((v[..i].to_vec(), v[i + 1..].to_vec()));
+            }
+            b't' if v.len() == 4 => s.tty = Some((u16le(&v, 0), u16le(&v, 2))),
+            b'2' => s.stderr_tty = true,
+            _ => return Err(format!("unknown spec field {tag}")),
+        }
+    }
+    if s.argv.is_empty() {
+        return Err("empty command".into());
+    }
+    Ok(s)
+}
+
+fn read_frame(r: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
+    let mut h = [0u8; 5];
+    r.read_exact(&mut h)?;
+    let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
+    let mut p = vec![0u8; len];
+    r.read_exact(&mut p)?;
+    Ok((h[0], p))
+}
+
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(5 + payload.len());
+    v.push(kind);
+    v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+fn say(msg: &str) {
+    let _ = writeln!(io::stderr(), "kiln-init: run: {msg}");
+}
+
+fn mount(fstype: &str, target: &str, data: &std::ffi::CStr) {
+    let _ = fs::create_dir_all(target);
+    if let Err(e) = rustix::mount::mount(fstype, target, fstype, MountFlags::empty(), data)
+        && e != rustix::io::Errno::BUSY
+    {
+        say(&format!("mount {fstype} on {target}: {e}"));
+    }
+}
+
+/// `modules.dep` of the running kernel: module name → (path, dependency paths).
+fn modules_dep(dir: &Path) -> HashMap<String, (String, Vec<String>)> {
+    let mut m = HashMap::new();
+    let Ok(text) = fs::read_to_string(dir.join("modules.dep")) else {
+        return m;
+    };
+    for line in text.lines() {
+        let Some((path, deps)) = line.split_once(':') else {
+            continue;
+        };
+        m.insert(
+            module_name(path),
+            (
+                path.to_string(),
+                deps.split_whitespace().map(String::from).collect(),
+            ),
+        );
+    }
+    m
+}
+
+fn module_name(path: &str) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.split(".ko").next().unwrap_or(base).replace('-', "_")
+}
+
+/// Load modules (dependencies first, in `modules.dep`'s order, which lists the deepest
+/// last). Built-in or already loaded modules are fine.
+fn load_modules(names: &[&str]) -> Result<(), String> {
+    let release = rustix::system::uname();
+    let release = release.release().to_string_lossy().into_owned();
+    let dir = PathBuf::from(format!("/lib/modules/{release}"));
+    let dep = modules_dep(&dir);
+    for name in names {
+        if Path::new("/sys/module").join(name).exists() {
+            continue;
+        }
+        let Some((path, deps)) = dep.get(*name) else {
+            return Err(format!(
+                "module {name} is neither built into kernel {release} nor in {}/modules.dep",
+                dir.display()
+            ));
+        };
+        for p in deps.iter().rev().chain(std::iter::once(path)) {
+            if Path::new("/sys/module").join(module_name(p)).exists() {
+                continue;
+            }
+            let full = dir.join(p);
+            let res = fs::File::open(&full)
+                .map_err(|e| e.to_string())
+                .and_then(|f| {
+                    rustix::system::finit_module(&f, c"", 0).or_else(|e| {
+                        if e == rustix::io::Errno::EXIST {
+                            Ok(())
+                        } else {
+                            Err(e.to_string())
+                        }
+                    })
+                });
+            res.map_err(|e| format!("loading module {}: {e}", full.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Wait (bounded) for the host's ports and open them, in [`PORTS`] order.
+fn open_ports() -> Result<Vec<fs::File>, String> {
+    let start = Instant::now();
+    let mut found: HashMap<String, String> = HashMap::new();
+    loop {
+        if let Ok(rd) = fs::read_dir("/sys/class/virtio-ports") {
+            for e in rd.flatten() {
+                if let Ok(n) = fs::read_to_string(e.path().join("name")) {
+                    let dev = e.file_name().to_string_lossy().into_owned();
+                    found.insert(n.trim().to_string(), dev);
+                }
+            }
+        }
+        if PORTS.iter().all(|p| found.contains_key(*p)) {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            return Err(format!(
+                "virtio-serial ports {PORTS:?} did not appear (found {:?})",
+                found.keys().collect::<Vec<_>>()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut files = Vec::new();
+    for p in PORTS {
+        let dev = &found[p];
+        let path = format!("/dev/{dev}");
+        let f = match fs::OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            // devtmpfs may lag behind sysfs: make the node from its number.
+            Err(_) => {
+                let nums = fs::read_to_string(format!("/sys/class/virtio-ports/{dev}/dev"))
+                    .map_err(|e| format!("{dev}: {e}"))?;
+                let (a, b) = nums.trim().split_once(':').ok_or("bad dev number")?;
+                let (a, b) = (a.parse().unwrap_or(0), b.parse().unwrap_or(0));
+                let _ = fs::remove_file(&path);
+                rustix::fs::mknodat(
+                    CWD,
+                    path.as_str(),
+                    FileType::CharacterDevice,
+                    Mode::from_raw_mode(0o600),
+                    rustix::fs::makedev(a, b),
+                )
+                .map_err(|e| format!("mknod {path}: {e}"))?;
+                fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| format!("{path}: {e}"))?
+            }
+        };
+        files.push(f);
+    }
+    Ok(files)
+}
+
+fn mount_shares(spec: &Spec) -> Result<(), String> {
+    if spec.mounts.is_empty() {
+        return Ok(());
+    }
+    load_modules(&["9pnet_virtio", "9p"])?;
+    for (tag, guest) in &spec.mounts {
+        let guest = PathBuf::from(std::ffi::OsStr::from_bytes(guest));
+        let tag = String::from_utf8_lossy(tag).into_owned();
+        fs::create_dir_all(&guest).map_err(|e| format!("mkdir {}: {e}", guest.display()))?;
+        let data = std::ffi::CString::new("trans=virtio,version=9p2000.L,msize=262144")
+            .map_err(|e| e.to_string())?;
+        rustix::mount::mount(
+            tag.as_str(),
+            &guest,
+            "9p",
+            MountFlags::empty(),
+            data.as_c_str(),
+        )
+        .map_err(|e| format!("mounting share {tag} on {}: {e}", guest.display()))?;
+    }
+    Ok(())
+}
+
+/// Copy `from` to `to` until EOF (or EIO: a pty whose slaves are all closed), counting.
+fn pump(mut from: fs::File, mut to: fs::File, count: Arc<AtomicU64>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        count.fetch_add(n as u64, Ordering::SeqCst);
+    }
+}
+
+fn file(fd: OwnedFd) -> fs::File {
+    fs::File::from(fd)
+}
+
+/// Run mode's entry: never returns (the VM powers off).
+pub fn main() -> ! {
+    mount("proc", "/proc", c"");
+    mount("sysfs", "/sys", c"");
+    mount("devtmpfs", "/dev", c"");
+    mount("devpts", "/dev/pts", c"gid=5,mode=620,ptmxmode=666");
+    mount("tmpfs", "/dev/shm", c"mode=1777");
+    let status = match setup_and_run() {
+        Ok(()) => 0,
+        Err(e) => {
+            say(&e);
+            1
+        }
+    };
+    rustix::fs::sync();
+    let _ = rustix::system::reboot(rustix::system::RebootCommand::PowerOff);
+    std::process::exit(status)
+}
+
+fn setup_and_run() -> Result<(), String> {
+    load_modules(&["virtio_console"])?;
+    let mut ports = open_ports()?.into_iter();
+    let (Some(mut ctl), Some(stdin), Some(stdout), Some(stderr)) =
+        (ports.next(), ports.next(), ports.next(), ports.next())
+    else {
+        return Err("ports missing".into());
+    };
+    let (kind, payload) = read_frame(&mut ctl).map_err(|e| format!("reading the spec: {e}"))?;
+    if kind != b'S' {
+        return Err(format!("expected a spec frame, got {kind}"));
+    }
+    let mut ctl_w = ctl.try_clone().map_err(|e| e.to_string())?;
+    let mut fail = |ctl_w: &mut fs::File, msg: String, code: u32| -> Result<(), String> {
+        let _ = ctl_w.write_all(&frame(b'F', msg.as_bytes()));
+        send_exit(ctl_w, 0, code, 0, 0);
+        wait_ack(&mut ctl);
+        Ok(())
+    };
+    let spec = match parse_spec(&payload) {
+        Ok(s) => s,
+        Err(e) => return fail(&mut ctl_w, format!("bad spec: {e}"), 125),
+    };
+    if let Err(e) = mount_shares(&spec) {
+        return fail(&mut ctl_w, e, 125);
+    }
+    let _ = rustix::system::sethostname(b"kiln");
+
+    let argv0 = std::ffi::OsStr::from_bytes(&spec.argv[0]).to_owned();
+    let mut cmd = Command::new(&argv0);
+    cmd.args(
+        spec.argv[1..]
+            .iter()
+            .map(|a| std::ffi::OsStr::from_bytes(a)),
+    )
+    .env_clear();
+    for e in &spec.env {
+        let i = e.iter().position(|&b| b == b'=').unwrap_or(e.len());
+        cmd.env(
+            std::ffi::OsStr::from_bytes(&e[..i]),
+            std::ffi::OsStr::from_bytes(e.get(i + 1..).unwrap_or_default()),
+        );
+    }
+    let cwd = spec.cwd.clone().unwrap_or_else(|| b"/".to_vec());
+    cmd.current_dir(std::ffi::OsStr::from_bytes(&cwd));
+
+    // Terminal mode: the command gets a pty as its controlling terminal.
+    let mut master: Option<fs::File> = None;
+    if let Some((rows, cols)) = spec.tty {
+        let (m, slave) = open_pty(rows, cols).map_err(|e| format!("opening a pty: {e}"))?;
+        let slave = file(slave);
+        let s = |f: &fs::File| f.try_clone().map(Stdio::from).map_err(|e| e.to_string());
+        cmd.stdin(s(&slave)?).stdout(s(&slave)?);
+        if spec.stderr_tty {
+            cmd.stderr(s(&slave)?);
+        } else {
+            cmd.stderr(Stdio::piped());
+        }
+        master = Some(file(m));
+        // SAFETY: setsid and the TIOCSCTTY ioctl are async-signal-safe syscalls on fds
+        // the child owns; nothing is allocated between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::setsid()?;
+                rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
+                Ok(())
+            });
+        }
+    } else {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: setsid is an async-signal-safe syscall; nothing is allocated.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::setsid()?;
+                Ok(())
+            });
+        }
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let name = String::from_utf8_lossy(&spec.argv[0]);
+            let (msg, code) = match e.kind() {
+                io::ErrorKind::NotFound => (
+                    format!(
+                        "{name}: command not found in the appliance (PATH and working directory as given)"
+                    ),
+                    127,
+                ),
+                _ => (format!("{name}: cannot run it in the appliance: {e}"), 126),
+            };
+            return fail(&mut ctl_w, msg, code);
+        }
+    };
+    drop(cmd);
+    let pid = child.id() as i32;
+    let _ = ctl_w.write_all(&frame(b'R', &[]));
+
+    let out_n = Arc::new(AtomicU64::new(0));
+    let err_n = Arc::new(AtomicU64::new(0));
+    let mut pumps = Vec::new();
+    let (out_src, in_dst) = match &master {
+        Some(m) => (
+            m.try_clone().map_err(|e| e.to_string())?,
+            Some(m.try_clone().map_err(|e| e.to_string())?),
+        ),
+        None => (
+            child
+                .stdout
+                .take()
+                .map(|o| file(OwnedFd::from(o)))
+                .ok_or("no stdout pipe")?,
+            child.stdin.take().map(|i| file(OwnedFd::from(i))),
+        ),
+    };
+    {
+        let n = Arc::clone(&out_n);
+        pumps.push(std::thread::spawn(move || pump(out_src, stdout, n)));
+    }
+    if let Some(e) = child.stderr.take() {
+        let n = Arc::clone(&err_n);
+        let src = file(OwnedFd::from(e));
+        pumps.push(std::thread::spawn(move || pump(src, stderr, n)));
+    }
+    if let Some(dst) = in_dst {
+        // Not joined: it may be blocked on a host that never closes stdin.
+        std::thread::spawn(move || pump(stdin, dst, Arc::new(AtomicU64::new(0))));
+    }
+    let (ack_tx, ack_rx) = mpsc::channel::<()>();
+    let master_ctl = master.as_ref().and_then(|m| m.try_clone().ok());
+    std::thread::spawn(move || {
+        while let Ok((kind, p)) = read_frame(&mut ctl) {
+            match kind {
+                b'W' if p.len() == 4 => {
+                    if let Some(m) = &master_ctl {
+                        let _ = rustix::termios::tcsetwinsize(
+                            m.as_fd(),
+                            winsize(u16le(&p, 0), u16le(&p, 2)),
+                        );
+                    }
+                }
+                b'K' if p.len() == 4 => {
+                    let sig = i32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+                    if let (Some(s), Some(pg)) = (Signal::from_named_raw(sig), Pid::from_raw(pid)) {
+                        let _ = rustix::process::kill_process_group(pg, s);
+                    }
+                }
+                b'A' => {
+                    let _ = ack_tx.send(());
+                }
+                _ => {}
+            }
+        }
+    });
+
+    // Reap every child (orphans are reparented to us) until the command exits.
+    let status = loop {
+        match rustix::process::wait(WaitOptions::empty()) {
+            Ok(Some((p, st))) if p.as_raw_nonzero().get() == pid => break st,
+            Ok(_) => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(format!("wait: {e}")),
+        }
+    };
+    // What the command left behind would hold the output open: stop it all.
+    kill_all_but_init();
+    drop(master);
+    drop(child);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match rustix::process::wait(WaitOptions::NOHANG) {
+            Ok(Some(_)) => continue,
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => break,
+        }
+    }
+    for p in pumps {
+        let _ = p.join();
+    }
+    let (kind, code) = match (status.exit_status(), status.terminating_signal()) {
+        (Some(c), _) => (0u8, c as u32),
+        (None, Some(s)) => (1u8, s as u32),
+        _ => (0u8, 125),
+    };
+    send_exit(
+        &mut ctl_w,
+        kind,
+        code,
+        out_n.load(Ordering::SeqCst),
+        err_n.load(Ordering::SeqCst),
+    );
+    let _ = ack_rx.recv_timeout(ACK_WAIT);
+    Ok(())
+}
+
+/// SIGKILL every process but PID 1 (`kill(-1, …)` by hand: rustix's `Pid` is positive).
+fn kill_all_but_init() {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        if let Some(p) = e
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+            .filter(|&n| n > 1)
+            .and_then(Pid::from_raw)
+        {
+            // Kernel threads ignore it.
+            let _ = rustix::process::kill_process(p, Signal::KILL);
+        }
+    }
+}
+
+fn send_exit(ctl: &mut fs::File, kind: u8, code: u32, out: u64, err: u64) {
+    let mut p = vec![kind];
+    p.extend_from_slice(&code.to_le_bytes());
+    p.extend_from_slice(&out.to_le_bytes());
+    p.extend_from_slice(&err.to_le_bytes());
+    let _ = ctl.write_all(&frame(b'X', &p));
+}
+
+fn wait_ack(ctl: &mut fs::File) {
+    let deadline = Instant::now() + ACK_WAIT;
+    // Before the command ran the ctl port has no reader thread: read inline (the host
+    // sends nothing but the ack at this point).
+    while Instant::now() < deadline {
+        match read_frame(ctl) {
+            Ok((b'A', _)) | Err(_) => return,
+            Ok(_) => continue,
+        }
+    }
+}
+
+fn winsize(rows: u16, cols: u16) -> rustix::termios::Winsize {
+    rustix::termios::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    }
+}
+
+fn open_pty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pty::OpenptFlags;
+    let m = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    rustix::pty::grantpt(&m)?;
+    rustix::pty::unlockpt(&m)?;
+    let name = rustix::pty::ptsname(&m, Vec::new())?;
+    let s = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    rustix::termios::tcsetwinsize(&m, winsize(rows, cols))?;
+    Ok((m, s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(tag: u8, v: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        f.extend_from_slice(v);
+        f
+    }
+
+    #[test]
+    fn spec_roundtrip_and_errors() {
+        let mut p = field(b'a', b"sh");
+        p.extend(field(b'a', b"-c\xff"));
+        p.extend(field(b'e', b"A=b=c"));
+        p.extend(field(b'm', b"kiln0\0/tmp/x"));
+        p.extend(field(b't', &[24, 0, 80, 0]));
+        let s = parse_spec(&p).unwrap();
+        assert_eq!(s.argv, vec![b"sh".to_vec(), b"-c\xff".to_vec()]);
+        assert_eq!(s.env, vec![b"A=b=c".to_vec()]);
+        assert_eq!(s.mounts, vec![(b"kiln0".to_vec(), b"/tmp/x".to_vec())]);
+        assert_eq!(s.tty, Some((24, 80)));
+        assert!(parse_spec(&p[..p.len() - 1]).is_err());
+        assert!(parse_spec(&field(b'e', b"A=b")).is_err());
+        assert!(parse_spec(&field(b'?', b"")).is_err());
+    }
+
+    #[test]
+    fn words_and_module_names() {
+        assert!(wanted("quiet kiln.run root=UUID=x"));
+        assert!(!wanted("kiln.running kiln.run=0"));
+        assert_eq!(module_name("kernel/net/9p/9pnet-virtio.ko"), "9pnet_virtio");
+        assert_eq!(module_name("kernel/fs/9p/9p.ko.xz"), "9p");
+    }
+}

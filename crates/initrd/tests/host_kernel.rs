@@ -1,0 +1,146 @@
+//! The initrd of the host's own kernel (linux-image-amd64 is installed by
+//! scripts/setup-host), read back with cpio(1).
+
+use std::fs;
+
+use kiln_initrd::{
+    BUS_STAGES, INIT, ModuleDb, STAGE_SEPARATOR, build, module_name, select_modules,
+};
+
+#[test]
+fn real_kernel_selection() {
+    // The host kernel's modules tree (linux-image-amd64 is installed by setup-host).
+    let k = kiln_kernel::choose_host("x86_64").unwrap();
+    let sel = select_modules(&k.modules).unwrap();
+    let names: Vec<String> = sel.iter().map(|k| module_name(k)).collect();
+    let pos = |n: &str| names.iter().position(|g| g == n);
+    for want in [
+        "virtio_pci",
+        "virtio_blk",
+        "virtio_scsi",
+        "sd_mod",
+        "ext4",
+        "crc32c_generic",
+        "jbd2",
+        "nd_pmem",
+    ] {
+        assert!(pos(want).is_some(), "{want} missing from {names:?}");
+    }
+    assert!(
+        pos("crc32c_generic") < pos("ext4"),
+        "softdep order: {names:?}"
+    );
+    assert!(pos("scsi_mod") < pos("sd_mod") && pos("virtio") < pos("virtio_blk"));
+    for unwanted in ["virtio_gpu", "xfs", "btrfs"] {
+        assert!(
+            pos(unwanted).is_none(),
+            "{unwanted} should not be in {names:?}"
+        );
+    }
+    // Dependency order: every dep of a module precedes it.
+    let db = ModuleDb::load(&k.modules).unwrap();
+    for (i, key) in sel.iter().enumerate() {
+        for d in &db.deps[key] {
+            let j = sel.iter().position(|s| s == d).unwrap();
+            assert!(j < i, "{d} after {key}");
+        }
+    }
+}
+
+#[test]
+fn real_initrd_reads_back_and_is_reproducible() {
+    let k = kiln_kernel::choose_host("x86_64").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let rep = build(&k.modules, &a).unwrap();
+    build(&k.modules, &b).unwrap();
+    let bytes = fs::read(&a).unwrap();
+    assert_eq!(bytes, fs::read(&b).unwrap(), "not reproducible");
+    assert_eq!(bytes.len() as u64, rep.bytes);
+    assert_eq!(bytes.len() % 512, 0);
+    let out = std::process::Command::new("cpio")
+        .args(["-itv", "--quiet", "--numeric-uid-gid"])
+        .stdin(fs::File::open(&a).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8(out.stdout).unwrap();
+    let names: Vec<&str> = listing
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "entries not sorted");
+    for l in listing.lines() {
+        // mode links uid gid size date… name; owners 0 0, epoch dates.
+        let f: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!((f[2], f[3]), ("0", "0"), "{l}");
+        assert!(l.contains("1970"), "{l}");
+    }
+    assert!(
+        names.contains(&"init") && names.contains(&"modules") && names.contains(&"dev/console")
+    );
+    for m in &rep.modules {
+        assert!(names.contains(&m.as_str()), "{m} not in the archive");
+    }
+    // /modules lists them in load order.
+    let ex = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("cpio")
+        .args(["-id", "--quiet", "modules", "init"])
+        .current_dir(ex.path())
+        .stdin(fs::File::open(&a).unwrap())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let list = fs::read_to_string(ex.path().join("modules")).unwrap();
+    let listed: Vec<&str> = list
+        .lines()
+        .filter(|l| !l.starts_with(STAGE_SEPARATOR))
+        .collect();
+    assert_eq!(listed, rep.modules);
+    assert_eq!(
+        list.lines()
+            .filter(|l| l.starts_with(STAGE_SEPARATOR))
+            .count(),
+        BUS_STAGES.len()
+    );
+    // Stage 0 alone mounts a virtio-blk root and has what libguestfs needs loaded;
+    // SCSI, ATA and NVDIMM come after, each with its grace time.
+    let first: Vec<&str> = list
+        .lines()
+        .take_while(|l| !l.starts_with(STAGE_SEPARATOR))
+        .collect();
+    for m in [
+        "ext4.ko",
+        "virtio_blk.ko",
+        "virtio_pci.ko",
+        "crc32c_generic.ko",
+        "virtio_console.ko",
+        "virtio-rng.ko",
+    ] {
+        assert!(first.contains(&m), "{m} not in stage 0: {first:?}");
+    }
+    for m in ["virtio_scsi.ko", "sd_mod.ko", "ata_piix.ko", "libnvdimm.ko"] {
+        assert!(!first.contains(&m), "{m} in stage 0: {first:?}");
+    }
+    let seps: Vec<&str> = list
+        .lines()
+        .filter(|l| l.starts_with(STAGE_SEPARATOR))
+        .collect();
+    assert_eq!(seps, ["- 0", "- 250", "- 250"]);
+    assert_eq!(fs::read(ex.path().join("init")).unwrap(), INIT);
+}
+
+#[test]
+fn a_dynamic_executable_is_refused() {
+    let dynamic = fs::read("/bin/true").unwrap();
+    let e = kiln_initrd::check_static_init(&dynamic)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("PT_INTERP"), "{e}");
+}
