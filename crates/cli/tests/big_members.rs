@@ -189,3 +189,70 @@ fn a_3_gib_member_builds_in_bounded_memory_and_stays_sparse() {
     // The spill files were never named: nothing is left in TMPDIR.
     assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
 }
+
+/// Unmounts on drop, so a failed assertion leaves no mount behind.
+struct Mount(std::path::PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// No room for the spill file: an error naming the tarball, the member and the
+/// directory, exit status 1, no output, nothing left in the directory.
+#[test]
+#[ignore = "needs root"]
+fn a_full_spill_directory_is_an_error_naming_the_member() {
+    assert!(rustix::process::geteuid().is_root(), "run as root");
+    let t = tempfile::tempdir().unwrap();
+    let tmp = t.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "kiln-spill-test"])
+        .arg(&tmp)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _m = Mount(tmp.clone());
+
+    let d = t.path().join("supermin.d");
+    fs::create_dir(&d).unwrap();
+    let f = fs::File::create(d.join("base.tar.zst")).unwrap();
+    let mut z = zstd::Encoder::new(f, 1).unwrap();
+    {
+        let mut b = tar::Builder::new(&mut z);
+        let data: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8 | 1).collect();
+        let mut h = header(tar::EntryType::Regular, 0o644, data.len() as u64);
+        b.append_data(&mut h, "blob", &data[..]).unwrap();
+        b.finish().unwrap();
+    }
+    z.finish().unwrap();
+
+    let out = t.path().join("chroot");
+    let o = Command::new(common::kiln())
+        .args(["build", "-f", "chroot"])
+        .arg(&d)
+        .arg("-o")
+        .arg(&out)
+        .env("TMPDIR", &tmp)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let e = String::from_utf8_lossy(&o.stderr);
+    for needle in [
+        "base.tar.zst",
+        "member \"blob\"",
+        &format!("temporary file in {}", tmp.display()),
+        "No space left on device",
+    ] {
+        assert!(e.contains(needle), "{needle:?} not in {e}");
+    }
+    assert!(!out.exists());
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+    let mut left: Vec<_> = fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["supermin.d", "tmp"]);
+}
