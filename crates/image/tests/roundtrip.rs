@@ -426,6 +426,7 @@ fn the_kernel_reads_back_the_file_set() {
                 let want = match c {
                     Content::Host { path, .. } => hash_file(path),
                     Content::Bytes(b) => blake3::hash(b),
+                    Content::Spilled(r) => blake3::Hash::from(r.hash()),
                 };
                 assert_eq!(hash_file(path), want, "content of {:?}", e.path);
             }
