@@ -57,13 +57,13 @@ use kiln_fileset::{Content, Entry, FileSet, Kind, Meta};
 pub enum ChrootError {
     #[error("output {path}: {message}")]
     Output { path: PathBuf, message: String },
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("copying {src} to {dest}: {source}")]
+    #[error("copying {src} to {dest}")]
     Copy {
         src: PathBuf,
         dest: PathBuf,

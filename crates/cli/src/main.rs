@@ -143,21 +143,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line, skipping causes whose text the message already
-/// contains (library errors often include their source's text).
+/// The error and its causes on one line, joined by ": ".
 pub(crate) fn message(e: &anyhow::Error) -> String {
-    let mut msg = String::new();
-    for cause in e.chain() {
-        let c = cause.to_string();
-        if msg.contains(&c) {
-            continue;
-        }
-        if !msg.is_empty() {
-            msg.push_str(": ");
-        }
-        msg.push_str(&c);
-    }
-    msg
+    // Every error in kiln prints only its own message and hands its cause on through
+    // `source()`, so the chain joined is the whole story, each part once.
+    e.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn exit(code: i32) -> ExitCode {

@@ -102,14 +102,14 @@ pub enum ResolveError {
          starting with `/`"
     )]
     RelativeHostfile { origin: Origin, pattern: PathBuf },
-    #[error("{origin}: hostfiles pattern {pattern:?}: {source}")]
+    #[error("{origin}: hostfiles pattern {pattern:?}")]
     Glob {
         origin: Origin,
         pattern: PathBuf,
         #[source]
         source: PatternError,
     },
-    #[error("base image {image}: member {member}: {source}")]
+    #[error("base image {image}: member {member}")]
     BaseImage {
         image: PathBuf,
         member: PathBuf,
@@ -367,12 +367,12 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         let entry = match scan::host_entry_from(&cache.host_path(&f.source), f.path.clone(), &md) {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!("{e} (ignored)");
+                tracing::warn!("{} (ignored)", error_chain(&e));
                 continue;
             }
         };
         if let Err(e) = builder.insert_host(entry, &md) {
-            tracing::warn!("{e} (ignored)");
+            tracing::warn!("{} (ignored)", error_chain(&e));
         }
     }
     for w in builder.warnings.drain(..) {

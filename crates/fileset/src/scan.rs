@@ -27,7 +27,7 @@ pub const PSEUDO_MAX: u64 = 16 << 20;
 
 /// An error reading a host object, naming it.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
+#[error("{path}")]
 pub struct ScanError {
     pub path: PathBuf,
     #[source]

@@ -159,7 +159,7 @@ pub struct Inputs {
 /// An error reading the inputs. Every variant names the input it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("input {path}: {source}")]
+    #[error("input {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -176,7 +176,7 @@ pub enum InputError {
          (excludefiles) or a letter or digit (packages)"
     )]
     UnknownType { path: PathBuf },
-    #[error("{path}: cannot decompress {compression} data: {source}")]
+    #[error("{path}: cannot decompress {compression} data")]
     Decompress {
         path: PathBuf,
         compression: Compression,

@@ -46,7 +46,7 @@ pub enum PrepareError {
     Packages(#[from] PackageError),
     #[error(transparent)]
     Output(#[from] OutdirError),
-    #[error("prepare: writing {path}: {source}")]
+    #[error("prepare: writing {path}")]
     Write {
         path: PathBuf,
         #[source]
