@@ -20,7 +20,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -127,6 +127,8 @@ pub fn main(args: Args) -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<u8> {
+    // First, before any thread exists: every later thread inherits the blocked mask.
+    let signals = forward_signals();
     let timeout = match args.timeout {
         Some(t) if !(t.is_finite() && t > 0.0) => {
             bail!("--timeout {t}: give a positive number of seconds")
@@ -215,8 +217,11 @@ fn run(args: Args) -> anyhow::Result<u8> {
             .flat_map(|a| a.split_whitespace().map(String::from))
             .collect(),
         echo_console: args.console,
-        interrupt: forward_signals(),
+        interrupt: signals.as_ref().map(|(flag, _)| Arc::clone(flag)),
     };
+    if let Some((_, armed)) = &signals {
+        armed.store(true, Ordering::SeqCst);
+    }
     let out = {
         let _raw = if tty { RawTerminal::enter() } else { None };
         kiln_boot::run::run(&ropts, &spec)
@@ -313,12 +318,13 @@ fn shares(args: &Args) -> anyhow::Result<Vec<ShareArg>> {
     Ok(out)
 }
 
-/// From here on SIGINT, SIGTERM and SIGHUP are not kiln's death but a request passed
-/// to the VM: they are blocked in every thread (those started later inherit the mask;
-/// qemu's is reset by `std::process::Command`) and a thread takes them with sigwait(3)
-/// and stores the number for `kiln_boot::run` to forward. `None` if that cannot be set up
-/// (the signals then keep their default action; qemu still dies with kiln).
-fn forward_signals() -> Option<Arc<AtomicI32>> {
+/// SIGINT, SIGTERM and SIGHUP are blocked in every thread (this must run before any
+/// other thread is started; later threads inherit the mask, qemu's is reset by
+/// `std::process::Command`) and taken by a sigwait(3) thread. Until the returned flag
+/// is armed (the VM starts) a signal ends kiln at once with 128+N; afterwards its number
+/// is stored for `kiln_boot::run` to forward to the guest command. `None` if that cannot
+/// be set up (the signals keep their default action; qemu still dies with kiln).
+fn forward_signals() -> Option<(Arc<AtomicI32>, Arc<AtomicBool>)> {
     // SAFETY: the set is initialised by sigemptyset before use and lives on this stack;
     // pthread_sigmask only changes this thread's mask.
     let set = unsafe {
@@ -333,17 +339,24 @@ fn forward_signals() -> Option<Arc<AtomicI32>> {
         set
     };
     let flag = Arc::new(AtomicI32::new(0));
-    let f = Arc::clone(&flag);
+    let armed = Arc::new(AtomicBool::new(false));
+    let (f, a) = (Arc::clone(&flag), Arc::clone(&armed));
     std::thread::spawn(move || {
         loop {
             let mut sig = 0;
             // SAFETY: `set` is an initialised sigset_t owned by this closure.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                continue;
+            }
+            if a.load(Ordering::SeqCst) {
                 f.store(sig, Ordering::SeqCst);
+            } else {
+                eprintln!("kiln: interrupted by signal {sig}");
+                std::process::exit(128 + sig);
             }
         }
     });
-    Some(flag)
+    Some((flag, armed))
 }
 
 /// The host terminal in raw mode for the life of the value: keys (Ctrl-C included) go

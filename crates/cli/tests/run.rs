@@ -381,3 +381,26 @@ fn sigterm_is_forwarded_to_the_guest_command() {
     );
     assert_eq!(o.status.code(), Some(9));
 }
+
+#[test]
+fn unowned_command_comes_with_its_libraries() {
+    use std::os::unix::ffi::OsStrExt;
+    // A copy of printf that no package owns, not shared (--no-cwd): it and its shared
+    // libraries must be in the appliance. Arguments are bytes, not necessarily UTF-8.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().canonicalize().unwrap().join("kiln-test-printf");
+    std::fs::copy("/usr/bin/printf", &exe).unwrap();
+    let mut c = Command::new(kiln());
+    c.arg("run")
+        .arg("--cachedir")
+        .arg(cachedir())
+        .args(["--timeout", "600", "--no-cwd", "--"])
+        .arg(&exe)
+        .arg("%s|%s\\n")
+        .arg(std::ffi::OsStr::from_bytes(b"\xff\xfe"))
+        .arg("a\tb")
+        .stdin(Stdio::null());
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(o.stdout, b"\xff\xfe|a\tb\n", "{}", text(&o));
+}
