@@ -21,6 +21,10 @@
 //!    warning per such directory ([`crate::access`]), not silently as missing ones;
 //! 6. munging ([`crate::munge`]);
 //! 7. base images (in order), then the munged host entries, merged by [`SetBuilder`].
+//!    Host directories take the time of the package database (the newest of its
+//!    fingerprint files, dpkg's `status`) instead of their own, so that the image is a
+//!    function of its cache key: a directory's time changes with any file created in it
+//!    (`/tmp`, `/var/tmp`) and is not in the key, while the database's files are.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
@@ -33,14 +37,15 @@ use crate::builder::{PlaceError, SetBuilder, Source};
 use crate::entry::{Content, Entry, Kind, Meta};
 use crate::munge::{HostFile, StatCache, munge};
 use crate::scan;
-use kiln_databases::{DatabaseRoot, PackageError};
+use kiln_databases::{PackageError, Sysroot};
 use kiln_pattern::{FnMatchSet, PatternError};
 
 /// Options of the file set stage.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Which package database (the host's by default).
-    pub database: DatabaseRoot,
+    /// The installed system: its package database, and the root every package file
+    /// and hostfiles pattern is read below (the host's `/` by default).
+    pub sysroot: Sysroot,
 }
 
 /// `e` and its causes, joined by ": " (for a warning that does not stop the stage).
@@ -116,9 +121,9 @@ pub enum ResolveError {
 fn member_entry(m: &Member) -> Entry {
     let kind = match &m.kind {
         MemberKind::Dir => Kind::Dir,
-        MemberKind::File(d) => Kind::File(Content::Bytes(d.clone())),
+        MemberKind::File(d) => Kind::File(Content::Spilled(d.clone())),
         // Identity is not kept for tarball hard links: each name gets the shared bytes.
-        MemberKind::HardLink { content, .. } => Kind::File(Content::Bytes(content.clone())),
+        MemberKind::HardLink { content, .. } => Kind::File(Content::Spilled(content.clone())),
         MemberKind::Symlink(t) => Kind::Symlink(t.clone()),
         MemberKind::CharDev(d) => Kind::CharDev(*d),
         MemberKind::BlockDev(d) => Kind::BlockDev(*d),
@@ -163,13 +168,27 @@ fn readable(p: &Path) -> Result<(), std::io::Error> {
     .map_err(std::io::Error::from)
 }
 
+/// The time given to host directories: the newest of the package database's own
+/// files whose identity is part of the appliance's cache key (dpkg's `status`, rewritten
+/// on every package change), where a directory's own time is not (it changes whenever
+/// a file is created in it); time 0 when there are none.
+fn package_set_time(db_files: &[PathBuf]) -> (i64, u32) {
+    use std::os::unix::fs::MetadataExt;
+    db_files
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.mtime(), m.mtime_nsec() as u32))
+        .max()
+        .unwrap_or((0, 0))
+}
+
 /// Run the whole stage.
 pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError> {
     let mut counts = Counts::default();
 
     // 1. Packages and their closure.
     tracing::info!("mapping package names to installed packages");
-    let db = kiln_databases::open(&opts.database)?;
+    let db = kiln_databases::open(&opts.sysroot)?;
     tracing::info!("package database: {}", db.driver());
     let names: Vec<&str> = inputs.packages.iter().map(|l| l.value.as_str()).collect();
     tracing::info!("resolving full list of package dependencies");
@@ -257,13 +276,17 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
                 pattern: l.value.clone(),
             });
         }
-        let matches =
+        let matches = if opts.sysroot.is_host() {
             kiln_pattern::glob(l.value.as_os_str()).map_err(|source| ResolveError::Glob {
                 origin: l.origin.clone(),
                 pattern: l.value.clone(),
                 source,
-            })?;
-        if matches.is_empty() && !root {
+            })?
+        } else {
+            kiln_pattern::glob_in(&opts.sysroot.root, l.value.as_os_str())
+        };
+        // (Searchability is a property of this machine's own directories.)
+        if matches.is_empty() && !root && opts.sysroot.is_host() {
             hidden.note_pattern(&l.value);
         }
         files.extend(matches.into_iter().map(HostFile::same));
@@ -273,7 +296,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
 
     // 5. Existence, then readability; a diverted file is read from where dpkg put it.
     let mut noted = false;
-    let mut cache = StatCache::default();
+    let mut cache = StatCache::new(opts.sysroot.clone());
     files.retain_mut(|f| {
         let md = if f.source == f.path {
             cache.lstat(&f.path)
@@ -289,7 +312,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         };
         let Some(md) = md else {
             // Not there, or hidden by a directory this user cannot search.
-            if !root {
+            if !root && opts.sysroot.is_host() {
                 hidden.note_missing(&f.path);
             }
             return false;
@@ -298,7 +321,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         if !md.is_file() || root {
             return true;
         }
-        match readable(&f.source) {
+        match readable(&cache.host_path(&f.source)) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(
@@ -334,13 +357,14 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
 
     // 7. Merge: base images first, then host entries.
     let mut builder = SetBuilder::new();
+    builder.host_dir_time = Some(package_set_time(&db.fingerprint()));
     counts.base_members = add_base_images(&mut builder, &inputs.base_images)?;
     for f in &munged {
         let Some(md) = cache.lstat(&f.source) else {
             tracing::warn!("{}: vanished while building (ignored)", f.source.display());
             continue;
         };
-        let entry = match scan::host_entry_from(&f.source, f.path.clone(), &md) {
+        let entry = match scan::host_entry_from(&cache.host_path(&f.source), f.path.clone(), &md) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!("{e} (ignored)");
@@ -379,10 +403,9 @@ pub fn packagelist(packages: &[String]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_inputs::{Line, Member};
+    use kiln_inputs::{Line, Member, Region};
     use std::fs;
     use std::os::unix::fs::symlink;
-    use std::sync::Arc;
 
     /// A synthetic dpkg root: `status`, `diversions` and `.list` files.
     fn fake_root(status: &str, lists: &[(&str, &str)], diversions: &str) -> tempfile::TempDir {
@@ -410,19 +433,9 @@ mod tests {
     /// image: every step of the stage, checked on the resulting set.
     #[test]
     fn resolves_packages_excludes_hostfiles_diversions_and_base_images() {
-        let host = tempfile::tempdir().unwrap();
-        let h = fs::canonicalize(host.path()).unwrap();
+        // The system lives below a root (`--sysroot`); its files under /srv/host.
+        let h = PathBuf::from("/srv/host");
         let hs = h.display().to_string();
-        for d in ["usr/bin", "usr/share/doc/app", "etc/app", "opt"] {
-            fs::create_dir_all(h.join(d)).unwrap();
-        }
-        fs::write(h.join("usr/bin/app"), b"app").unwrap();
-        fs::write(h.join("usr/bin/tool.real"), b"diverted").unwrap();
-        fs::write(h.join("usr/share/doc/app/README"), b"doc").unwrap();
-        fs::write(h.join("etc/app/app.conf"), b"conf").unwrap();
-        fs::write(h.join("opt/.hidden"), b"h").unwrap();
-        fs::write(h.join("opt/visible"), b"v").unwrap();
-        symlink("usr/bin", h.join("bin")).unwrap();
         let list = format!(
             "/.\n{hs}\n{hs}/bin\n{hs}/bin/app\n{hs}/usr/bin/tool\n{hs}/usr/share/doc\n{hs}/usr/share/doc/app/README\n\
              {hs}/etc/app/app.conf\n{hs}/gone\n"
@@ -434,6 +447,17 @@ mod tests {
         );
         let diversions = format!("{hs}/usr/bin/tool\n{hs}/usr/bin/tool.real\nother\n");
         let root = fake_root(&status, &[("app", &list)], &diversions);
+        let on_disk = root.path().join("srv/host");
+        for d in ["usr/bin", "usr/share/doc/app", "etc/app", "opt"] {
+            fs::create_dir_all(on_disk.join(d)).unwrap();
+        }
+        fs::write(on_disk.join("usr/bin/app"), b"app").unwrap();
+        fs::write(on_disk.join("usr/bin/tool.real"), b"diverted").unwrap();
+        fs::write(on_disk.join("usr/share/doc/app/README"), b"doc").unwrap();
+        fs::write(on_disk.join("etc/app/app.conf"), b"conf").unwrap();
+        fs::write(on_disk.join("opt/.hidden"), b"h").unwrap();
+        fs::write(on_disk.join("opt/visible"), b"v").unwrap();
+        symlink("usr/bin", on_disk.join("bin")).unwrap();
 
         let line = |v: &str| Line {
             value: v.to_string(),
@@ -453,7 +477,7 @@ mod tests {
                 source: "base.tar".into(),
                 members: vec![Member {
                     path: h.join("etc/app/app.conf"),
-                    kind: MemberKind::File(Arc::from(&b"from base"[..])),
+                    kind: MemberKind::File(Region::from_bytes(b"from base").unwrap()),
                     perm: 0o600,
                     uid: 0,
                     gid: 0,
@@ -465,7 +489,7 @@ mod tests {
         let r = resolve(
             &inputs,
             &Options {
-                database: DatabaseRoot::new(root.path()),
+                sysroot: Sysroot::new(root.path()),
             },
         )
         .unwrap();
@@ -486,7 +510,7 @@ mod tests {
         assert!(matches!(get("bin").map(|e| &e.kind), Some(Kind::Symlink(t)) if t == b"usr/bin"));
         // Diverted: the path the package names, the bytes from where dpkg put them.
         assert!(matches!(get("usr/bin/tool").map(|e| &e.kind),
-            Some(Kind::File(Content::Host { path, .. })) if path == &h.join("usr/bin/tool.real")));
+            Some(Kind::File(Content::Host { path, .. })) if path == &on_disk.join("usr/bin/tool.real")));
         assert!(get("usr/share/doc/app/README").is_none());
         assert!(
             get("usr/share/doc").is_some(),
@@ -498,7 +522,7 @@ mod tests {
         let conf = get("etc/app/app.conf").unwrap();
         assert_eq!(
             conf.kind,
-            Kind::File(Content::Bytes(Arc::from(&b"from base"[..])))
+            Kind::File(Content::Spilled(Region::from_bytes(b"from base").unwrap()))
         );
         assert_eq!(conf.meta.perm, 0o600);
     }
@@ -519,7 +543,7 @@ mod tests {
         let e = resolve(
             &inputs,
             &Options {
-                database: DatabaseRoot::new(root.path()),
+                sysroot: Sysroot::new(root.path()),
             },
         )
         .unwrap_err();
