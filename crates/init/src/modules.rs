@@ -86,6 +86,31 @@ impl Sched {
     }
 }
 
+/// Marks module `i` done (loaded or failed) and wakes the waiting workers when dropped.
+struct Finish<'a> {
+    sched: &'a Mutex<Sched>,
+    wake: &'a Condvar,
+    i: usize,
+    ok: bool,
+}
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        let mut s = match self.sched.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        s.steps[self.i] = Step::Done;
+        if self.ok {
+            s.loaded += 1;
+        } else {
+            s.failed += 1;
+        }
+        drop(s);
+        self.wake.notify_all();
+    }
+}
+
 /// Load one module file. `EEXIST` (built in or already loaded) counts as loaded.
 fn load_one(name: &str) -> Result<(), rustix::io::Errno> {
     let path = format!("/{name}");
@@ -128,7 +153,10 @@ pub(crate) fn load_list(
     let worker = || {
         loop {
             let i = {
-                let Ok(mut s) = sched.lock() else { return };
+                let mut s = match sched.lock() {
+                    Ok(s) => s,
+                    Err(p) => p.into_inner(),
+                };
                 loop {
                     if let Some(i) = s.take_ready(list) {
                         break i;
@@ -138,12 +166,21 @@ pub(crate) fn load_list(
                     }
                     s = match wake.wait(s) {
                         Ok(s) => s,
-                        Err(_) => return,
+                        Err(p) => p.into_inner(),
                     };
                 }
             };
+            // Marks the module done however this iteration ends, so that a panic in
+            // one worker cannot leave the others waiting for it forever.
+            let mut finish = Finish {
+                sched: &sched,
+                wake: &wake,
+                i,
+                ok: false,
+            };
             let t = Instant::now();
             let res = load(&list[i].name);
+            finish.ok = res.is_ok();
             if log.debug {
                 log.info(&format!(
                     "module {}: {res:?} in {} ms",
@@ -154,14 +191,6 @@ pub(crate) fn load_list(
             if let Err(e) = res {
                 log.warn(&format!("module {}: {e}", list[i].name));
             }
-            if let Ok(mut s) = sched.lock() {
-                s.steps[i] = Step::Done;
-                match res {
-                    Ok(()) => s.loaded += 1,
-                    Err(_) => s.failed += 1,
-                }
-            }
-            wake.notify_all();
         }
     };
     std::thread::scope(|scope| {
@@ -285,6 +314,24 @@ mod tests {
         });
         assert_eq!(r, (4, 0));
         assert_eq!(done.into_inner().unwrap(), ["a.ko", "b.ko", "c.ko", "d.ko"]);
+    }
+
+    #[test]
+    fn a_panicking_load_does_not_hang_the_others() {
+        let list = parse_list("a.ko:\nb.ko: a.ko\nc.ko:\nd.ko: c.ko\n");
+        let done = AtomicUsize::new(0);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            load_list(&quiet(), &list, DEFAULT_JOBS, |name| {
+                if name == "a.ko" {
+                    panic!("injected");
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        }));
+        // The panic is passed on once every other module was tried.
+        assert!(r.is_err());
+        assert_eq!(done.load(Ordering::SeqCst), 3);
     }
 
     #[test]

@@ -417,6 +417,26 @@ mod tests {
             let (name, got) = read_module(p).unwrap();
             assert_eq!((name.as_str(), &got[..]), (n, &data[..]));
         }
+        // The format is told by the content, not the suffix (kiln-compress).
+        let mislabelled = dir.path().join("d.ko.xz");
+        fs::write(&mislabelled, zstd::encode_all(&data[..], 3).unwrap()).unwrap();
+        let (name, got) = read_module(&mislabelled).unwrap();
+        assert_eq!((name.as_str(), &got[..]), ("d.ko", &data[..]));
+        // An uncompressed module passes through unchanged.
+        let plain = dir.path().join("e.ko");
+        fs::write(&plain, &data).unwrap();
+        assert_eq!(
+            read_module(&plain).unwrap(),
+            ("e.ko".to_string(), data.clone())
+        );
+        // A truncated stream is a decompression error naming the file, with the cause
+        // as its source.
+        let zst_bytes = fs::read(&zst).unwrap();
+        let cut = dir.path().join("f.ko.zst");
+        fs::write(&cut, &zst_bytes[..zst_bytes.len() / 2]).unwrap();
+        let e = read_module(&cut).unwrap_err();
+        assert!(e.to_string().contains("f.ko.zst"), "{e}");
+        assert!(std::error::Error::source(&e).is_some(), "{e}");
         fs::write(dir.path().join("bad.ko.xz"), b"not xz").unwrap();
         let e = read_module(&dir.path().join("bad.ko.xz"))
             .unwrap_err()
