@@ -21,20 +21,31 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     size: Option<u64>,
 
+    /// Read the installed system below DIR instead of `/` (package database, files,
+    /// /boot, /lib/modules).
+    #[arg(long, value_name = "DIR")]
+    sysroot: Option<PathBuf>,
+
     /// Print `{"key": …, "supermin_d": …}` as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let opts = kiln::key::KeyOptions {
+    if args.json {
+        crate::locate::json_path(&args.supermin_d)?;
+    }
+    let mut opts = kiln::key::KeyOptions {
         host_cpu: args.host_cpu,
         size: args.size,
         ..Default::default()
     };
+    if let Some(dir) = args.sysroot {
+        opts.set_sysroot(kiln::Sysroot::new(dir));
+    }
     let key = kiln::key::appliance_key(&args.supermin_d, &opts)?;
     if args.json {
-        let v = serde_json::json!({ "key": key.as_str(), "supermin_d": args.supermin_d });
+        let v = serde_json::json!({ "key": key.as_str(), "supermin_d": crate::locate::json_path(&args.supermin_d)? });
         println!("{v}");
     } else {
         println!("{key}");

@@ -11,10 +11,10 @@
 //! *present* (a root without `etc/os-release`, such as a test tree), else none.
 //!
 //! ```
-//! use kiln_packages::DatabaseRoot;
+//! use kiln_packages::Sysroot;
 //!
 //! let empty = tempfile::tempdir().unwrap();
-//! let at = DatabaseRoot::new(empty.path());
+//! let at = Sysroot::new(empty.path());
 //! assert!(kiln_databases::choose(&at).is_none());
 //! let e = kiln_databases::open(&at).unwrap_err();
 //! assert!(e.to_string().contains("no package database"));
@@ -23,10 +23,11 @@
 
 use std::path::PathBuf;
 
-pub use kiln_packages::{Database, DatabaseRoot, Driver, PackageError};
+pub use kiln_packages::{Database, Driver, PackageError, Sysroot};
 
 /// Every database kiln reads, in supermin's `--list-drivers` order.
 pub const DRIVERS: &[Driver] = &[
+    kiln_pacman::DRIVER,
     kiln_dpkg::DRIVER,
     kiln_rpm::OPENMANDRIVA,
     kiln_rpm::MAGEIA,
@@ -48,7 +49,7 @@ pub struct NotFound {
 }
 
 /// The driver for the database below `at`, if any (see the crate doc).
-pub fn choose(at: &DatabaseRoot) -> Option<&'static Driver> {
+pub fn choose(at: &Sysroot) -> Option<&'static Driver> {
     DRIVERS
         .iter()
         .find(|d| (d.detect)(&at.root))
@@ -56,7 +57,7 @@ pub fn choose(at: &DatabaseRoot) -> Option<&'static Driver> {
 }
 
 /// Open the database below `at`.
-pub fn open(at: &DatabaseRoot) -> Result<Box<dyn Database>, PackageError> {
+pub fn open(at: &Sysroot) -> Result<Box<dyn Database>, PackageError> {
     match choose(at) {
         Some(d) => (d.open)(&at.root),
         None => Err(PackageError::new(NotFound {
@@ -73,13 +74,13 @@ pub fn open(at: &DatabaseRoot) -> Result<Box<dyn Database>, PackageError> {
 /// What dates the database below `at` without opening it: the chosen driver's name and
 /// the paths whose `lstat` identity changes with the installed set (`None`: no
 /// database).
-pub fn fingerprint(at: &DatabaseRoot) -> Option<(&'static str, Vec<PathBuf>)> {
+pub fn fingerprint(at: &Sysroot) -> Option<(&'static str, Vec<PathBuf>)> {
     choose(at).map(|d| (d.name, (d.fingerprint)(&at.root)))
 }
 
 /// supermin's `--list-drivers` output for the root: one `system/packager`, a tab and
 /// `detected` or `not-detected` per line.
-pub fn list_drivers(at: &DatabaseRoot) -> String {
+pub fn list_drivers(at: &Sysroot) -> String {
     DRIVERS
         .iter()
         .map(|d| {
@@ -91,4 +92,58 @@ pub fn list_drivers(at: &DatabaseRoot) -> String {
             format!("{}\t{state}\n", d.name)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn seven_drivers_in_supermin_order() {
+        let t = tempfile::tempdir().unwrap();
+        let names: Vec<&str> = DRIVERS.iter().map(|d| d.name).collect();
+        assert_eq!(
+            names,
+            [
+                "arch/pacman",
+                "debian/dpkg",
+                "openmandriva/rpm",
+                "mageia/rpm",
+                "opensuse/rpm",
+                "ibm_powerkvm/rpm",
+                "fedora/rpm"
+            ]
+        );
+        let at = Sysroot::new(t.path());
+        assert_eq!(
+            list_drivers(&at),
+            names
+                .iter()
+                .map(|n| format!("{n}\tnot-detected\n"))
+                .collect::<String>()
+        );
+        assert!(fingerprint(&at).is_none());
+    }
+
+    #[test]
+    fn a_present_database_is_chosen_and_a_detected_one_wins() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        let at = Sysroot::new(r);
+        fs::create_dir_all(r.join("var/lib/pacman/local")).unwrap();
+        fs::create_dir_all(r.join("var/lib/dpkg")).unwrap();
+        fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
+        // Both present, neither detected: the first in the list.
+        assert_eq!(choose(&at).map(|d| d.name), Some("arch/pacman"));
+        fs::create_dir_all(r.join("etc")).unwrap();
+        fs::write(r.join("etc/debian_version"), "13.1\n").unwrap();
+        assert_eq!(choose(&at).map(|d| d.name), Some("debian/dpkg"));
+        assert_eq!(open(&at).unwrap().driver(), "debian/dpkg");
+        assert!(list_drivers(&at).contains("debian/dpkg\tdetected\n"));
+        assert!(list_drivers(&at).contains("arch/pacman\tnot-detected\n"));
+        let (name, paths) = fingerprint(&at).unwrap();
+        assert_eq!(name, "debian/dpkg");
+        assert_eq!(paths[0], r.join("var/lib/dpkg/status"));
+    }
 }

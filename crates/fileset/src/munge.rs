@@ -2,11 +2,17 @@
 //! inserting missing parent directories and the targets of directory symlinks, looking at
 //! the host filesystem. Done in-process (stat, readlink, realpath) instead of one
 //! `readlink -f` shell per file.
+//!
+//! Paths are those of the installed system; [`StatCache`] looks them up below its root
+//! (`--sysroot`), following symlinks inside the root only. With the root `/` every
+//! lookup is the plain system call, as before roots existed.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use kiln_packages::Sysroot;
 
 /// A host file list entry: where it goes (`path`) and where its bytes come from
 /// (`source`, which differs from `path` for diverted package files).
@@ -27,28 +33,85 @@ impl HostFile {
 }
 
 /// Memoised `lstat` results, shared by the filters, munging and the merge so each host
-/// path is looked at once.
-#[derive(Debug, Default)]
+/// path is looked at once; paths are looked up below the root.
+#[derive(Debug)]
 pub struct StatCache {
+    root: Sysroot,
     l: HashMap<PathBuf, Option<fs::Metadata>>,
 }
 
+impl Default for StatCache {
+    fn default() -> Self {
+        StatCache::new(Sysroot::default())
+    }
+}
+
 impl StatCache {
+    /// A cache looking paths up below `root`.
+    pub fn new(root: Sysroot) -> StatCache {
+        StatCache {
+            root,
+            l: HashMap::new(),
+        }
+    }
+
+    /// Where `p` (a path of the installed system) is on this machine, its parent
+    /// directories resolved inside the root.
+    pub fn host_path(&self, p: &Path) -> PathBuf {
+        if self.root.is_host() {
+            return p.to_path_buf();
+        }
+        match (p.parent(), p.file_name()) {
+            (Some(dir), Some(name)) => match kiln_pattern::resolve_in(&self.root.root, dir) {
+                Ok(d) => self.root.host_path(&d.join(name)),
+                Err(_) => self.root.host_path(p),
+            },
+            _ => self.root.host_path(p),
+        }
+    }
+
     /// `lstat(p)`, `None` when it fails.
     pub fn lstat(&mut self, p: &Path) -> Option<fs::Metadata> {
         if let Some(m) = self.l.get(p) {
             return m.clone();
         }
-        let m = fs::symlink_metadata(p).ok();
+        let m = if self.root.is_host() {
+            fs::symlink_metadata(p).ok()
+        } else {
+            kiln_pattern::lstat_in(&self.root.root, p).ok()
+        };
         self.l.insert(p.to_path_buf(), m.clone());
         m
+    }
+
+    /// `stat(p)`: symlinks followed (inside the root).
+    fn stat(&self, p: &Path) -> Option<fs::Metadata> {
+        if self.root.is_host() {
+            fs::metadata(p).ok()
+        } else {
+            kiln_pattern::stat_in(&self.root.root, p).ok()
+        }
+    }
+
+    /// `realpath(p)` (inside the root).
+    fn canonicalize(&self, p: &Path) -> Option<PathBuf> {
+        if self.root.is_host() {
+            fs::canonicalize(p).ok()
+        } else {
+            kiln_pattern::resolve_in(&self.root.root, p).ok()
+        }
+    }
+
+    /// `readlink(p)`.
+    fn read_link(&self, p: &Path) -> Option<PathBuf> {
+        fs::read_link(self.host_path(p)).ok()
     }
 
     /// (is a directory after following symlinks, is a symlink).
     fn dir_and_link(&mut self, p: &Path) -> (bool, bool) {
         match self.lstat(p) {
             Some(m) if m.file_type().is_symlink() => {
-                (fs::metadata(p).is_ok_and(|m| m.is_dir()), true)
+                (self.stat(p).is_some_and(|m| m.is_dir()), true)
             }
             Some(m) => (m.is_dir(), false),
             None => (false, false),
@@ -64,12 +127,12 @@ fn parent_of(p: &Path) -> PathBuf {
 /// The directory a host symlink-to-directory `p` points to, as supermin computes it:
 /// an absolute target verbatim, a relative one canonicalised from `p`'s directory; one
 /// trailing `/` removed.
-fn symlink_dir_target(p: &Path) -> Option<PathBuf> {
-    let t = fs::read_link(p).ok()?;
+fn symlink_dir_target(p: &Path, cache: &StatCache) -> Option<PathBuf> {
+    let t = cache.read_link(p)?;
     let t = if t.is_absolute() {
         t
     } else {
-        fs::canonicalize(parent_of(p).join(t)).ok()?
+        cache.canonicalize(&parent_of(p).join(t))?
     };
     let b = t.as_os_str().as_bytes();
     Some(match b.strip_suffix(b"/") {
@@ -107,7 +170,7 @@ pub fn munge(mut files: Vec<HostFile>, cache: &mut StatCache) -> Vec<HostFile> {
         }
         let needed = if is_dir && is_link {
             seen.insert(p.clone());
-            symlink_dir_target(p).filter(|t| !seen.contains(t))
+            symlink_dir_target(p, cache).filter(|t| !seen.contains(t))
         } else {
             if is_dir {
                 seen.insert(p.clone());

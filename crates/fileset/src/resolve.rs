@@ -37,14 +37,15 @@ use crate::builder::{PlaceError, SetBuilder, Source};
 use crate::entry::{Content, Entry, Kind, Meta};
 use crate::munge::{HostFile, StatCache, munge};
 use crate::scan;
-use kiln_databases::{DatabaseRoot, PackageError};
+use kiln_databases::{PackageError, Sysroot};
 use kiln_pattern::{FnMatchSet, PatternError};
 
 /// Options of the file set stage.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Which package database (the host's by default).
-    pub database: DatabaseRoot,
+    /// The installed system: its package database, and the root every package file
+    /// and hostfiles pattern is read below (the host's `/` by default).
+    pub sysroot: Sysroot,
 }
 
 /// `e` and its causes, joined by ": " (for a warning that does not stop the stage).
@@ -187,7 +188,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
 
     // 1. Packages and their closure.
     tracing::info!("mapping package names to installed packages");
-    let db = kiln_databases::open(&opts.database)?;
+    let db = kiln_databases::open(&opts.sysroot)?;
     tracing::info!("package database: {}", db.driver());
     let names: Vec<&str> = inputs.packages.iter().map(|l| l.value.as_str()).collect();
     tracing::info!("resolving full list of package dependencies");
@@ -275,13 +276,17 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
                 pattern: l.value.clone(),
             });
         }
-        let matches =
+        let matches = if opts.sysroot.is_host() {
             kiln_pattern::glob(l.value.as_os_str()).map_err(|source| ResolveError::Glob {
                 origin: l.origin.clone(),
                 pattern: l.value.clone(),
                 source,
-            })?;
-        if matches.is_empty() && !root {
+            })?
+        } else {
+            kiln_pattern::glob_in(&opts.sysroot.root, l.value.as_os_str())
+        };
+        // (Searchability is a property of this machine's own directories.)
+        if matches.is_empty() && !root && opts.sysroot.is_host() {
             hidden.note_pattern(&l.value);
         }
         files.extend(matches.into_iter().map(HostFile::same));
@@ -291,7 +296,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
 
     // 5. Existence, then readability; a diverted file is read from where dpkg put it.
     let mut noted = false;
-    let mut cache = StatCache::default();
+    let mut cache = StatCache::new(opts.sysroot.clone());
     files.retain_mut(|f| {
         let md = if f.source == f.path {
             cache.lstat(&f.path)
@@ -307,7 +312,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         };
         let Some(md) = md else {
             // Not there, or hidden by a directory this user cannot search.
-            if !root {
+            if !root && opts.sysroot.is_host() {
                 hidden.note_missing(&f.path);
             }
             return false;
@@ -316,7 +321,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         if !md.is_file() || root {
             return true;
         }
-        match readable(&f.source) {
+        match readable(&cache.host_path(&f.source)) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(
@@ -359,7 +364,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
             tracing::warn!("{}: vanished while building (ignored)", f.source.display());
             continue;
         };
-        let entry = match scan::host_entry_from(&f.source, f.path.clone(), &md) {
+        let entry = match scan::host_entry_from(&cache.host_path(&f.source), f.path.clone(), &md) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!("{e} (ignored)");
@@ -428,19 +433,9 @@ mod tests {
     /// image: every step of the stage, checked on the resulting set.
     #[test]
     fn resolves_packages_excludes_hostfiles_diversions_and_base_images() {
-        let host = tempfile::tempdir().unwrap();
-        let h = fs::canonicalize(host.path()).unwrap();
+        // The system lives below a root (`--sysroot`); its files under /srv/host.
+        let h = PathBuf::from("/srv/host");
         let hs = h.display().to_string();
-        for d in ["usr/bin", "usr/share/doc/app", "etc/app", "opt"] {
-            fs::create_dir_all(h.join(d)).unwrap();
-        }
-        fs::write(h.join("usr/bin/app"), b"app").unwrap();
-        fs::write(h.join("usr/bin/tool.real"), b"diverted").unwrap();
-        fs::write(h.join("usr/share/doc/app/README"), b"doc").unwrap();
-        fs::write(h.join("etc/app/app.conf"), b"conf").unwrap();
-        fs::write(h.join("opt/.hidden"), b"h").unwrap();
-        fs::write(h.join("opt/visible"), b"v").unwrap();
-        symlink("usr/bin", h.join("bin")).unwrap();
         let list = format!(
             "/.\n{hs}\n{hs}/bin\n{hs}/bin/app\n{hs}/usr/bin/tool\n{hs}/usr/share/doc\n{hs}/usr/share/doc/app/README\n\
              {hs}/etc/app/app.conf\n{hs}/gone\n"
@@ -452,6 +447,17 @@ mod tests {
         );
         let diversions = format!("{hs}/usr/bin/tool\n{hs}/usr/bin/tool.real\nother\n");
         let root = fake_root(&status, &[("app", &list)], &diversions);
+        let on_disk = root.path().join("srv/host");
+        for d in ["usr/bin", "usr/share/doc/app", "etc/app", "opt"] {
+            fs::create_dir_all(on_disk.join(d)).unwrap();
+        }
+        fs::write(on_disk.join("usr/bin/app"), b"app").unwrap();
+        fs::write(on_disk.join("usr/bin/tool.real"), b"diverted").unwrap();
+        fs::write(on_disk.join("usr/share/doc/app/README"), b"doc").unwrap();
+        fs::write(on_disk.join("etc/app/app.conf"), b"conf").unwrap();
+        fs::write(on_disk.join("opt/.hidden"), b"h").unwrap();
+        fs::write(on_disk.join("opt/visible"), b"v").unwrap();
+        symlink("usr/bin", on_disk.join("bin")).unwrap();
 
         let line = |v: &str| Line {
             value: v.to_string(),
@@ -483,7 +489,7 @@ mod tests {
         let r = resolve(
             &inputs,
             &Options {
-                database: DatabaseRoot::new(root.path()),
+                sysroot: Sysroot::new(root.path()),
             },
         )
         .unwrap();
@@ -504,7 +510,7 @@ mod tests {
         assert!(matches!(get("bin").map(|e| &e.kind), Some(Kind::Symlink(t)) if t == b"usr/bin"));
         // Diverted: the path the package names, the bytes from where dpkg put them.
         assert!(matches!(get("usr/bin/tool").map(|e| &e.kind),
-            Some(Kind::File(Content::Host { path, .. })) if path == &h.join("usr/bin/tool.real")));
+            Some(Kind::File(Content::Host { path, .. })) if path == &on_disk.join("usr/bin/tool.real")));
         assert!(get("usr/share/doc/app/README").is_none());
         assert!(
             get("usr/share/doc").is_some(),
@@ -537,7 +543,7 @@ mod tests {
         let e = resolve(
             &inputs,
             &Options {
-                database: DatabaseRoot::new(root.path()),
+                sysroot: Sysroot::new(root.path()),
             },
         )
         .unwrap_err();

@@ -7,7 +7,7 @@
 //! - the host files named by `hostfiles` lists (glob(3) expanded as supermin does):
 //!   path and `lstat` metadata (type, mode, owner, size, mtime, ctime, inode, device),
 //!   plus the target and metadata of symlinks;
-//! - the package database: the driver chosen for [`KeyOptions::database`] (the same
+//! - the package database: the driver chosen for [`KeyOptions::sysroot`] (the same
 //!   choice the build makes, `kiln-databases`) and the `lstat` metadata of the files
 //!   that date it (for dpkg `status` and `diversions`: dpkg rewrites `status` on every
 //!   install, upgrade or removal); when no database is found, that fact;
@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use kiln_cache::Key;
 use kiln_inputs::{Class, InputKind, classify};
 pub use kiln_kernel::{KernelEnv, Roots};
-pub use kiln_packages::DatabaseRoot;
+pub use kiln_packages::Sysroot;
 
 /// Bump when the appliance kiln builds changes in a way old cached slots lack.
 pub const FORMAT_VERSION: u32 = 1;
@@ -61,8 +61,10 @@ pub struct KeyOptions {
     pub host_cpu: String,
     /// `--size` of the root image in bytes (`None`: kiln's default, 4 GiB).
     pub size: Option<u64>,
-    /// Which package database (the build reads the same: `BuildOptions::database`).
-    pub database: DatabaseRoot,
+    /// The installed system: its package database and hostfiles are read below it
+    /// (the build reads the same: `BuildOptions::sysroot`). Set it with
+    /// [`KeyOptions::set_sysroot`] so the kernel roots follow.
+    pub sysroot: Sysroot,
     /// `SUPERMIN_KERNEL`, `SUPERMIN_KERNEL_VERSION`, `SUPERMIN_MODULES` (default: the
     /// process environment, which is also what the build pipeline reads).
     pub kernel: KernelEnv,
@@ -73,12 +75,21 @@ pub struct KeyOptions {
     pub egid: u32,
 }
 
+impl KeyOptions {
+    /// Read everything below `sysroot`: the package database, hostfiles, and the kernel
+    /// from its `/boot` and `/lib/modules`.
+    pub fn set_sysroot(&mut self, sysroot: Sysroot) {
+        self.roots = crate::pipeline::kernel_roots(&sysroot);
+        self.sysroot = sysroot;
+    }
+}
+
 impl Default for KeyOptions {
     fn default() -> Self {
         KeyOptions {
             host_cpu: std::env::consts::ARCH.to_owned(),
             size: None,
-            database: DatabaseRoot::default(),
+            sysroot: Sysroot::default(),
             kernel: KernelEnv::from_process(),
             roots: Roots::default(),
             euid: rustix::process::geteuid().as_raw(),
@@ -155,15 +166,27 @@ pub fn appliance_key(supermin_d: &Path, opts: &KeyOptions) -> Result<Key, KeyErr
 
     let mut patterns = Vec::new();
     hash_inputs(&mut h, supermin_d, &mut patterns)?;
+    let root = &opts.sysroot;
     for pat in &patterns {
         h.bytes("glob", pat);
-        // A pattern glob(3) cannot expand is hashed as such; the build reports it.
-        for m in kiln_pattern::glob(OsStr::from_bytes(pat)).unwrap_or_default() {
-            h.meta(&m);
+        if root.is_host() {
+            // A pattern glob(3) cannot expand is hashed as such; the build reports it.
+            for m in kiln_pattern::glob(OsStr::from_bytes(pat)).unwrap_or_default() {
+                h.meta(&m);
+            }
+        } else {
+            // Below another root, as the build expands it: links followed inside it.
+            for m in kiln_pattern::glob_in(&root.root, OsStr::from_bytes(pat)) {
+                let dir = m.parent().map(|d| kiln_pattern::resolve_in(&root.root, d));
+                match (dir, m.file_name()) {
+                    (Some(Ok(d)), Some(n)) => h.meta(&root.host_path(&d.join(n))),
+                    _ => h.meta(&root.host_path(&m)),
+                }
+            }
         }
     }
 
-    match kiln_databases::fingerprint(&opts.database) {
+    match kiln_databases::fingerprint(&opts.sysroot) {
         Some((driver, paths)) => {
             h.bytes("database", driver.as_bytes());
             for p in &paths {

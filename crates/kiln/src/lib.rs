@@ -36,7 +36,7 @@ pub mod supermin;
 pub use kiln_cache as cache;
 /// The package databases (for callers that map files to packages, e.g. `kiln run`).
 pub use kiln_databases as databases;
-pub use kiln_packages::DatabaseRoot;
+pub use kiln_packages::Sysroot;
 pub use locate::{LocateError, LocateOptions, Pinned, locate};
 pub use pipeline::{
     ApplianceReport, BuildError, BuildOptions, BuildReport, Format, build, build_into,

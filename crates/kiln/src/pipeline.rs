@@ -38,8 +38,11 @@ pub struct BuildOptions {
     pub include_packagelist: bool,
     /// Stop after the file set is resolved (benchmarks, debugging): nothing is written.
     pub resolve_only: bool,
-    /// Which package database (the cache key reads the same: `KeyOptions::database`).
-    pub database: kiln_packages::DatabaseRoot,
+    /// The installed system the appliance is made from (the host's `/` by default):
+    /// its package database, package files and hostfiles (the cache key reads the
+    /// same: `KeyOptions::sysroot`). Set it with [`BuildOptions::set_sysroot`] so the
+    /// kernel roots follow.
+    pub sysroot: kiln_packages::Sysroot,
     /// ext2: image size in bytes.
     pub size: u64,
     /// ext2: the CPU architecture whose kernel to pick (supermin's `--host-cpu`).
@@ -52,12 +55,37 @@ pub struct BuildOptions {
     pub kernel_roots: kiln_kernel::Roots,
 }
 
+/// Where the kernel and its modules are looked for in `sysroot`: its `/boot` and
+/// `/lib/modules` (resolved inside it; the defaults for `/`).
+pub fn kernel_roots(sysroot: &kiln_packages::Sysroot) -> kiln_kernel::Roots {
+    if sysroot.is_host() {
+        return kiln_kernel::Roots::default();
+    }
+    let inside = |p: &str| {
+        let p = Path::new(p);
+        let resolved =
+            kiln_pattern::resolve_in(&sysroot.root, p).unwrap_or_else(|_| p.to_path_buf());
+        sysroot.host_path(&resolved)
+    };
+    kiln_kernel::Roots {
+        boot: inside("/boot"),
+        lib_modules: inside("/lib/modules"),
+    }
+}
+
 /// The host CPU name supermin uses by default (`x86_64`, `aarch64`, ...).
 pub fn default_host_cpu() -> String {
     std::env::consts::ARCH.to_string()
 }
 
 impl BuildOptions {
+    /// Read everything below `sysroot`: the package database, package files,
+    /// hostfiles, and the kernel from its `/boot` and `/lib/modules`.
+    pub fn set_sysroot(&mut self, sysroot: kiln_packages::Sysroot) {
+        self.kernel_roots = kernel_roots(&sysroot);
+        self.sysroot = sysroot;
+    }
+
     /// Options with defaults: no package list, write the output, the host's database.
     pub fn new(inputs: Vec<PathBuf>, format: Format, output: PathBuf) -> BuildOptions {
         BuildOptions {
@@ -66,7 +94,7 @@ impl BuildOptions {
             output,
             include_packagelist: false,
             resolve_only: false,
-            database: kiln_packages::DatabaseRoot::default(),
+            sysroot: kiln_packages::Sysroot::default(),
             size: kiln_image::DEFAULT_SIZE,
             host_cpu: default_host_cpu(),
             copy_kernel: false,
@@ -200,7 +228,7 @@ fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildErr
         let resolved = kiln_fileset::resolve(
             &inputs,
             &Options {
-                database: opts.database.clone(),
+                sysroot: opts.sysroot.clone(),
             },
         );
         let modules = scan.map(|h| {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use kiln::key::{DatabaseRoot, KernelEnv, KeyOptions, Roots, appliance_key};
+use kiln::key::{KernelEnv, KeyOptions, Roots, Sysroot, appliance_key};
 use kiln::locate::{BuildFn, LocateOptions, locate};
 use kiln_cache::BuildMeta;
 
@@ -27,15 +27,8 @@ impl Fixture {
         fs::write(d.join("packages"), "bash\ncoreutils\n").unwrap();
         fs::create_dir(f.host()).unwrap();
         fs::write(f.host().join("a.conf"), "a=1\n").unwrap();
-        fs::write(
-            d.join("hostfiles"),
-            format!(
-                "{}/*.conf\n{}/missing\n",
-                f.host().display(),
-                f.host().display()
-            ),
-        )
-        .unwrap();
+        // Hostfiles patterns name paths of the system below the fixture's root.
+        fs::write(d.join("hostfiles"), "/host/*.conf\n/host/missing\n").unwrap();
         fs::create_dir_all(f.status().parent().unwrap()).unwrap();
         fs::write(f.status(), "Package: bash\nStatus: install ok installed\n").unwrap();
         fs::write(f.path("vmlinuz-1"), "kernel one").unwrap();
@@ -56,9 +49,10 @@ impl Fixture {
     fn host(&self) -> PathBuf {
         self.path("host")
     }
-    /// The root whose `var/lib/dpkg` is the package database.
+    /// The installed system's root: its `var/lib/dpkg` is the package database, its
+    /// `host` directory holds the files the hostfiles name.
     fn root(&self) -> PathBuf {
-        self.path("root")
+        self.dir.path().to_path_buf()
     }
     /// A file of the dpkg database.
     fn dpkg(&self, name: &str) -> PathBuf {
@@ -69,7 +63,7 @@ impl Fixture {
     }
     fn options(&self) -> KeyOptions {
         KeyOptions {
-            database: DatabaseRoot::new(self.root()),
+            sysroot: Sysroot::new(self.root()),
             kernel: KernelEnv {
                 kernel: Some(self.path("vmlinuz-1").into()),
                 version: Some("1.0".into()),
@@ -174,11 +168,7 @@ fn compressed_hostfiles_lists_are_followed() {
     let f = Fixture::new();
     fs::remove_file(f.supermin_d().join("hostfiles")).unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    std::io::Write::write_all(
-        &mut gz,
-        format!("{}/*.conf\n", f.host().display()).as_bytes(),
-    )
-    .unwrap();
+    std::io::Write::write_all(&mut gz, b"/host/*.conf\n").unwrap();
     fs::write(f.supermin_d().join("hostfiles.gz"), gz.finish().unwrap()).unwrap();
     let k0 = f.key();
     fs::write(f.host().join("a.conf"), "a=changed, longer\n").unwrap();
@@ -312,7 +302,7 @@ fn the_package_database_root_is_in_the_key() {
     let other = f.path("other-root");
     fs::create_dir_all(other.join("var/lib/dpkg")).unwrap();
     let mut o = f.options();
-    o.database = DatabaseRoot::new(&other);
+    o.sysroot = Sysroot::new(&other);
     let none = f.key_with(&o);
     assert_ne!(none, k, "no database is not the fixture's database");
     fs::write(other.join("var/lib/dpkg/status"), "").unwrap();

@@ -286,7 +286,7 @@ fn unkeyed_builds_use_supermins_mtime_rule() {
     let out = t.path().join("appliance.d");
     let mut o = opts(&sd, &out, &cache, None);
     o.include_packagelist = true;
-    o.key.database = kiln::DatabaseRoot::new(&db);
+    o.key.sysroot = kiln::Sysroot::new(&db);
     assert!(
         !kiln::supermin::up_to_date_by_mtime(&o).unwrap(),
         "no output yet"
@@ -313,9 +313,11 @@ fn unkeyed_builds_use_supermins_mtime_rule() {
     let chroot = t.path().join("chroot");
     let mut o = opts(&sd, &chroot, &cache, None);
     o.format = Format::Chroot;
-    o.key.database = kiln::DatabaseRoot::new(&db);
+    o.key.sysroot = kiln::Sysroot::new(&db);
     assert_eq!(build(&o).unwrap().outcome, Outcome::Direct);
-    assert!(chroot.join("bin").exists());
+    // (The build reads the same private system as the key: its files come from the
+    // base image, its empty database gives no packages.)
+    assert!(chroot.join("init").exists());
     assert!(!chroot.join(KEY_FILE).exists());
     assert_eq!(build(&o).unwrap().outcome, Outcome::Direct);
     assert!(slots(&cache).is_empty());

@@ -227,22 +227,34 @@ impl fmt::Debug for Driver {
     }
 }
 
-/// Which package database kiln reads: the one found below `root` (`/`: the host's).
-/// The cache key and the build both take it, so they cannot name different ones.
+/// The installed system an appliance is made from: the package database is the one
+/// found below `root`, and package files, host files, `/boot` and `/lib/modules` are
+/// read below it too (`/`: the machine kiln runs on; `--sysroot DIR` otherwise). The
+/// cache key and the build both take it, so they cannot name different systems.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DatabaseRoot {
+pub struct Sysroot {
     pub root: PathBuf,
 }
 
-impl DatabaseRoot {
-    pub fn new(root: impl Into<PathBuf>) -> DatabaseRoot {
-        DatabaseRoot { root: root.into() }
+impl Sysroot {
+    pub fn new(root: impl Into<PathBuf>) -> Sysroot {
+        Sysroot { root: root.into() }
+    }
+
+    /// True for the machine's own `/`.
+    pub fn is_host(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
+    /// `path` (absolute inside the system) as a path on this machine.
+    pub fn host_path(&self, path: &Path) -> PathBuf {
+        in_root(&self.root, path)
     }
 }
 
-impl Default for DatabaseRoot {
+impl Default for Sysroot {
     fn default() -> Self {
-        DatabaseRoot::new("/")
+        Sysroot::new("/")
     }
 }
 

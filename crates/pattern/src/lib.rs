@@ -8,6 +8,9 @@
 //! crosses `/` in [`fnmatch`], backslash is literal, results of [`glob`] are sorted
 //! bytewise, dot files are matched only by a pattern component starting with `.`.
 //!
+//! [`glob_in`], [`resolve_in`], [`stat_in`] and [`lstat_in`] do the same below a root
+//! directory (`--sysroot`), following symlinks inside it only.
+//!
 //! Invariants: patterns or names containing NUL bytes never match (they cannot name a
 //! path); [`FnMatchSet::matches`] agrees with [`fnmatch`] on every input (its fast paths
 //! are only shortcuts, tested against the libc call).
@@ -20,6 +23,9 @@
 //! assert!(excludes.matches(b"/boot/vmlinuz"));
 //! assert!(!excludes.matches(b"/usr/bin/man"));
 //! ```
+
+mod below;
+pub use below::{glob_in, lstat_in, resolve_in, stat_in};
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::unix::ffi::OsStrExt;

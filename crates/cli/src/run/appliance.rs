@@ -23,7 +23,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, bail};
-use kiln::DatabaseRoot;
+use kiln::Sysroot;
 use kiln::databases::Database;
 
 pub struct Want {
@@ -37,8 +37,7 @@ pub struct Want {
 /// `supermin.d/` subdirectory) and return it.
 pub fn supermin_d(want: &Want) -> anyhow::Result<tempfile::TempDir> {
     let cmd = find_command(&want.cmd, want.cwd.as_deref())?;
-    let db =
-        kiln::databases::open(&DatabaseRoot::default()).context("reading the package database")?;
+    let db = kiln::databases::open(&Sysroot::default()).context("reading the package database")?;
     let db = db.as_ref();
     let mut c = Contents::default();
     c.add_executable(db, &cmd, 0)?;
@@ -346,7 +345,7 @@ mod tests {
 
     #[test]
     fn host_shell_has_an_owner_and_libraries() {
-        let db = kiln::databases::open(&DatabaseRoot::default()).unwrap();
+        let db = kiln::databases::open(&Sysroot::default()).unwrap();
         let db = db.as_ref();
         let sh = find_command(OsStr::new("sh"), None).unwrap();
         assert_eq!(owner(db, &sh).unwrap().as_deref(), Some("dash"));
