@@ -242,6 +242,17 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
     true
 }
 
+/// `kiln checksum SUPERMIN_D`: the cache key.
+fn checksum(supermin_d: &Path) -> String {
+    let o = Command::new(common::kiln())
+        .arg("checksum")
+        .arg(supermin_d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// Creating and removing files in `/tmp` and `/var/tmp` (as libguestfs, supermin and
 /// kiln's own staging do) changes those directories' times, which the cache key does
 /// not cover; they must not change the image either: same bytes, same root UUID.
@@ -256,6 +267,7 @@ fn unrelated_host_activity_does_not_change_the_image() {
     fs::create_dir(&d).unwrap();
     fs::write(d.join("packages"), "base-files\n").unwrap();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let key_a = checksum(&d);
     let o = build("ext2", &d, &a);
     assert!(o.status.success(), "{}", text(&o));
 
@@ -282,6 +294,9 @@ fn unrelated_host_activity_does_not_change_the_image() {
 
     let o = build("ext2", &d, &b);
     assert!(o.status.success(), "{}", text(&o));
+    // The claim is about builds with one key: the host must not have changed in a way
+    // the key covers meanwhile (a package installed by someone else).
+    assert_eq!(key_a, checksum(&d), "the cache key changed during the test");
     let (ra, rb) = (a.join("root"), b.join("root"));
     assert_eq!(root_uuid(&ra), root_uuid(&rb), "root UUID");
     assert!(
