@@ -74,9 +74,9 @@ fn proc_and_sys_files_are_copied_as_read() {
     }
 }
 
-/// Run the `kiln` binary as user and group 65534 (nobody), from a copy that user can
-/// execute wherever the build tree is.
-fn build_as_nobody(bin_dir: &Path, supermin_d: &Path, dpkg_root: &Path, out: &Path) -> Output {
+/// Run `kiln build -f chroot --sysroot SYSROOT` as user and group 65534 (nobody), from
+/// a copy of the binary that user can execute wherever the build tree is.
+fn build_as_nobody(bin_dir: &Path, supermin_d: &Path, sysroot: &Path, out: &Path) -> Output {
     let bin = bin_dir.join("kiln");
     if !bin.exists() {
         fs::copy(common::kiln(), &bin).unwrap();
@@ -84,8 +84,8 @@ fn build_as_nobody(bin_dir: &Path, supermin_d: &Path, dpkg_root: &Path, out: &Pa
     Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&bin)
-        .args(["build", "-f", "chroot", "--dpkg-root"])
-        .arg(dpkg_root)
+        .args(["build", "-f", "chroot", "--sysroot"])
+        .arg(sysroot)
         .arg(supermin_d)
         .arg("-o")
         .arg(out)
@@ -96,7 +96,8 @@ fn build_as_nobody(bin_dir: &Path, supermin_d: &Path, dpkg_root: &Path, out: &Pa
 
 /// A non-root user cannot see below a 0700 directory of another user: the files are
 /// left out with a warning naming the directory and what to do (they used to vanish
-/// silently, as if they did not exist).
+/// silently, as if they did not exist). The system is a private one (`--sysroot`), so
+/// its package database can name files there.
 #[test]
 #[ignore = "needs root"]
 fn files_below_an_unsearchable_directory_are_warned_about() {
@@ -105,26 +106,20 @@ fn files_below_an_unsearchable_directory_are_warned_about() {
     let t = tempfile::tempdir().unwrap();
     let r = t.path();
     fs::set_permissions(r, fs::Permissions::from_mode(0o755)).unwrap();
-    let secret = r.join("secret");
+    let sys = r.join("sys");
+    let secret = sys.join("secret");
     fs::create_dir_all(secret.join("sub")).unwrap();
+    fs::create_dir(secret.join("pkg")).unwrap();
     fs::write(secret.join("f"), b"f").unwrap();
     fs::write(secret.join("sub/g"), b"g").unwrap();
-    fs::set_permissions(&secret, fs::Permissions::from_mode(0o700)).unwrap();
-    fs::create_dir(r.join("open")).unwrap();
-    fs::write(r.join("open/visible"), b"v").unwrap();
-    let d = r.join("supermin.d");
-    fs::create_dir(&d).unwrap();
-    let rs = r.display();
-    fs::write(
-        d.join("hostfiles"),
-        format!("{rs}/secret/f\n{rs}/secret/sub/*\n{rs}/open/visible\n"),
-    )
-    .unwrap();
-    // A package whose files are below the secret directory (a dpkg database of its own).
-    fs::create_dir(secret.join("pkg")).unwrap();
     fs::write(secret.join("pkg/data"), b"p").unwrap();
-    let dpkg = r.join("dpkg-root");
-    let admin = dpkg.join("var/lib/dpkg");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::create_dir(sys.join("open")).unwrap();
+    fs::write(sys.join("open/visible"), b"v").unwrap();
+    // A Debian system whose one package has its files below the secret directory.
+    fs::create_dir(sys.join("etc")).unwrap();
+    fs::write(sys.join("etc/os-release"), "ID=debian\n").unwrap();
+    let admin = sys.join("var/lib/dpkg");
     fs::create_dir_all(admin.join("info")).unwrap();
     fs::write(
         admin.join("status"),
@@ -133,31 +128,38 @@ fn files_below_an_unsearchable_directory_are_warned_about() {
     .unwrap();
     fs::write(
         admin.join("info/secretpkg.list"),
-        format!("/.\n{rs}/secret/pkg\n{rs}/secret/pkg/data\n"),
+        "/.\n/secret\n/secret/pkg\n/secret/pkg/data\n",
     )
     .unwrap();
+    let d = r.join("supermin.d");
+    fs::create_dir(&d).unwrap();
     fs::write(d.join("packages"), "secretpkg\n").unwrap();
+    fs::write(
+        d.join("hostfiles"),
+        "/secret/f\n/secret/sub/*\n/open/visible\n",
+    )
+    .unwrap();
     let outs = r.join("outs");
     fs::create_dir(&outs).unwrap();
     chown(&outs, Some(65534), Some(65534)).unwrap();
 
-    // As root every file is there: the list itself is right.
+    // As root every file is there: the lists themselves are right.
     let o = Command::new(common::kiln())
-        .args(["build", "-f", "chroot", "--dpkg-root"])
-        .arg(&dpkg)
+        .args(["build", "-f", "chroot", "--sysroot"])
+        .arg(&sys)
         .arg(&d)
         .arg("-o")
         .arg(r.join("as-root"))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let in_root = r.join("as-root").join(secret.strip_prefix("/").unwrap());
-    assert_eq!(fs::read(in_root.join("f")).unwrap(), b"f");
+    let in_root = r.join("as-root/secret");
+    assert_eq!(fs::read(in_root.join("f")).unwrap(), b"f", "{}", text(&o));
     assert_eq!(fs::read(in_root.join("sub/g")).unwrap(), b"g");
     assert_eq!(fs::read(in_root.join("pkg/data")).unwrap(), b"p");
 
     let out = outs.join("chroot");
-    let o = build_as_nobody(r, &d, &dpkg, &out);
+    let o = build_as_nobody(r, &d, &sys, &out);
     assert!(o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     let warning = err
@@ -168,7 +170,7 @@ fn files_below_an_unsearchable_directory_are_warned_about() {
         warning.contains(&format!("{}: directory not searchable", secret.display())),
         "{warning}"
     );
-    // Two hostfiles patterns and the package's two paths.
+    // Two hostfiles patterns and the package's two paths below the directory.
     assert!(
         warning.contains("and 3 more"),
         "all paths counted: {warning}"
@@ -182,9 +184,8 @@ fn files_below_an_unsearchable_directory_are_warned_about() {
         1,
         "one warning: {err}"
     );
-    let copied = out.join(r.strip_prefix("/").unwrap());
-    assert_eq!(fs::read(copied.join("open/visible")).unwrap(), b"v");
-    assert!(!copied.join("secret/f").exists());
+    assert_eq!(fs::read(out.join("open/visible")).unwrap(), b"v");
+    assert!(!out.join("secret/f").exists());
 }
 
 /// The filesystem UUID of an ext2 image (`s_uuid`, 104 bytes into the superblock).
@@ -241,6 +242,17 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
     true
 }
 
+/// `kiln checksum SUPERMIN_D`: the cache key.
+fn checksum(supermin_d: &Path) -> String {
+    let o = Command::new(common::kiln())
+        .arg("checksum")
+        .arg(supermin_d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// Creating and removing files in `/tmp` and `/var/tmp` (as libguestfs, supermin and
 /// kiln's own staging do) changes those directories' times, which the cache key does
 /// not cover; they must not change the image either: same bytes, same root UUID.
@@ -255,6 +267,7 @@ fn unrelated_host_activity_does_not_change_the_image() {
     fs::create_dir(&d).unwrap();
     fs::write(d.join("packages"), "base-files\n").unwrap();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let key_a = checksum(&d);
     let o = build("ext2", &d, &a);
     assert!(o.status.success(), "{}", text(&o));
 
@@ -281,6 +294,9 @@ fn unrelated_host_activity_does_not_change_the_image() {
 
     let o = build("ext2", &d, &b);
     assert!(o.status.success(), "{}", text(&o));
+    // The claim is about builds with one key: the host must not have changed in a way
+    // the key covers meanwhile (a package installed by someone else).
+    assert_eq!(key_a, checksum(&d), "the cache key changed during the test");
     let (ra, rb) = (a.join("root"), b.join("root"));
     assert_eq!(root_uuid(&ra), root_uuid(&rb), "root UUID");
     assert!(

@@ -88,6 +88,11 @@ impl Dep {
             Some((n, "native")) => (n, ArchQual::Native),
             Some((n, a)) => (n, ArchQual::Arch(a.to_string())),
         };
+        // `:amd64` alone names no package.
+        let name = name.trim();
+        if name.is_empty() {
+            return None;
+        }
         Some(Dep {
             name: name.to_string(),
             qual,

@@ -285,9 +285,9 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         } else {
             kiln_pattern::glob_in(&opts.sysroot.root, l.value.as_os_str())
         };
-        // (Searchability is a property of this machine's own directories.)
-        if matches.is_empty() && !root && opts.sysroot.is_host() {
-            hidden.note_pattern(&l.value);
+        // Searched for where the pattern lies on this machine (below the sysroot).
+        if matches.is_empty() && !root {
+            hidden.note_pattern(&opts.sysroot.host_path(&l.value));
         }
         files.extend(matches.into_iter().map(HostFile::same));
     }
@@ -312,8 +312,8 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         };
         let Some(md) = md else {
             // Not there, or hidden by a directory this user cannot search.
-            if !root && opts.sysroot.is_host() {
-                hidden.note_missing(&f.path);
+            if !root {
+                hidden.note_missing(&opts.sysroot.host_path(&f.path));
             }
             return false;
         };
