@@ -19,14 +19,16 @@ use crate::proc::ProcessId;
 use crate::source::mtime_of;
 use crate::{Cache, CacheError, Key};
 
-/// How many unpinned slots gc keeps by default (the most recently used ones).
+/// How many sources gc keeps the appliances of by default (the most recently used).
 pub const DEFAULT_KEEP: usize = 4;
 
 /// Bounds for [`Cache::gc`]. Pinned slots are never removed, but they count towards
-/// the bounds.
+/// the bounds. Slots superseded by a newer build of their source
+/// ([`crate::GetOptions::source`]) go whatever the bounds, once nothing pins them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GcPolicy {
-    /// Keep at most this many slots (least recently used go first).
+    /// Keep the slots of at most this many sources (least recently used sources go
+    /// first; a slot without a recorded source is a source of its own).
     pub keep: Option<usize>,
     /// Keep at most this many bytes (allocated) of slots.
     pub max_size: Option<u64>,

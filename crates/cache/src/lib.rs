@@ -36,6 +36,11 @@
 //!    everywhere; entries that are links, FIFOs or foreign-owned are refused with a
 //!    `security:` error and never followed or opened for reading.
 //! 6. Names, ownership checks and outputs use the effective UID/GID (setuid-safe).
+//! 7. SIGINT, SIGTERM or SIGHUP during a build removes its `tmp-` directory and this
+//!    process's pins before the process exits (`kiln-cleanup`); SIGKILL's leave
+//!    invariant 4.
+//! 8. Of the slots of one source ([`GetOptions::source`]) only the newest build stays
+//!    once nothing pins the older ones; `keep` counts sources.
 //!
 //! # Example
 //!
@@ -69,7 +74,8 @@
 //! `cache` (opening, lookup, get-or-build), `security` (checks of the directory and its
 //! entries), `lock` (the build lock and what a waiter is told), `slot` (build, seal,
 //! publish, the slot record), `pin` (per-process hard links), `gc` (collection and
-//! listing), `fsx` (openat wrappers that never follow links), `proc` (process identity).
+//! listing), `source` (superseded slots), `fsx` (openat wrappers that never follow
+//! links), `proc` (process identity).
 
 mod cache;
 mod error;

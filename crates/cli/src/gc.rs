@@ -15,7 +15,9 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     cachedir: Option<PathBuf>,
 
-    /// Keep at most N appliances (default 4, unless --max-size is given).
+    /// Keep the appliances of at most N sources (a supermin.d with its options), the
+    /// most recently used (default 4, unless --max-size is given). Older builds of a
+    /// source go anyway once nothing pins them.
     #[arg(long, value_name = "N")]
     keep: Option<usize>,
 
