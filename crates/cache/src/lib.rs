@@ -85,6 +85,8 @@ mod key;
 mod lock;
 mod pin;
 mod proc;
+#[cfg(test)]
+mod props;
 mod security;
 mod slot;
 mod source;

@@ -38,7 +38,7 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 
 /// The command name (field 2) is in parentheses and may itself contain spaces and
 /// parentheses, so fields are counted from the last `)`.
-fn parse_stat(text: &str) -> Option<u64> {
+pub(crate) fn parse_stat(text: &str) -> Option<u64> {
     let rest = &text[text.rfind(')')? + 1..];
     let mut fields = rest.split_ascii_whitespace();
     let state = fields.next()?;

@@ -42,7 +42,7 @@ pub(crate) struct SlotMeta {
 }
 
 impl SlotMeta {
-    fn to_text(&self, key: &Key) -> String {
+    pub(crate) fn to_text(&self, key: &Key) -> String {
         let mut t = format!(
             "kiln-slot 1\nkey {key}\nroot_uuid {}\n",
             self.root_uuid.as_deref().unwrap_or("-")

@@ -21,6 +21,8 @@ mod progress;
 mod run;
 mod supermin;
 mod supermin_args;
+#[cfg(test)]
+mod supermin_args_props;
 
 /// Build, cache and boot VM appliances made from the host's own files.
 #[derive(Debug, Parser)]

@@ -480,3 +480,7 @@ pub fn supermin_builder(program: PathBuf) -> Arc<BuildFn> {
         },
     )
 }
+
+#[cfg(test)]
+#[path = "locate/props.rs"]
+mod props;

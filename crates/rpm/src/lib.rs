@@ -592,4 +592,6 @@ pub const FEDORA: Driver = driver!("fedora/rpm");
 pub const DRIVERS: [Driver; 5] = [OPENMANDRIVA, MAGEIA, OPENSUSE, IBM_POWERKVM, FEDORA];
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
