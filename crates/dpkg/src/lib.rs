@@ -362,6 +362,20 @@ impl DpkgDb {
     pub fn files(&self, i: usize) -> Result<Vec<PathBuf>, DpkgError> {
         let p = &self.pkgs[i];
         let info = self.admindir.join("info");
+        // The name comes from `status`: it must not lead the read out of `info/`
+        // (dpkg's own names are `[a-z0-9][a-z0-9+.-]*`, so no `/` and never `..`).
+        if !is_safe_name(&p.name) || !(p.arch.is_empty() || is_safe_name(&p.arch)) {
+            return Err(DpkgError {
+                path: self.admindir.join("status"),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "package {:?} (architecture {:?}) is not a valid dpkg package name",
+                        p.name, p.arch
+                    ),
+                ),
+            });
+        }
         let qualified = info.join(format!("{}:{}.list", p.name, p.arch));
         let data = match fs::read(&qualified) {
             Ok(d) => d,
@@ -547,3 +561,9 @@ fn present(root: &Path) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// A package or architecture name that names one file in `info/`: not empty, not `.`
+/// or `..`, no `/` and no NUL.
+fn is_safe_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}

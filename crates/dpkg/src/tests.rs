@@ -305,3 +305,30 @@ fn driver_detects_debian_roots_with_a_database() {
     assert!(e.to_string().contains("var/lib/dpkg/status"), "{e}");
     assert!(std::error::Error::source(&e).is_some());
 }
+
+#[test]
+fn a_package_name_from_status_never_leads_out_of_info() {
+    // A hostile status names a package `../../secret`: its "file list" would be
+    // `info/../../secret.list`, outside the database. It is refused, naming status.
+    let t = fake_root(
+        "Package: ../../secret\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n",
+        &[],
+        "",
+    );
+    fs::write(t.path().join("var/lib/secret.list"), "/etc/shadow\n").unwrap();
+    fs::write(t.path().join("var/lib/secret:amd64.list"), "/etc/shadow\n").unwrap();
+    let db = DpkgDb::load(t.path()).unwrap();
+    let i = db
+        .packages()
+        .iter()
+        .position(|p| p.name == "../../secret")
+        .unwrap();
+    let e = db.files(i).unwrap_err();
+    assert!(e.to_string().contains("var/lib/dpkg/status"), "{e}");
+    assert!(
+        std::error::Error::source(&e)
+            .unwrap()
+            .to_string()
+            .contains("not a valid dpkg package name")
+    );
+}
