@@ -57,7 +57,13 @@ fn run(a: &Args) -> anyhow::Result<()> {
         bail!("error: environment variable $TMPDIR must be an absolute path");
     }
     say(a, format!("version: {}", version_line()));
-    say(a, "package handler: debian/dpkg");
+    say(
+        a,
+        format!(
+            "package handler: {}",
+            kiln::databases::choose(&sysroot()).map_or("none", |d| d.name)
+        ),
+    );
     // Held until the process exits, as supermin's lockf.
     let _lock = match &a.lock {
         Some(l) => {
@@ -73,11 +79,21 @@ fn run(a: &Args) -> anyhow::Result<()> {
     }
 }
 
+/// The installed system the front end reads: `KILN_SYSROOT` (kiln's addition to
+/// supermin's interface), else `/`.
+fn sysroot() -> kiln::Sysroot {
+    kiln::Sysroot::new(std::env::var_os("KILN_SYSROOT").unwrap_or_else(|| "/".into()))
+}
+
 fn prepare(a: &Args, out: &Path) -> anyhow::Result<()> {
     if a.anon.is_empty() {
         bail!("prepare: no input packages specified");
     }
-    let r = kiln_prepare::prepare(&a.anon, out, &kiln_prepare::PrepareOptions::default())?;
+    let o = kiln_prepare::PrepareOptions {
+        root: sysroot().root,
+        ..Default::default()
+    };
+    let r = kiln_prepare::prepare(&a.anon, out, &o)?;
     say(
         a,
         format!(
@@ -113,6 +129,7 @@ fn build(a: &Args, out: &Path) -> anyhow::Result<()> {
         size,
         ..KeyOptions::default()
     };
+    opts.key.set_sysroot(sysroot());
     let r = kiln::supermin::build(&opts)?;
     let key = r.key.as_ref().map(|k| k.as_str()).unwrap_or("");
     let uuid = r.root_uuid.as_deref().unwrap_or("unknown");
