@@ -13,8 +13,22 @@
 //!
 //! Invariants: at most one qemu per [`boot`] call; qemu is killed at the timeout and
 //! always reaped; nothing is written to the appliance directory.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use kiln_boot::{BootOptions, boot};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // An appliance made by `kiln build -f ext2 -o /tmp/appliance ...`.
+//! let out = boot(std::path::Path::new("/tmp/appliance"), &BootOptions::default())?;
+//! assert!(out.init_ran, "{}", out.console);
+//! println!("booted with {} in {:?}", out.accel, out.elapsed);
+//! # Ok(()) }
+//! ```
 
 pub mod run;
+pub mod vmlinux;
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -29,16 +43,24 @@ const EXEC_FAILED: &str = "kiln-init: error: exec /init";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("appliance file {path}: {source}")]
-    Missing { path: PathBuf, source: io::Error },
+    #[error("appliance file {path}")]
+    Missing {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error(
         "{path} is not an ext2/3/4 filesystem (no magic 0xEF53 at 0x438), so it has no root UUID; rebuild the appliance with `kiln build -f ext2`"
     )]
     NotExt { path: PathBuf },
-    #[error("cannot run {qemu}: {source}; install qemu-system-x86 (scripts/setup-host)")]
-    Spawn { qemu: PathBuf, source: io::Error },
-    #[error("waiting for qemu: {0}")]
-    Wait(io::Error),
+    #[error("cannot run {qemu} (install qemu-system-x86, as scripts/setup-host does)")]
+    Spawn {
+        qemu: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("waiting for qemu")]
+    Wait(#[source] io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -229,10 +251,26 @@ pub fn boot(dir: &Path, opts: &BootOptions) -> Result<BootOutcome> {
     Ok(out)
 }
 
-fn drive_arg(path: &Path, id: &str) -> String {
-    // qemu's -drive syntax doubles commas in file names.
-    let f = path.to_string_lossy().replace(',', ",,");
-    format!("file={f},format=raw,if=none,id={id},snapshot=on,cache=unsafe")
+/// Fault injection for the tests: `KILN_BOOT_FAULT=try-wait` makes polling qemu fail
+/// once it has run for 300 ms.
+fn try_wait_fault(start: Instant) -> bool {
+    start.elapsed() >= Duration::from_millis(300)
+        && std::env::var_os("KILN_BOOT_FAULT").is_some_and(|v| v == "try-wait")
+}
+
+fn drive_arg(path: &Path, id: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    // qemu's -drive syntax doubles commas in file names; the name stays bytes (a path
+    // that is not UTF-8 must reach qemu as it is).
+    let mut v = b"file=".to_vec();
+    for &b in path.as_os_str().as_bytes() {
+        v.push(b);
+        if b == b',' {
+            v.push(b',');
+        }
+    }
+    v.extend_from_slice(format!(",format=raw,if=none,id={id},snapshot=on,cache=unsafe").as_bytes());
+    std::ffi::OsString::from_vec(v)
 }
 
 fn run_qemu(
@@ -266,7 +304,8 @@ fn run_qemu(
     }
     for (i, d) in disks.iter().enumerate() {
         let id = format!("disk{i}");
-        cmd.args(["-drive", &drive_arg(d, &id)])
+        cmd.arg("-drive")
+            .arg(drive_arg(d, &id))
             .args(["-device", &format!("virtio-blk-pci,drive={id}")]);
     }
     cmd.stdin(Stdio::null())
@@ -313,14 +352,24 @@ fn run_qemu(
     });
     let mut timed_out = false;
     let status = loop {
-        match child.try_wait().map_err(Error::Wait)? {
-            Some(st) => break st,
-            None if start.elapsed() >= opts.timeout => {
+        let polled = match child.try_wait() {
+            Ok(_) if try_wait_fault(start) => Err(io::Error::other("injected try_wait failure")),
+            r => r,
+        };
+        match polled {
+            Ok(Some(st)) => break st,
+            Ok(None) if start.elapsed() >= opts.timeout => {
                 timed_out = true;
                 let _ = child.kill();
                 break child.wait().map_err(Error::Wait)?;
             }
-            None => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                // Never leave qemu running (or a zombie) behind an error.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Wait(e));
+            }
         }
     };
     let _ = reader.join();
@@ -375,5 +424,15 @@ mod tests {
             root_uuid(&dir.path().join("none")),
             Err(Error::Missing { .. })
         ));
+    }
+
+    #[test]
+    fn drive_arg_keeps_path_bytes_and_doubles_commas() {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let p = PathBuf::from(std::ffi::OsString::from_vec(b"/t/\xff,x/root".to_vec()));
+        assert_eq!(
+            drive_arg(&p, "disk0").as_bytes(),
+            &b"file=/t/\xff,,x/root,format=raw,if=none,id=disk0,snapshot=on,cache=unsafe"[..]
+        );
     }
 }

@@ -28,7 +28,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,10 @@ pub struct RunOptions {
     pub append: Vec<String>,
     /// Copy the console to stderr as it arrives (debugging).
     pub echo_console: bool,
+    /// A signal number stored here (by the caller's signal thread) is forwarded to the
+    /// command's process group in the guest; a second one a second later, or one
+    /// before the command started, stops the VM ([`RunError::Interrupted`]).
+    pub interrupt: Option<Arc<AtomicI32>>,
 }
 
 /// How the command ended.
@@ -141,6 +145,8 @@ pub enum RunError {
         qemu_said: String,
         tail: String,
     },
+    #[error("interrupted by signal {signal}; the VM was stopped")]
+    Interrupted { signal: i32 },
     #[error("the output of the command was cut short: {got} of {sent} bytes on {stream}")]
     Truncated {
         stream: &'static str,
@@ -462,6 +468,7 @@ fn attempt(
     let mut guest_error = None;
     let mut stdin = Some(stdin);
     let mut stdin_keep: Option<UnixStream> = None;
+    let mut forwarded: Option<Instant> = None;
     let deadline = opts.timeout.map(|t| start + t);
     let exit = loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
@@ -486,6 +493,20 @@ fn attempt(
             Ok(Event::Exit { status, out, err }) => break Some((status, out, err)),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+        }
+        if let Some(flag) = &opts.interrupt {
+            let sig = flag.swap(0, Ordering::SeqCst);
+            if sig != 0 {
+                if to_ready.is_none()
+                    || forwarded.is_some_and(|t| t.elapsed() > Duration::from_secs(1))
+                {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(RunError::Interrupted { signal: sig });
+                }
+                forwarded.get_or_insert_with(Instant::now);
+                let _ = ctl_w.write_all(&frame(b'K', &(sig as u32).to_le_bytes()));
+            }
         }
         if let Some(d) = deadline
             && Instant::now() >= d

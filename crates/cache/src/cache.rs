@@ -58,6 +58,12 @@ pub struct GetOptions {
     /// Run a garbage collection with this policy after pinning (cheap: one directory
     /// listing). `None` skips it.
     pub gc: Option<GcPolicy>,
+    /// What the appliance is built from, as opposed to its content: for kiln, the
+    /// supermin.d, the options and the package database's root, while the key also
+    /// covers the packages' state. A newer build of the same source supersedes the
+    /// older slots, which go as soon as no pin holds them; gc's `keep` counts sources.
+    /// `None`: the slot is a source of its own.
+    pub source: Option<Key>,
 }
 
 impl Default for GetOptions {
@@ -66,6 +72,7 @@ impl Default for GetOptions {
             pin_to: None,
             force_rebuild: false,
             gc: Some(GcPolicy::default()),
+            source: None,
         }
     }
 }
@@ -150,7 +157,7 @@ impl Cache {
     pub fn lookup(&self, key: &Key, pin_to: Option<u32>) -> Result<Option<Pinned>> {
         let (owner, mine) = self.owner(pin_to)?;
         match self.probe(key, owner, mine)? {
-            Probe::Hit(p) => Ok(Some(p)),
+            Probe::Hit(p) => Ok(Some(*p)),
             Probe::Missing | Probe::Broken => Ok(None),
         }
     }
@@ -170,7 +177,12 @@ impl Cache {
         E: Into<BuildError>,
     {
         let (owner, mine) = self.owner(opts.pin_to)?;
-        let pinned = self.get_or_build_inner(key, opts.force_rebuild, owner, mine, build)?;
+        let pinned = self.get_or_build_inner(key, opts, owner, mine, build)?;
+        if pinned.built()
+            && let Some(source) = &opts.source
+        {
+            self.remove_superseded(source, key);
+        }
         if let Some(policy) = &opts.gc
             && let Err(e) = self.gc(policy)
         {
@@ -182,7 +194,7 @@ impl Cache {
     fn get_or_build_inner<F, E>(
         &self,
         key: &Key,
-        force: bool,
+        opts: &GetOptions,
         owner: ProcessId,
         mine: bool,
         build: F,
@@ -191,8 +203,9 @@ impl Cache {
         F: FnOnce(&Path) -> Result<BuildMeta, E>,
         E: Into<BuildError>,
     {
+        let force = opts.force_rebuild;
         if !force && let Probe::Hit(p) = self.probe(key, owner, mine)? {
-            return Ok(p);
+            return Ok(*p);
         }
         let lock = BuildLock::acquire(self, key)?;
         let waited_for = lock.waited_for();
@@ -200,10 +213,10 @@ impl Cache {
             // Whoever we waited for has probably built it.
             if let Probe::Hit(mut p) = self.probe(key, owner, mine)? {
                 p.waited_for = waited_for;
-                return Ok(p);
+                return Ok(*p);
             }
         }
-        let mut p = self.build_locked(key, owner, mine, build)?;
+        let mut p = self.build_locked(key, opts.source.as_ref(), owner, mine, build)?;
         p.waited_for = waited_for;
         drop(lock);
         Ok(p)

@@ -114,19 +114,31 @@ pub(crate) fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<String>> {
 /// following a symlink (links are unlinked, not entered). Entries that vanish meanwhile
 /// (a racing remover) are fine.
 pub(crate) fn remove_tree(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    remove_tree_depth(dir, name, 0).map(|_| ())
+}
+
+/// [`remove_tree`], returning the bytes it freed: the allocated size of every file
+/// whose last link it removed, and of the directories.
+pub(crate) fn remove_tree_freeing(dir: BorrowedFd<'_>, name: &str) -> io::Result<u64> {
     remove_tree_depth(dir, name, 0)
 }
 
-fn remove_tree_depth(dir: BorrowedFd<'_>, name: &str, depth: u32) -> io::Result<()> {
+fn allocated(st: &Stat) -> u64 {
+    (st.st_blocks as u64).saturating_mul(512)
+}
+
+fn remove_tree_depth(dir: BorrowedFd<'_>, name: &str, depth: u32) -> io::Result<u64> {
     let st = match lstat_at(dir, name) {
         Ok(st) => st,
-        Err(e) if not_found(&e) => return Ok(()),
+        Err(e) if not_found(&e) => return Ok(0),
         Err(e) => return Err(e),
     };
     if file_type(&st) != FileType::Directory {
+        // Another link (a pin, its slot) keeps the data: nothing is freed then.
+        let freed = if st.st_nlink <= 1 { allocated(&st) } else { 0 };
         return match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-            Err(e) if e == rustix::io::Errno::NOENT => Ok(()),
-            r => Ok(r?),
+            Err(e) if e == rustix::io::Errno::NOENT => Ok(0),
+            r => r.map(|()| freed).map_err(Into::into),
         };
     }
     if depth > 256 {
@@ -134,17 +146,20 @@ fn remove_tree_depth(dir: BorrowedFd<'_>, name: &str, depth: u32) -> io::Result<
     }
     let sub = match open_dir(dir, name) {
         Ok(fd) => fd,
-        Err(e) if not_found(&e) => return Ok(()),
+        Err(e) if not_found(&e) => return Ok(0),
         Err(e) => return Err(e),
     };
     // The directory may have been made unwritable by a builder; it is ours, so fix that.
     let _ = rustix::fs::fchmod(&sub, Mode::from_raw_mode(0o700));
+    let mut freed = 0u64;
     for child in list(sub.as_fd())? {
-        remove_tree_depth(sub.as_fd(), &child, depth + 1)?;
+        freed = freed.saturating_add(remove_tree_depth(sub.as_fd(), &child, depth + 1)?);
     }
     match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
-        Err(e) if e == rustix::io::Errno::NOENT => Ok(()),
-        r => Ok(r?),
+        Err(e) if e == rustix::io::Errno::NOENT => Ok(freed),
+        r => r
+            .map(|()| freed.saturating_add(allocated(&st)))
+            .map_err(Into::into),
     }
 }
 

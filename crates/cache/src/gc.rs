@@ -9,13 +9,14 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rustix::fs::{FileType, RenameFlags, Stat};
 
 use crate::cache::{LOCK, PIN, SLOT, TMP, TRASH, next_seq};
 use crate::fsx::{self, file_type, lstat_at, open_dir, still_named};
 use crate::proc::ProcessId;
+use crate::source::mtime_of;
 use crate::{Cache, CacheError, Key};
 
 /// How many unpinned slots gc keeps by default (the most recently used ones).
@@ -59,9 +60,10 @@ pub struct GcReport {
     pub debris: usize,
     /// Slots removed by the bounds.
     pub removed: Vec<Key>,
-    /// Bytes freed by removing slots.
+    /// Bytes freed by everything removed (dead pins, leftovers, slots): the allocated
+    /// size of each file whose last link went, whatever the policy.
     pub freed: u64,
-    /// Slots left, and their allocated bytes.
+    /// Slots left, and their allocated bytes (always measured).
     pub slots: usize,
     pub bytes: u64,
 }
@@ -140,8 +142,11 @@ impl Cache {
                 pinned.insert(key);
             } else {
                 // Never entered if it is a link; a FIFO or file is just unlinked.
-                match fsx::remove_tree(self.fd(), n) {
-                    Ok(()) => report.dead_pins += 1,
+                match fsx::remove_tree_freeing(self.fd(), n) {
+                    Ok(freed) => {
+                        report.dead_pins += 1;
+                        report.freed += freed;
+                    }
                     Err(e) => tracing::debug!("gc: {}: {e}", self.path.join(n).display()),
                 }
             }
@@ -150,51 +155,58 @@ impl Cache {
         for n in &names {
             let Some(k) = private_key(n) else { continue };
             match self.remove_if_unlocked(n) {
-                Ok(true) => report.debris += 1,
-                Ok(false) => {
+                Ok(Some(freed)) => {
+                    report.debris += 1;
+                    report.freed += freed;
+                }
+                Ok(None) => {
                     busy_keys.insert(k.to_owned());
                 }
                 Err(e) => tracing::debug!("gc: {}: {e}", self.path.join(n).display()),
             }
         }
 
-        let mut slots = Vec::new();
-        for (n, key, st) in self.slot_dirs(&names) {
-            if st.st_uid != self.euid {
-                continue; // not ours to judge; locate refuses it with a security error
+        let mut slots = self.slots_by_source(&names);
+        // A newer build of the same source supersedes the older ones.
+        for s in slots.iter_mut().filter(|s| s.superseded) {
+            if !pinned.contains(&s.key) {
+                self.remove_counted(s, &mut report);
             }
-            let size = match (policy.max_size, open_dir(self.fd(), n)) {
-                (Some(_), Ok(fd)) => fsx::allocated_size(fd.as_fd()).unwrap_or(0),
-                _ => 0,
-            };
-            slots.push((key, size, mtime_of(&st)));
         }
-        // Newest first; remove from the end.
-        slots.sort_by_key(|s| std::cmp::Reverse(s.2));
-        let mut count = slots.len();
-        let mut bytes: u64 = slots.iter().map(|s| s.1).sum();
+        slots.retain(|s| !s.gone);
+        // The bounds: least recently used sources first; pinned slots stay but count.
+        let mut sources: Vec<(&str, SystemTime)> = Vec::new();
+        for s in &slots {
+            match sources.iter_mut().find(|(src, _)| *src == s.source) {
+                Some(e) => e.1 = e.1.max(s.used),
+                None => sources.push((&s.source, s.used)),
+            }
+        }
+        sources.sort_by_key(|s| std::cmp::Reverse(s.1));
+        let sources: Vec<String> = sources.into_iter().map(|s| s.0.to_owned()).collect();
+        let mut count = sources.len();
+        let mut bytes: u64 = slots.iter().map(|s| s.size).sum();
         let over = |count: usize, bytes: u64| {
             policy.keep.is_some_and(|k| count > k) || policy.max_size.is_some_and(|m| bytes > m)
         };
-        for (key, size, _) in slots.iter().rev() {
+        for src in sources.iter().rev() {
             if !over(count, bytes) {
                 break;
             }
-            if pinned.contains(key) {
-                continue;
-            }
-            match self.remove_slot(key) {
-                Ok(true) => {
-                    count -= 1;
-                    bytes = bytes.saturating_sub(*size);
-                    report.freed += size;
-                    report.removed.push(key.clone());
+            let mut all_gone = true;
+            for s in slots.iter_mut().filter(|s| &s.source == src) {
+                if pinned.contains(&s.key) || !self.remove_counted(s, &mut report) {
+                    all_gone = false;
+                } else {
+                    bytes = bytes.saturating_sub(s.size);
                 }
-                Ok(false) => {}
-                Err(e) => tracing::debug!("gc: slot {key}: {e}"),
+            }
+            if all_gone {
+                count -= 1;
             }
         }
-        report.slots = count;
+        slots.retain(|s| !s.gone);
+        report.slots = slots.len();
         report.bytes = bytes;
 
         // Lock files of keys with no slot and nobody building.
@@ -215,47 +227,46 @@ impl Cache {
     }
 
     /// Remove a `tmp-`/`trash-` directory if nobody holds its lock (its builder or
-    /// remover is dead). Returns whether it was removed.
-    fn remove_if_unlocked(&self, name: &str) -> io::Result<bool> {
+    /// remover is dead). Returns the bytes freed if it was removed.
+    fn remove_if_unlocked(&self, name: &str) -> io::Result<Option<u64>> {
         let st = match lstat_at(self.fd(), name) {
             Ok(st) => st,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
         if file_type(&st) != FileType::Directory {
-            fsx::remove_tree(self.fd(), name)?;
-            return Ok(true);
+            return fsx::remove_tree_freeing(self.fd(), name).map(Some);
         }
         let f = File::from(open_dir(self.fd(), name)?);
         match f.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
         if !still_named(self.fd(), name, f.as_fd())? {
-            return Ok(false);
+            return Ok(None);
         }
-        fsx::remove_tree(self.fd(), name)?;
-        Ok(true)
+        fsx::remove_tree_freeing(self.fd(), name).map(Some)
     }
 
     /// Remove slot `key` unless someone is pinning from it or a live pin names it.
-    fn remove_slot(&self, key: &Key) -> io::Result<bool> {
+    /// Returns the bytes freed if it was removed.
+    pub(crate) fn remove_slot(&self, key: &Key) -> io::Result<Option<u64>> {
         let name = format!("{SLOT}{key}");
         let f = File::from(open_dir(self.fd(), &name)?);
         match f.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
         if !still_named(self.fd(), &name, f.as_fd())? {
-            return Ok(false);
+            return Ok(None);
         }
         // Under the exclusive lock no reader can be half-way through pinning, so the
         // pins listed now are all there will be for this directory.
         let names = fsx::list(self.fd())?;
         if self.live_pins(&names).contains_key(key) {
-            return Ok(false);
+            return Ok(None);
         }
         let trash = format!("{TRASH}{key}-{}-{}", std::process::id(), next_seq());
         rustix::fs::renameat_with(self.fd(), &name, self.fd(), &trash, RenameFlags::NOREPLACE)
@@ -267,8 +278,7 @@ impl Cache {
                 }
             })?;
         crate::cache::fault("gc-after-rename");
-        fsx::remove_tree(self.fd(), &trash)?;
-        Ok(true)
+        fsx::remove_tree_freeing(self.fd(), &trash).map(Some)
     }
 
     fn remove_lock_if_free(&self, name: &str) -> io::Result<()> {
@@ -288,7 +298,7 @@ impl Cache {
 
     /// The `slot-KEY` entries among `names` that are directories (lstat), with their
     /// key and status.
-    fn slot_dirs<'n>(&self, names: &'n [String]) -> Vec<(&'n String, Key, Stat)> {
+    pub(crate) fn slot_dirs<'n>(&self, names: &'n [String]) -> Vec<(&'n String, Key, Stat)> {
         names
             .iter()
             .filter_map(|n| {
@@ -322,11 +332,6 @@ impl Cache {
         out.sort_by_key(|s| std::cmp::Reverse(s.last_use));
         Ok(out)
     }
-}
-
-/// When a slot was last used (its directory's mtime, touched on every pin).
-fn mtime_of(st: &Stat) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec as u32)
 }
 
 #[cfg(test)]

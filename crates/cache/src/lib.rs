@@ -81,6 +81,7 @@ mod pin;
 mod proc;
 mod security;
 mod slot;
+mod source;
 
 pub use cache::{BuildMeta, Cache, GetOptions, default_root};
 pub use error::{BuildError, CacheError};

@@ -6,9 +6,8 @@
 //! to be the file that was verified, so a pin's three files come from one build.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Stat};
 use rustix::io::Errno;
@@ -36,9 +35,11 @@ pub struct Pinned {
     built: bool,
     pub(crate) waited_for: Option<u32>,
     owner: ProcessId,
-    dir: Arc<OwnedFd>,
+    cache: Cache,
     pin_name: String,
     remove_on_drop: bool,
+    /// Removes the pin if a signal ends its (this) process first.
+    cleanup: Option<kiln_cleanup::Guard>,
 }
 
 impl Pinned {
@@ -78,6 +79,7 @@ impl Pinned {
     /// process has exited.
     pub fn keep(mut self) {
         self.remove_on_drop = false;
+        self.cleanup = None;
     }
 }
 
@@ -85,7 +87,9 @@ impl Drop for Pinned {
     fn drop(&mut self) {
         // Only the owner removes it: a forked child dropping its copy must not.
         if self.remove_on_drop && std::process::id() == self.owner.pid {
-            let _ = fsx::remove_tree(self.dir.as_fd(), &self.pin_name);
+            let _ = fsx::remove_tree(self.cache.fd(), &self.pin_name);
+            // A newer build of the same source may be waiting for this pin to go.
+            self.cache.remove_if_superseded(&self.key);
         }
     }
 }
@@ -118,11 +122,21 @@ impl Cache {
             built,
         } = src;
         let mut tries = 0;
-        let (pin_name, pin_fd) = loop {
+        let (pin_name, pin_fd, cleanup) = loop {
             let name = format!("{PIN}{}-{}-{}-{key}", owner.pid, owner.start, next_seq());
             tries += 1;
-            match fsx::make_dir(self.fd(), &name, 0o755) {
-                Ok(fd) => break (name, fd),
+            let made = kiln_cleanup::create(|| {
+                let fd = fsx::make_dir(self.fd(), &name, 0o755)?;
+                // Only this process's own pins go when it is interrupted.
+                let (dir, n) = (self.dir.clone(), name.clone());
+                let cleanup = move || match mine {
+                    true => fsx::remove_tree(dir.as_fd(), &n),
+                    false => Ok(()),
+                };
+                Ok::<_, io::Error>((fd, cleanup))
+            });
+            match made {
+                Ok((fd, guard)) => break (name, fd, guard),
                 // NotFound: gc removed it at once, so the owner has just exited.
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 10_000 => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 100 => continue,
@@ -170,9 +184,10 @@ impl Cache {
             built,
             waited_for: None,
             owner,
-            dir: self.dir.clone(),
+            cache: self.clone(),
             pin_name,
             remove_on_drop: mine,
+            cleanup: mine.then_some(cleanup),
         })
     }
 }

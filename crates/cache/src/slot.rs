@@ -24,27 +24,44 @@ use crate::security::{describe, is_loop_or_notdir};
 use crate::{BuildError, BuildMeta, Cache, CacheError, Key};
 
 pub(crate) enum Probe {
-    Hit(Pinned),
+    Hit(Box<Pinned>),
     Missing,
     Broken,
 }
 
-/// kiln's record in a slot.
+/// kiln's record in a slot: `kiln-slot 1`, `key K`, `root_uuid U|-`, then optionally
+/// `source S` and `built NANOS` (records without them, from older kiln versions, are
+/// their own source).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SlotMeta {
     pub(crate) root_uuid: Option<String>,
+    /// What the slot was built from ([`crate::GetOptions::source`]).
+    pub(crate) source: Option<Key>,
+    /// When it was built, nanoseconds since the epoch (0: unknown).
+    pub(crate) built: u64,
 }
 
 impl SlotMeta {
     fn to_text(&self, key: &Key) -> String {
-        format!(
+        let mut t = format!(
             "kiln-slot 1\nkey {key}\nroot_uuid {}\n",
             self.root_uuid.as_deref().unwrap_or("-")
-        )
+        );
+        if let Some(s) = &self.source {
+            t.push_str(&format!("source {s}\nbuilt {}\n", self.built));
+        }
+        t
     }
 }
 
-fn read_meta(slot: BorrowedFd<'_>, key: &Key) -> io::Result<SlotMeta> {
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+pub(crate) fn read_meta(slot: BorrowedFd<'_>, key: &Key) -> io::Result<SlotMeta> {
     let mut f = fsx::open_file_ro(slot, META)?;
     let mut text = String::new();
     (&mut f).take(4096).read_to_string(&mut text)?;
@@ -65,7 +82,18 @@ fn read_meta(slot: BorrowedFd<'_>, key: &Key) -> io::Result<SlotMeta> {
         u if valid_uuid(u) => Some(u.to_owned()),
         _ => return Err(bad()),
     };
-    Ok(SlotMeta { root_uuid })
+    let mut meta = SlotMeta {
+        root_uuid,
+        ..SlotMeta::default()
+    };
+    for line in lines {
+        if let Some(s) = line.strip_prefix("source ") {
+            meta.source = Some(Key::new(s).map_err(|_| bad())?);
+        } else if let Some(n) = line.strip_prefix("built ") {
+            meta.built = n.parse().map_err(|_| bad())?;
+        }
+    }
+    Ok(meta)
 }
 
 fn valid_uuid(u: &str) -> bool {
@@ -143,7 +171,7 @@ impl Cache {
                     last_modification: now,
                 },
             );
-            return Ok(Probe::Hit(pinned));
+            return Ok(Probe::Hit(Box::new(pinned)));
         }
         Err(CacheError::io(
             &path,
@@ -154,11 +182,18 @@ impl Cache {
 
     /// Make a private build directory `tmp-<key>-<pid>-<n>` (0700) and lock it: while
     /// the lock is held, gc knows its builder is alive.
-    fn make_private(&self, key: &Key) -> Result<(String, File)> {
+    /// Its removal is registered with `kiln-cleanup`, so a SIGINT, SIGTERM or SIGHUP
+    /// during the build removes it before the process exits.
+    fn make_private(&self, key: &Key) -> Result<(String, File, kiln_cleanup::Guard)> {
         loop {
             let name = format!("{TMP}{key}-{}-{}", std::process::id(), next_seq());
-            let fd = match fsx::make_dir(self.fd(), &name, 0o700) {
-                Ok(fd) => fd,
+            let made = kiln_cleanup::create(|| {
+                let fd = fsx::make_dir(self.fd(), &name, 0o700)?;
+                let (dir, n) = (self.dir.clone(), name.clone());
+                Ok::<_, io::Error>((fd, move || fsx::remove_tree(dir.as_fd(), &n)))
+            });
+            let (fd, cleanup) = match made {
+                Ok(made) => made,
                 // NotFound: a racing gc took it for debris before we locked it.
                 Err(e)
                     if matches!(
@@ -177,7 +212,7 @@ impl Cache {
             if still_named(self.fd(), &name, f.as_fd())
                 .map_err(|e| CacheError::io(self.path.join(&name), "lstat", e))?
             {
-                return Ok((name, f));
+                return Ok((name, f, cleanup));
             }
         }
     }
@@ -185,6 +220,7 @@ impl Cache {
     pub(crate) fn build_locked<F, E>(
         &self,
         key: &Key,
+        source: Option<&Key>,
         owner: ProcessId,
         mine: bool,
         build: F,
@@ -193,7 +229,7 @@ impl Cache {
         F: FnOnce(&Path) -> Result<BuildMeta, E>,
         E: Into<BuildError>,
     {
-        let (tmp_name, tmp) = self.make_private(key)?;
+        let (tmp_name, tmp, cleanup) = self.make_private(key)?;
         let tmp_path = self.path.join(&tmp_name);
         tracing::info!("building appliance {key} in {}", tmp_path.display());
         let result = build(&tmp_path);
@@ -208,7 +244,7 @@ impl Cache {
                 });
             }
         };
-        let pinned = match self.seal(key, owner, mine, tmp.as_fd(), &tmp_path, meta) {
+        let pinned = match self.seal(key, source, owner, mine, tmp.as_fd(), &tmp_path, meta) {
             Ok(p) => p,
             Err(e) => {
                 let _ = fsx::remove_tree(self.fd(), &tmp_name);
@@ -225,6 +261,9 @@ impl Cache {
             }
         };
         fault("after-publish");
+        // Published: `tmp_name` is gone or names an old slot that readers may still be
+        // pinning from, which only gc (under its lock) may remove after a signal.
+        drop(cleanup);
         // Let readers at the new slot before clearing away the old one.
         drop(tmp);
         if replaced {
@@ -235,9 +274,11 @@ impl Cache {
     }
 
     /// Check what the builder wrote, fix modes, write the slot record and pin it.
+    #[allow(clippy::too_many_arguments)]
     fn seal(
         &self,
         key: &Key,
+        source: Option<&Key>,
         owner: ProcessId,
         mine: bool,
         tmp: BorrowedFd<'_>,
@@ -285,7 +326,11 @@ impl Cache {
                 "root UUID {u:?} is not of the form 8-4-4-4-12 hex"
             )));
         }
-        let record = SlotMeta { root_uuid };
+        let record = SlotMeta {
+            root_uuid,
+            source: source.cloned(),
+            built: now_nanos(),
+        };
         let text = record.to_text(key);
         let mut f = fsx::create_file(tmp, META, 0o644)
             .map_err(|e| CacheError::io(tmp_path.join(META), "create", e))?;

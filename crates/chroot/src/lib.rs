@@ -230,6 +230,18 @@ fn write_entry(
             stats.bytes += copy_host(path, *len, &p)?;
             finish_node(&p, m, root, stats).map_err(werr(&p))?;
         }
+        Kind::File(Content::Spilled(r)) => {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&p)
+                .map_err(werr(&p))?;
+            r.copy_to(&f).map_err(werr(&p))?;
+            stats.bytes += r.len();
+            finish_node(&p, m, root, stats).map_err(werr(&p))?;
+        }
         Kind::File(Content::Bytes(b)) => {
             let mut f = fs::OpenOptions::new()
                 .write(true)

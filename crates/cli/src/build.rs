@@ -109,6 +109,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (Some(o), _) | (None, Some(o)) => o.clone(),
         (None, None) => anyhow::bail!("no output: give -o DIR"),
     };
+    if args.json {
+        // Before any work: the summary names the output.
+        crate::locate::json_path(&output)?;
+    }
     let mut opts = kiln::BuildOptions::new(args.inputs, format, output);
     opts.include_packagelist = args.include_packagelist;
     opts.resolve_only = args.resolve_only;
@@ -127,26 +131,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         println!(
             "{}",
-            summary(&opts, &report, started.elapsed().as_secs_f64())
+            summary(&opts, &report, started.elapsed().as_secs_f64())?
         );
     }
     Ok(())
 }
 
 /// The `--json` summary; field names are documented in the README and stable.
-fn summary(opts: &kiln::BuildOptions, r: &kiln::BuildReport, seconds: f64) -> serde_json::Value {
+fn summary(
+    opts: &kiln::BuildOptions,
+    r: &kiln::BuildReport,
+    seconds: f64,
+) -> anyhow::Result<serde_json::Value> {
     let ap = r.appliance.as_ref();
-    serde_json::json!({
+    let kernel = ap
+        .map(|a| crate::locate::json_path(&a.kernel))
+        .transpose()?;
+    Ok(serde_json::json!({
         "format": match opts.format {
             kiln::Format::Chroot => "chroot",
             kiln::Format::Ext2 => "ext2",
         },
-        "output": opts.output,
+        "output": crate::locate::json_path(&opts.output)?,
         "written": !opts.resolve_only,
         "packages": r.packages.len(),
         "entries": r.entries,
         "content_bytes": r.content_bytes,
-        "kernel": ap.map(|a| &a.kernel),
+        "kernel": kernel,
         "kernel_version": ap.map(|a| &a.kernel_version),
         "root_uuid": ap.map(|a| &a.root_uuid),
         "root_blocks_used": ap.map(|a| a.image.blocks_used),
@@ -155,5 +166,5 @@ fn summary(opts: &kiln::BuildOptions, r: &kiln::BuildReport, seconds: f64) -> se
         "initrd_modules": ap.map(|a| a.initrd_modules.len()),
         "initrd_bytes": ap.map(|a| a.initrd_bytes),
         "seconds": seconds,
-    })
+    }))
 }

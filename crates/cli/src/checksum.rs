@@ -32,6 +32,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.json {
+        crate::locate::json_path(&args.supermin_d)?;
+    }
     let mut opts = kiln::key::KeyOptions {
         host_cpu: args.host_cpu,
         size: args.size,
@@ -42,7 +45,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let key = kiln::key::appliance_key(&args.supermin_d, &opts)?;
     if args.json {
-        let v = serde_json::json!({ "key": key.as_str(), "supermin_d": args.supermin_d });
+        let v = serde_json::json!({ "key": key.as_str(), "supermin_d": crate::locate::json_path(&args.supermin_d)? });
         println!("{v}");
     } else {
         println!("{key}");

@@ -1,6 +1,7 @@
 //! The `kiln` command line: a thin layer over the `kiln` library, one module per
 //! subcommand. Errors are printed with their full context and exit with status 1.
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
@@ -54,7 +55,7 @@ enum Command {
     Supermin {
         /// supermin 5 arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        args: Vec<OsString>,
     },
 }
 
@@ -89,7 +90,8 @@ fn init_logging_with(verbose: u8, progress: bool) {
 }
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().collect();
+    // Arguments are bytes: paths need not be UTF-8.
+    let argv: Vec<OsString> = std::env::args_os().collect();
     let invoked_as = argv
         .first()
         .map(|a| Path::new(a).file_name().unwrap_or_default().to_owned())
@@ -97,10 +99,10 @@ fn main() -> ExitCode {
     if invoked_as == "supermin" {
         return exit(supermin::main(argv[1..].to_vec()));
     }
-    if argv.get(1).map(String::as_str) == Some("supermin") {
+    if argv.get(1).is_some_and(|a| a == "supermin") {
         return exit(supermin::main(argv[2..].to_vec()));
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(argv);
     let progress = match &cli.command {
         Command::Build(a) => !a.json(),
         Command::Prepare(_) => true,
@@ -113,7 +115,10 @@ fn main() -> ExitCode {
             Ok(code) => return code,
             Err(e) => Err(e),
         },
-        Command::Locate(args) => locate::run(args),
+        Command::Locate(args) => match locate::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Gc(args) => gc::run(args),
         Command::Checksum(args) => checksum::run(args),
         Command::Cache(args) => cache_ls::run(args),

@@ -31,6 +31,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.json {
+        crate::locate::json_path(&args.output)?;
+    }
     let mut opts = kiln_prepare::PrepareOptions::default();
     if let Some(dir) = args.sysroot {
         opts.root = dir;
@@ -39,12 +42,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("preparing {}", args.output.display()))?;
     if args.json {
         let v = serde_json::json!({
-            "output": args.output,
+            "output": crate::locate::json_path(&args.output)?,
             "packages": r.packages,
             "missing": r.missing,
             "closure": r.closure,
             "config_files": r.config_files,
-            "unreadable": r.unreadable.iter().map(|(p, e)| serde_json::json!({"path": p, "error": e})).collect::<Vec<_>>(),
+            // Informational: a name that is not UTF-8 is shown with U+FFFD and flagged.
+            "unreadable": r.unreadable.iter().map(|(p, e)| match p.to_str() {
+                Some(s) => serde_json::json!({"path": s, "error": e}),
+                None => serde_json::json!({"path": p.to_string_lossy(), "lossy": true, "error": e}),
+            }).collect::<Vec<_>>(),
         });
         println!("{v}");
     }

@@ -19,6 +19,8 @@ use std::io::IsTerminal;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -96,6 +98,10 @@ pub struct Args {
     #[arg(long)]
     console: bool,
 
+    /// Extra kernel command-line arguments (e.g. `loglevel=7`, `kiln.debug`).
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    append: Vec<String>,
+
     /// The command and its arguments.
     #[arg(
         value_name = "CMD",
@@ -110,6 +116,10 @@ pub fn main(args: Args) -> ExitCode {
     match run(args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            if let Some(kiln_boot::run::RunError::Interrupted { signal }) = e.downcast_ref() {
+                eprintln!("kiln: interrupted by signal {signal}; the VM was stopped");
+                return ExitCode::from(128u8.saturating_add(*signal as u8));
+            }
             eprintln!("kiln: error: {}", crate::message(&e));
             ExitCode::from(FAILED)
         }
@@ -163,6 +173,19 @@ fn run(args: Args) -> anyhow::Result<u8> {
         bail!("the appliance has no root image");
     };
 
+    // The uncompressed kernel boots seconds faster under TCG (kiln_boot::vmlinux); it
+    // is kept next to the appliance cache, per user.
+    let cache_root = args
+        .cachedir
+        .clone()
+        .unwrap_or_else(kiln::cache::default_root);
+    let euid = rustix::process::geteuid().as_raw();
+    let kernel = kiln_boot::vmlinux::uncompressed(
+        appliance.kernel(),
+        &cache_root.join(format!(".kiln-vmlinux-{euid}")),
+    )
+    .unwrap_or_else(|| appliance.kernel().to_path_buf());
+
     let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let spec = kiln_boot::run::RunSpec {
         argv: args.cmd.clone(),
@@ -174,7 +197,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         stderr_tty: tty && std::io::stderr().is_terminal(),
     };
     let ropts = kiln_boot::run::RunOptions {
-        kernel: appliance.kernel().to_path_buf(),
+        kernel,
         initrd: appliance.initrd().to_path_buf(),
         root: root.to_path_buf(),
         memory_mib: args.memory,
@@ -186,8 +209,13 @@ fn run(args: Args) -> anyhow::Result<u8> {
         },
         qemu: args.qemu.clone(),
         timeout,
-        append: Vec::new(),
+        append: args
+            .append
+            .iter()
+            .flat_map(|a| a.split_whitespace().map(String::from))
+            .collect(),
         echo_console: args.console,
+        interrupt: forward_signals(),
     };
     let out = {
         let _raw = if tty { RawTerminal::enter() } else { None };
@@ -283,6 +311,39 @@ fn shares(args: &Args) -> anyhow::Result<Vec<ShareArg>> {
         });
     }
     Ok(out)
+}
+
+/// From here on SIGINT, SIGTERM and SIGHUP are not kiln's death but a request passed
+/// to the VM: they are blocked in every thread (those started later inherit the mask;
+/// qemu's is reset by `std::process::Command`) and a thread takes them with sigwait(3)
+/// and stores the number for `kiln_boot::run` to forward. `None` if that cannot be set up
+/// (the signals then keep their default action; qemu still dies with kiln).
+fn forward_signals() -> Option<Arc<AtomicI32>> {
+    // SAFETY: the set is initialised by sigemptyset before use and lives on this stack;
+    // pthread_sigmask only changes this thread's mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return None;
+        }
+        set
+    };
+    let flag = Arc::new(AtomicI32::new(0));
+    let f = Arc::clone(&flag);
+    std::thread::spawn(move || {
+        loop {
+            let mut sig = 0;
+            // SAFETY: `set` is an initialised sigset_t owned by this closure.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                f.store(sig, Ordering::SeqCst);
+            }
+        }
+    });
+    Some(flag)
 }
 
 /// The host terminal in raw mode for the life of the value: keys (Ctrl-C included) go

@@ -8,6 +8,7 @@
 //! (`--if-newer` through the cache key, `OUT` filled from a cache slot or built straight
 //! into, atomic replacement) is `kiln::supermin`; `--prepare` is `kiln-prepare`.
 
+use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -18,7 +19,7 @@ use kiln::supermin::{Outcome, SuperminOptions, lock_file};
 use crate::supermin_args::{Args, Format, Mode, Parsed, parse, version_line};
 
 /// Run the front end on supermin arguments (without argv[0]); returns the exit status.
-pub fn main(argv: Vec<String>) -> i32 {
+pub fn main(argv: Vec<OsString>) -> i32 {
     let a = match parse(&argv) {
         Parsed::Exit {
             code,
@@ -72,7 +73,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let out = PathBuf::from(&a.output);
+    let out = a.output.clone();
     match a.mode {
         Some(Mode::Prepare) => prepare(a, &out),
         _ => build(a, &out),
@@ -89,11 +90,21 @@ fn prepare(a: &Args, out: &Path) -> anyhow::Result<()> {
     if a.anon.is_empty() {
         bail!("prepare: no input packages specified");
     }
+    let mut names = Vec::with_capacity(a.anon.len());
+    for n in &a.anon {
+        match n.to_str() {
+            Some(n) => names.push(n),
+            None => bail!(
+                "prepare: package name '{}' is not valid UTF-8",
+                n.to_string_lossy()
+            ),
+        }
+    }
     let o = kiln_prepare::PrepareOptions {
         root: sysroot().root,
         ..Default::default()
     };
-    let r = kiln_prepare::prepare(&a.anon, out, &o)?;
+    let r = kiln_prepare::prepare(&names, out, &o)?;
     say(
         a,
         format!(
@@ -106,7 +117,8 @@ fn prepare(a: &Args, out: &Path) -> anyhow::Result<()> {
 
 fn build(a: &Args, out: &Path) -> anyhow::Result<()> {
     if !a.anon.is_empty() {
-        say(a, format!("build: {}", a.anon.join(" ")));
+        let names: Vec<_> = a.anon.iter().map(|i| i.to_string_lossy()).collect();
+        say(a, format!("build: {}", names.join(" ")));
     }
     let size = match &a.size {
         Some(s) => Some(kiln_size::parse_supermin(s).map_err(|e| anyhow::anyhow!("{e}"))?),

@@ -7,7 +7,13 @@
 //! error-only `--names`/`--dtb`) act when reached, so an earlier error wins. Syntax
 //! errors print `supermin: <why>` plus the usage text on stderr and exit 2. This module
 //! only parses; it never touches the filesystem.
+//!
+//! Arguments are bytes (`OsString`): paths (inputs, `-o`, `--lock`, `--packager-config`)
+//! are kept byte-exact; options whose values are names (`--host-cpu`, `--size`,
+//! `--format`) must be UTF-8 and are refused with a message otherwise.
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 /// The usage text supermin prints for `--help` (stdout) and after syntax errors (stderr).
@@ -72,7 +78,7 @@ pub enum Format {
 pub struct Args {
     pub mode: Option<Mode>,
     pub format: Option<Format>,
-    pub output: String,
+    pub output: PathBuf,
     pub copy_kernel: bool,
     pub host_cpu: Option<String>,
     pub if_newer: bool,
@@ -80,11 +86,11 @@ pub struct Args {
     /// The `--size` text, validated here, converted by the image stage.
     pub size: Option<String>,
     pub include_packagelist: bool,
-    pub packager_config: Option<String>,
+    pub packager_config: Option<PathBuf>,
     pub use_installed: bool,
     pub verbose: u32,
     /// Inputs (build) or package names (prepare), in order.
-    pub anon: Vec<String>,
+    pub anon: Vec<OsString>,
 }
 
 /// What to do after parsing: run, or exit at once with the given output.
@@ -132,22 +138,50 @@ fn size_syntax_ok(s: &str) -> bool {
     kiln_size::parse_supermin(s).is_ok()
 }
 
+/// A value that must be text (a name, a size): UTF-8, or a fatal error naming it.
+// `Err` is the early exit (a `Parsed::Exit`): it happens once per process.
+#[allow(clippy::result_large_err)]
+fn text(option: &str, v: &OsStr) -> Result<String, Parsed> {
+    v.to_str().map(str::to_owned).ok_or_else(|| {
+        fatal(&format!(
+            "{option}: argument '{}' is not valid UTF-8",
+            v.to_string_lossy()
+        ))
+    })
+}
+
 /// Parse supermin's arguments (without argv[0]).
-pub fn parse(argv: &[String]) -> Parsed {
+pub fn parse(argv: &[OsString]) -> Parsed {
+    match parse_inner(argv) {
+        Ok(a) => Parsed::Run(a),
+        Err(p) => p,
+    }
+}
+
+#[allow(clippy::result_large_err)]
+fn parse_inner(argv: &[OsString]) -> Result<Args, Parsed> {
     let mut a = Args::default();
     let mut mode_set = false;
     let mut i = 0;
     while i < argv.len() {
-        let arg = &argv[i];
+        let raw = &argv[i];
+        let bytes = raw.as_bytes();
         i += 1;
-        if !arg.starts_with('-') {
-            a.anon.push(arg.clone());
+        if !bytes.starts_with(b"-") {
+            a.anon.push(raw.clone());
             continue;
         }
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") || n.len() == 2 => (n, Some(v.to_string())),
-            _ => (arg.as_str(), None),
+        let shown = raw.to_string_lossy();
+        // Option names are ASCII; a value after `=` stays bytes.
+        let (name_b, inline) = match bytes.iter().position(|&b| b == b'=') {
+            Some(eq) if bytes.starts_with(b"--") || eq == 2 => (
+                &bytes[..eq],
+                Some(OsStr::from_bytes(&bytes[eq + 1..]).to_os_string()),
+            ),
+            _ => (bytes, None),
         };
+        let name = String::from_utf8_lossy(name_b).into_owned();
+        let name = name.as_str();
         let takes_value = matches!(
             name,
             "-f" | "--format" | "-o" | "--host-cpu" | "--lock" | "--size" | "--packager-config"
@@ -171,15 +205,16 @@ pub fn parse(argv: &[String]) -> Parsed {
                 | "--help"
         );
         if !takes_value && !known_flag {
-            return syntax(format!("unknown option '{arg}'."));
+            return Err(syntax(format!("unknown option '{shown}'.")));
         }
         if known_flag
             && name != "--dtb"
             && let Some(v) = &inline
         {
-            return syntax(format!(
-                "wrong argument '{v}'; option '{arg}' expects no argument."
-            ));
+            return Err(syntax(format!(
+                "wrong argument '{}'; option '{shown}' expects no argument.",
+                v.to_string_lossy()
+            )));
         }
         let value = if takes_value || name == "--dtb" {
             match inline {
@@ -189,7 +224,7 @@ pub fn parse(argv: &[String]) -> Parsed {
                         i += 1;
                         Some(argv[i - 1].clone())
                     } else {
-                        return syntax(format!("option '{name}' needs an argument."));
+                        return Err(syntax(format!("option '{name}' needs an argument.")));
                     }
                 }
             }
@@ -200,7 +235,9 @@ pub fn parse(argv: &[String]) -> Parsed {
         match name {
             "--build" | "--prepare" => {
                 if mode_set {
-                    return fatal("you must use --prepare or --build to select the mode");
+                    return Err(fatal(
+                        "you must use --prepare or --build to select the mode",
+                    ));
                 }
                 mode_set = true;
                 a.mode = Some(if name == "--build" {
@@ -210,75 +247,84 @@ pub fn parse(argv: &[String]) -> Parsed {
                 });
             }
             "-f" | "--format" => {
-                a.format = Some(match value.as_str() {
+                a.format = Some(match text(name, &value)?.as_str() {
                     "chroot" | "fs" | "filesystem" => Format::Chroot,
                     "ext2" => Format::Ext2,
-                    other => return fatal(&format!("unknown --format option ({other})\n")),
+                    other => {
+                        return Err(fatal(&format!("unknown --format option ({other})\n")));
+                    }
                 })
             }
             "-o" => {
-                let mut v = value;
-                if v.len() > 1 && v.ends_with('/') {
+                let mut v = value.into_vec();
+                if v.len() > 1 && v.ends_with(b"/") {
                     v.pop();
                 }
-                a.output = v;
+                a.output = PathBuf::from(OsString::from_vec(v));
             }
-            "--host-cpu" => a.host_cpu = Some(value),
+            "--host-cpu" => a.host_cpu = Some(text(name, &value)?),
             "--lock" => a.lock = Some(PathBuf::from(value)),
             "--size" => {
+                let value = value.to_string_lossy();
                 if !size_syntax_ok(&value) {
-                    return fatal(&format!("cannot parse size field '{value}'"));
+                    return Err(fatal(&format!("cannot parse size field '{value}'")));
                 }
-                a.size = Some(value);
+                a.size = Some(value.into_owned());
             }
-            "--packager-config" => a.packager_config = Some(value),
+            "--packager-config" => a.packager_config = Some(PathBuf::from(value)),
             "--copy-kernel" => a.copy_kernel = true,
             "--if-newer" => a.if_newer = true,
             "--include-packagelist" => a.include_packagelist = true,
             "--use-installed" => a.use_installed = true,
             "-v" | "--verbose" => a.verbose += 1,
             "-V" | "--version" => {
-                return Parsed::Exit {
+                return Err(Parsed::Exit {
                     code: 0,
                     stdout: format!("{}\n", version_line()),
                     stderr: String::new(),
-                };
+                });
             }
             "--list-drivers" => {
-                return Parsed::Exit {
+                return Err(Parsed::Exit {
                     code: 0,
                     // Detected for the root in use: `KILN_SYSROOT`, else `/`.
                     stdout: kiln::databases::list_drivers(&kiln::Sysroot::new(
                         std::env::var_os("KILN_SYSROOT").unwrap_or_else(|| "/".into()),
                     )),
                     stderr: String::new(),
-                };
+                });
             }
-            "--names" => return fatal(NAMES_ERROR),
-            "--dtb" => return fatal(DTB_ERROR),
+            "--names" => return Err(fatal(NAMES_ERROR)),
+            "--dtb" => return Err(fatal(DTB_ERROR)),
             _ => {
-                return Parsed::Exit {
+                return Err(Parsed::Exit {
                     code: 0,
                     stdout: USAGE.into(),
                     stderr: String::new(),
-                };
+                });
             }
         }
     }
     // Validation after parsing, in supermin's order.
     let Some(mode) = a.mode else {
-        return fatal("you must use --prepare or --build to select the mode");
+        return Err(fatal(
+            "you must use --prepare or --build to select the mode",
+        ));
     };
     if mode == Mode::Prepare && a.format.is_some() {
-        return fatal("cannot use --prepare and --format options together");
+        return Err(fatal("cannot use --prepare and --format options together"));
     }
     if mode == Mode::Build && a.format.is_none() {
-        return fatal("when using --build, you must specify an output --format");
+        return Err(fatal(
+            "when using --build, you must specify an output --format",
+        ));
     }
-    if a.output.is_empty() {
-        return fatal("supermin: output directory (-o option) must be supplied");
+    if a.output.as_os_str().is_empty() {
+        return Err(fatal(
+            "supermin: output directory (-o option) must be supplied",
+        ));
     }
-    Parsed::Run(a)
+    Ok(a)
 }
 
 #[cfg(test)]
@@ -286,7 +332,7 @@ mod tests {
     use super::*;
 
     fn p(args: &[&str]) -> Parsed {
-        parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        parse(&args.iter().map(OsString::from).collect::<Vec<_>>())
     }
     fn code(args: &[&str]) -> i32 {
         match p(args) {
@@ -326,8 +372,8 @@ mod tests {
         assert_eq!(a.verbose, 1);
         assert_eq!(a.lock, Some(PathBuf::from("/c/lock")));
         assert_eq!(a.host_cpu.as_deref(), Some("x86_64"));
-        assert_eq!(a.output, "/c/appliance.d");
-        assert_eq!(a.anon, ["/usr/lib/guestfs/supermin.d"]);
+        assert_eq!(a.output, PathBuf::from("/c/appliance.d"));
+        assert_eq!(a.anon, [OsString::from("/usr/lib/guestfs/supermin.d")]);
     }
 
     #[test]
@@ -394,12 +440,53 @@ mod tests {
             panic!("expected a run");
         };
         assert_eq!(a.format, Some(Format::Chroot));
-        assert_eq!(a.output, "/x");
+        assert_eq!(a.output, PathBuf::from("/x"));
         let Parsed::Run(a) = p(&["--build", "-f", "fs", "-o", "/", "-v", "-v"]) else {
             panic!("expected a run");
         };
         assert_eq!(a.format, Some(Format::Chroot));
-        assert_eq!(a.output, "/");
+        assert_eq!(a.output, PathBuf::from("/"));
         assert_eq!(a.verbose, 2);
+    }
+
+    #[test]
+    fn non_utf8_paths_are_kept_and_names_refused() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = |s: &[u8]| OsString::from_vec(s.to_vec());
+        let argv = vec![
+            OsString::from("--build"),
+            OsString::from("-f"),
+            OsString::from("ext2"),
+            bad(b"/tmp/\xff\xfe/supermin.d"),
+            OsString::from("-o"),
+            bad(b"/tmp/\xff/out/"),
+            bad(b"--lock=/tmp/\xff/lock"),
+        ];
+        let Parsed::Run(a) = parse(&argv) else {
+            panic!("expected a run");
+        };
+        assert_eq!(a.anon, [bad(b"/tmp/\xff\xfe/supermin.d")]);
+        assert_eq!(a.output, PathBuf::from(bad(b"/tmp/\xff/out")));
+        assert_eq!(a.lock, Some(PathBuf::from(bad(b"/tmp/\xff/lock"))));
+        for (opt, code) in [("--host-cpu", 1), ("--size", 1), ("-f", 1)] {
+            let argv = vec![OsString::from(opt), bad(b"x\xff")];
+            match parse(&argv) {
+                Parsed::Exit {
+                    code: c, stderr, ..
+                } => {
+                    assert_eq!(c, code, "{opt}: {stderr}");
+                    assert!(stderr.starts_with("supermin: "), "{stderr}");
+                    assert!(stderr.contains("x\u{fffd}"), "{stderr}");
+                }
+                Parsed::Run(_) => panic!("{opt} accepted a non-UTF-8 value"),
+            }
+        }
+        assert_eq!(
+            match parse(&[bad(b"--\xff")]) {
+                Parsed::Exit { code, .. } => code,
+                Parsed::Run(_) => 0,
+            },
+            2
+        );
     }
 }

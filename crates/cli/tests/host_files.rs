@@ -114,16 +114,17 @@ fn files_below_an_unsearchable_directory_are_warned_about() {
     fs::write(r.join("open/visible"), b"v").unwrap();
     let d = r.join("supermin.d");
     fs::create_dir(&d).unwrap();
-    let rs = r.display();
+    // The system is the temp dir itself (`--sysroot`, alias `--dpkg-root`): its paths
+    // are written as that system names them.
     fs::write(
         d.join("hostfiles"),
-        format!("{rs}/secret/f\n{rs}/secret/sub/*\n{rs}/open/visible\n"),
+        "/secret/f\n/secret/sub/*\n/open/visible\n",
     )
     .unwrap();
     // A package whose files are below the secret directory (a dpkg database of its own).
     fs::create_dir(secret.join("pkg")).unwrap();
     fs::write(secret.join("pkg/data"), b"p").unwrap();
-    let dpkg = r.join("dpkg-root");
+    let dpkg = r.to_path_buf();
     let admin = dpkg.join("var/lib/dpkg");
     fs::create_dir_all(admin.join("info")).unwrap();
     fs::write(
@@ -133,7 +134,7 @@ fn files_below_an_unsearchable_directory_are_warned_about() {
     .unwrap();
     fs::write(
         admin.join("info/secretpkg.list"),
-        format!("/.\n{rs}/secret/pkg\n{rs}/secret/pkg/data\n"),
+        "/.\n/secret/pkg\n/secret/pkg/data\n",
     )
     .unwrap();
     fs::write(d.join("packages"), "secretpkg\n").unwrap();
@@ -151,7 +152,7 @@ fn files_below_an_unsearchable_directory_are_warned_about() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let in_root = r.join("as-root").join(secret.strip_prefix("/").unwrap());
+    let in_root = r.join("as-root/secret");
     assert_eq!(fs::read(in_root.join("f")).unwrap(), b"f");
     assert_eq!(fs::read(in_root.join("sub/g")).unwrap(), b"g");
     assert_eq!(fs::read(in_root.join("pkg/data")).unwrap(), b"p");
@@ -182,7 +183,112 @@ fn files_below_an_unsearchable_directory_are_warned_about() {
         1,
         "one warning: {err}"
     );
-    let copied = out.join(r.strip_prefix("/").unwrap());
+    let copied = out.clone();
     assert_eq!(fs::read(copied.join("open/visible")).unwrap(), b"v");
     assert!(!copied.join("secret/f").exists());
+}
+
+/// The filesystem UUID of an ext2 image (`s_uuid`, 104 bytes into the superblock).
+fn root_uuid(image: &Path) -> [u8; 16] {
+    use std::os::unix::fs::FileExt;
+    let mut u = [0u8; 16];
+    fs::File::open(image)
+        .unwrap()
+        .read_exact_at(&mut u, 1024 + 104)
+        .unwrap();
+    u
+}
+
+/// The data extents of a sparse file (SEEK_DATA/SEEK_HOLE), as (start, end).
+fn data_extents(f: &fs::File) -> Vec<(u64, u64)> {
+    use rustix::fs::{SeekFrom, seek};
+    let len = f.metadata().unwrap().len();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        let Ok(data) = seek(f, SeekFrom::Data(pos)) else {
+            break;
+        };
+        let hole = seek(f, SeekFrom::Hole(data)).unwrap();
+        out.push((data, hole));
+        pos = hole;
+    }
+    out
+}
+
+/// Two (sparse) files hold the same bytes: same length, and the data of the union of
+/// their extents compares equal (holes read as zeros), without reading the holes.
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let (fa, fb) = (fs::File::open(a).unwrap(), fs::File::open(b).unwrap());
+    if fa.metadata().unwrap().len() != fb.metadata().unwrap().len() {
+        return false;
+    }
+    let mut ext = data_extents(&fa);
+    ext.extend(data_extents(&fb));
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    for (start, end) in ext {
+        let mut off = start;
+        while off < end {
+            let n = ((end - off) as usize).min(ba.len());
+            fa.read_exact_at(&mut ba[..n], off).unwrap();
+            fb.read_exact_at(&mut bb[..n], off).unwrap();
+            if ba[..n] != bb[..n] {
+                return false;
+            }
+            off += n as u64;
+        }
+    }
+    true
+}
+
+/// Creating and removing files in `/tmp` and `/var/tmp` (as libguestfs, supermin and
+/// kiln's own staging do) changes those directories' times, which the cache key does
+/// not cover; they must not change the image either: same bytes, same root UUID.
+#[test]
+fn unrelated_host_activity_does_not_change_the_image() {
+    let list = fs::read_to_string("/var/lib/dpkg/info/base-files.list").unwrap();
+    for d in ["/tmp", "/var/tmp"] {
+        assert!(list.lines().any(|l| l == d), "base-files lists {d}");
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("supermin.d");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("packages"), "base-files\n").unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    let o = build("ext2", &d, &a);
+    assert!(o.status.success(), "{}", text(&o));
+
+    let before: Vec<_> = ["/tmp", "/var/tmp"]
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().modified().unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    for dir in ["/tmp", "/var/tmp"] {
+        let scratch = tempfile::Builder::new()
+            .prefix("kiln-activity")
+            .tempdir_in(dir)
+            .unwrap();
+        fs::write(scratch.path().join("f"), b"x").unwrap();
+        drop(scratch);
+        let f = tempfile::NamedTempFile::new_in(dir).unwrap();
+        drop(f);
+    }
+    let after: Vec<_> = ["/tmp", "/var/tmp"]
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().modified().unwrap())
+        .collect();
+    assert_ne!(before, after, "the host directories' times moved");
+
+    let o = build("ext2", &d, &b);
+    assert!(o.status.success(), "{}", text(&o));
+    let (ra, rb) = (a.join("root"), b.join("root"));
+    assert_eq!(root_uuid(&ra), root_uuid(&rb), "root UUID");
+    assert!(
+        same_bytes(&ra, &rb),
+        "{} and {} differ",
+        ra.display(),
+        rb.display()
+    );
+    e2fsck_clean(&rb);
 }

@@ -338,3 +338,46 @@ fn interactive_shell_on_a_pty() {
     };
     assert_eq!(status.code(), Some(3), "{}", String::from_utf8_lossy(&seen));
 }
+
+#[test]
+fn sigterm_is_forwarded_to_the_guest_command() {
+    let mut child = Command::new(kiln())
+        .arg("run")
+        .arg("--cachedir")
+        .arg(cachedir())
+        .args([
+            "--timeout",
+            "600",
+            "--packages",
+            "coreutils",
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg("trap 'echo got-term; exit 9' TERM; echo started; sleep 100 & wait")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("started\n") {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "kiln ended before the command started");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    out.read_to_end(&mut seen).unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&seen),
+        "started\ngot-term\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.status.code(), Some(9));
+}

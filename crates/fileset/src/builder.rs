@@ -9,6 +9,9 @@
 //! Merge rules ([`Source`]):
 //! - a later base image member replaces an earlier one (directories: its metadata);
 //!   missing parent directories of members are created (0755, 0:0, time 0);
+//! - host directories take [`SetBuilder::host_dir_time`] when it is set instead of their
+//!   own time: a host directory's time changes with any file created in it (`/tmp`,
+//!   `/var/tmp`), which says nothing about the appliance and is not in its cache key;
 //! - host entries come after all base images; a host non-directory replaces whatever is
 //!   there; a host directory over an existing directory replaces its **metadata** (so
 //!   `/usr` gets the host's owner, not the tarball builder's uid: the same result as
@@ -63,6 +66,9 @@ pub struct SetBuilder {
     inodes: HashMap<PathBuf, (u64, u64, PathBuf)>,
     /// Entries dropped while merging (a directory replaced by a non-directory...).
     pub warnings: Vec<String>,
+    /// The modification time (seconds, nanoseconds) given to every host directory,
+    /// `None` to keep the host's.
+    pub host_dir_time: Option<(i64, u32)>,
 }
 
 impl Default for SetBuilder {
@@ -87,6 +93,7 @@ impl SetBuilder {
             map,
             inodes: HashMap::new(),
             warnings: Vec::new(),
+            host_dir_time: None,
         }
     }
 
@@ -100,6 +107,7 @@ impl SetBuilder {
                 .collect(),
             inodes: HashMap::new(),
             warnings: Vec::new(),
+            host_dir_time: None,
         }
     }
 
@@ -226,6 +234,9 @@ impl SetBuilder {
     pub fn insert(&mut self, mut e: Entry, src: Source) -> Result<PathBuf, PlaceError> {
         if !crate::entry::is_normal_abs(&e.path) {
             return Err(PlaceError::BadPath { path: e.path });
+        }
+        if let (Source::Host, Kind::Dir, Some((t, ns))) = (src, &e.kind, self.host_dir_time) {
+            (e.meta.mtime, e.meta.mtime_nsec) = (t, ns);
         }
         let (Some(parent), Some(name)) = (e.path.parent(), e.path.file_name()) else {
             if src == Source::Host
@@ -554,6 +565,28 @@ mod tests {
                 "/usr/lib/udev/rules.d/99.rules"
             ]
         );
+    }
+
+    #[test]
+    fn host_directories_take_the_fixed_time() {
+        let mut b = SetBuilder::new();
+        b.host_dir_time = Some((1_700_000_000, 0));
+        let mut d = dir("/tmp", 0o1777, 0);
+        d.meta.mtime = 1_800_000_000;
+        let mut r = dir("/", 0o755, 0);
+        r.meta.mtime = 1_800_000_001;
+        let mut f = file("/tmp/f", b"");
+        f.meta.mtime = 5;
+        let mut base = dir("/etc", 0o755, 0);
+        base.meta.mtime = 7;
+        b.insert(r, Source::Host).unwrap();
+        b.insert(d, Source::Host).unwrap();
+        b.insert(f, Source::Host).unwrap();
+        b.insert(base, Source::Base).unwrap();
+        let s = b.finish().unwrap();
+        let times: Vec<i64> = s.entries().iter().map(|e| e.meta.mtime).collect();
+        // `/`, /etc (base: its own), /tmp (host dir: fixed), /tmp/f (a file: its own).
+        assert_eq!(times, [1_700_000_000, 7, 1_700_000_000, 5]);
     }
 
     #[test]

@@ -16,6 +16,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use kiln_spill::Region;
+
 /// Errors from constructing a [`FileSet`].
 #[derive(Debug, thiserror::Error)]
 pub enum SetError {
@@ -74,8 +76,11 @@ pub enum Content {
     /// made; a writer must notice if the file has changed size since (error, not
     /// silent truncation).
     Host { path: PathBuf, len: u64 },
-    /// Bytes held in memory (tar members, generated files).
+    /// Bytes held in memory (generated files, procfs/sysfs snapshots).
     Bytes(Arc<[u8]>),
+    /// Bytes in a spill file (base image members), sparse: copy it with
+    /// [`Region::data_blocks`] to keep its holes.
+    Spilled(Region),
 }
 
 impl Content {
@@ -84,6 +89,7 @@ impl Content {
         match self {
             Content::Host { len, .. } => *len,
             Content::Bytes(b) => b.len() as u64,
+            Content::Spilled(r) => r.len(),
         }
     }
 
@@ -213,7 +219,7 @@ impl FileSet {
     }
 
     /// A digest of the whole set: paths, kinds, metadata, symlink targets, in-memory
-    /// bytes, and for host files their path and length (not their bytes: reading 600 MB
+    /// bytes (spilled bytes by their hash), and for host files their path and length (not their bytes: reading 600 MB
     /// to name an image would cost more than writing it).
     ///
     /// Two sets with equal fingerprints produce identical images; writers derive the
@@ -253,6 +259,12 @@ impl FileSet {
                     h.update(b"b");
                     h.update(&(b.len() as u64).to_le_bytes());
                     h.update(b);
+                }
+                // The hash of the bytes, taken while they were spilled.
+                Kind::File(Content::Spilled(r)) => {
+                    h.update(b"s");
+                    h.update(&r.len().to_le_bytes());
+                    h.update(&r.hash());
                 }
                 Kind::Symlink(t) => {
                     h.update(b"l");

@@ -35,5 +35,5 @@ pub mod resolve;
 pub mod scan;
 
 pub use builder::{SetBuilder, Source};
-pub use entry::{Content, Entry, FileSet, Kind, Meta, SetError, Xattr, is_normal_abs};
+pub use entry::{Content, Entry, FileSet, Kind, Meta, Region, SetError, Xattr, is_normal_abs};
 pub use resolve::{Counts, Options, ResolveError, Resolved, resolve};

@@ -21,6 +21,10 @@
 //!    warning per such directory ([`crate::access`]), not silently as missing ones;
 //! 6. munging ([`crate::munge`]);
 //! 7. base images (in order), then the munged host entries, merged by [`SetBuilder`].
+//!    Host directories take the time of the package database (the newest of its
+//!    fingerprint files, dpkg's `status`) instead of their own, so that the image is a
+//!    function of its cache key: a directory's time changes with any file created in it
+//!    (`/tmp`, `/var/tmp`) and is not in the key, while the database's files are.
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
@@ -117,9 +121,9 @@ pub enum ResolveError {
 fn member_entry(m: &Member) -> Entry {
     let kind = match &m.kind {
         MemberKind::Dir => Kind::Dir,
-        MemberKind::File(d) => Kind::File(Content::Bytes(d.clone())),
+        MemberKind::File(d) => Kind::File(Content::Spilled(d.clone())),
         // Identity is not kept for tarball hard links: each name gets the shared bytes.
-        MemberKind::HardLink { content, .. } => Kind::File(Content::Bytes(content.clone())),
+        MemberKind::HardLink { content, .. } => Kind::File(Content::Spilled(content.clone())),
         MemberKind::Symlink(t) => Kind::Symlink(t.clone()),
         MemberKind::CharDev(d) => Kind::CharDev(*d),
         MemberKind::BlockDev(d) => Kind::BlockDev(*d),
@@ -162,6 +166,20 @@ fn readable(p: &Path) -> Result<(), std::io::Error> {
         rustix::fs::AtFlags::EACCESS,
     )
     .map_err(std::io::Error::from)
+}
+
+/// The time given to host directories: the newest of the package database's own
+/// files whose identity is part of the appliance's cache key (dpkg's `status`, rewritten
+/// on every package change), where a directory's own time is not (it changes whenever
+/// a file is created in it); time 0 when there are none.
+fn package_set_time(db_files: &[PathBuf]) -> (i64, u32) {
+    use std::os::unix::fs::MetadataExt;
+    db_files
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.mtime(), m.mtime_nsec() as u32))
+        .max()
+        .unwrap_or((0, 0))
 }
 
 /// Run the whole stage.
@@ -267,9 +285,9 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         } else {
             kiln_pattern::glob_in(&opts.sysroot.root, l.value.as_os_str())
         };
-        // (Searchability is a property of this machine's own directories.)
-        if matches.is_empty() && !root && opts.sysroot.is_host() {
-            hidden.note_pattern(&l.value);
+        // Searchability is a property of this machine's directories: name them.
+        if matches.is_empty() && !root {
+            hidden.note_pattern(&opts.sysroot.host_path(&l.value));
         }
         files.extend(matches.into_iter().map(HostFile::same));
     }
@@ -294,8 +312,8 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         };
         let Some(md) = md else {
             // Not there, or hidden by a directory this user cannot search.
-            if !root && opts.sysroot.is_host() {
-                hidden.note_missing(&f.path);
+            if !root {
+                hidden.note_missing(&cache.host_path(&f.path));
             }
             return false;
         };
@@ -339,6 +357,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
 
     // 7. Merge: base images first, then host entries.
     let mut builder = SetBuilder::new();
+    builder.host_dir_time = Some(package_set_time(&db.fingerprint()));
     counts.base_members = add_base_images(&mut builder, &inputs.base_images)?;
     for f in &munged {
         let Some(md) = cache.lstat(&f.source) else {
@@ -384,10 +403,9 @@ pub fn packagelist(packages: &[String]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_inputs::{Line, Member};
+    use kiln_inputs::{Line, Member, Region};
     use std::fs;
     use std::os::unix::fs::symlink;
-    use std::sync::Arc;
 
     /// A synthetic dpkg root: `status`, `diversions` and `.list` files.
     fn fake_root(status: &str, lists: &[(&str, &str)], diversions: &str) -> tempfile::TempDir {
@@ -459,7 +477,7 @@ mod tests {
                 source: "base.tar".into(),
                 members: vec![Member {
                     path: h.join("etc/app/app.conf"),
-                    kind: MemberKind::File(Arc::from(&b"from base"[..])),
+                    kind: MemberKind::File(Region::from_bytes(b"from base").unwrap()),
                     perm: 0o600,
                     uid: 0,
                     gid: 0,
@@ -504,7 +522,7 @@ mod tests {
         let conf = get("etc/app/app.conf").unwrap();
         assert_eq!(
             conf.kind,
-            Kind::File(Content::Bytes(Arc::from(&b"from base"[..])))
+            Kind::File(Content::Spilled(Region::from_bytes(b"from base").unwrap()))
         );
         assert_eq!(conf.meta.perm, 0o600);
     }

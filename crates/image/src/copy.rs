@@ -1,7 +1,9 @@
 //! File data into the image: `copy_file_range` with explicit offsets (no file position is
 //! shared, so several threads write one output fd at disjoint block-aligned ranges),
 //! falling back to `pread`/`pwrite` where the kernel cannot copy between the two
-//! filesystems. In-memory content is `pwrite`n directly.
+//! filesystems. In-memory content is `pwrite`n directly. Spilled content (base image
+//! members) is copied like host files, from its region of the spill file; only its data
+//! blocks are mapped ([`spilled_ranges`]), so its holes stay holes.
 
 use std::fs::File;
 use std::io;
@@ -10,7 +12,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use kiln_fileset::Content;
+use kiln_fileset::{Content, Region};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
@@ -19,6 +21,26 @@ use crate::layout::BLOCK;
 use crate::plan::Job;
 
 const FALLBACK_BUF: usize = 1 << 20;
+
+// Spill regions are mapped in image blocks.
+const _: () = assert!(kiln_spill::BLOCK == BLOCK);
+
+/// The logical block ranges `(first, count)` of a spilled file that hold data.
+pub fn spilled_ranges(dest: &Path, r: &Region) -> Result<Vec<(u64, u64)>, ImageError> {
+    r.data_blocks().map_err(|err| ImageError::Source {
+        path: dest.to_path_buf(),
+        source_path: r.spill().dir().to_path_buf(),
+        err,
+    })
+}
+
+/// Why [`Copier::copy_range`] stopped.
+enum CopyErr {
+    /// The source had fewer bytes than asked for.
+    Short,
+    Source(io::Error),
+    Output(io::Error),
+}
 
 /// Shared state of one image's copy.
 pub struct Copier<'a> {
@@ -96,7 +118,89 @@ impl Copier<'_> {
                 Ok(())
             }
             Content::Host { path, len } => self.host(job, path, *len, buf),
+            Content::Spilled(r) => self.spilled(job, r, buf),
         }
+    }
+
+    fn spilled(&self, job: &Job<'_>, r: &Region, buf: &mut Vec<u8>) -> Result<(), ImageError> {
+        let source_err = |err: io::Error| ImageError::Source {
+            path: job.path.to_path_buf(),
+            source_path: r.spill().dir().to_path_buf(),
+            err,
+        };
+        for &(l, p, n) in &job.runs {
+            let end = ((l + n) * BLOCK).min(r.len());
+            match self.copy_range(
+                r.spill().file(),
+                r.offset() + l * BLOCK,
+                r.offset() + end,
+                p * BLOCK,
+                buf,
+            ) {
+                Ok(()) => {}
+                Err(CopyErr::Short) => {
+                    return Err(source_err(io::ErrorKind::UnexpectedEof.into()));
+                }
+                Err(CopyErr::Source(e)) => return Err(source_err(e)),
+                Err(CopyErr::Output(e)) => return Err(self.out_err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy `src[off_in..end]` to the image at `off_out`.
+    fn copy_range(
+        &self,
+        src: &File,
+        mut off_in: u64,
+        end: u64,
+        mut off_out: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), CopyErr> {
+        while off_in < end {
+            let want = end - off_in;
+            if !self.no_cfr.load(Ordering::Relaxed) {
+                match rustix::fs::copy_file_range(
+                    src,
+                    Some(&mut off_in),
+                    self.out,
+                    Some(&mut off_out),
+                    want.min(1 << 30) as usize,
+                ) {
+                    Ok(0) => return Err(CopyErr::Short),
+                    Ok(_) => continue,
+                    Err(Errno::INTR) => continue,
+                    Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                        self.no_cfr.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        let e = io::Error::from(e);
+                        return Err(if is_output_errno(&e) {
+                            CopyErr::Output(e)
+                        } else {
+                            CopyErr::Source(e)
+                        });
+                    }
+                }
+            }
+            self.fallback_used.store(true, Ordering::Relaxed);
+            if buf.is_empty() {
+                buf.resize(FALLBACK_BUF, 0);
+            }
+            let chunk = (want as usize).min(buf.len());
+            let got = match src.read_at(&mut buf[..chunk], off_in) {
+                Ok(0) => return Err(CopyErr::Short),
+                Ok(g) => g,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CopyErr::Source(e)),
+            };
+            self.out
+                .write_all_at(&buf[..got], off_out)
+                .map_err(CopyErr::Output)?;
+            off_in += got as u64;
+            off_out += got as u64;
+        }
+        Ok(())
     }
 
     fn host(
@@ -139,57 +243,15 @@ impl Copier<'_> {
         }
         let src_file = File::from(fd);
         for &(l, p, n) in &job.runs {
-            let mut off_in = l * BLOCK;
             let end = ((l + n) * BLOCK).min(len);
-            let mut off_out = p * BLOCK;
-            while off_in < end {
-                let want = end - off_in;
-                if !self.no_cfr.load(Ordering::Relaxed) {
-                    match rustix::fs::copy_file_range(
-                        &src_file,
-                        Some(&mut off_in),
-                        self.out,
-                        Some(&mut off_out),
-                        want.min(1 << 30) as usize,
-                    ) {
-                        Ok(0) => {
-                            let st = src_file.metadata().map_err(source_err)?;
-                            return Err(changed(Some(st.len())));
-                        }
-                        Ok(_) => continue,
-                        Err(Errno::INTR) => continue,
-                        Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
-                            self.no_cfr.store(true, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            let e = io::Error::from(e);
-                            return Err(if is_output_errno(&e) {
-                                self.out_err(e)
-                            } else {
-                                source_err(e)
-                            });
-                        }
-                    }
+            match self.copy_range(&src_file, l * BLOCK, end, p * BLOCK, buf) {
+                Ok(()) => {}
+                Err(CopyErr::Short) => {
+                    let st = src_file.metadata().map_err(source_err)?;
+                    return Err(changed(Some(st.len())));
                 }
-                self.fallback_used.store(true, Ordering::Relaxed);
-                if buf.is_empty() {
-                    buf.resize(FALLBACK_BUF, 0);
-                }
-                let chunk = (want as usize).min(buf.len());
-                let got = match src_file.read_at(&mut buf[..chunk], off_in) {
-                    Ok(0) => {
-                        let st = src_file.metadata().map_err(source_err)?;
-                        return Err(changed(Some(st.len())));
-                    }
-                    Ok(g) => g,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(source_err(e)),
-                };
-                self.out
-                    .write_all_at(&buf[..got], off_out)
-                    .map_err(|e| self.out_err(e))?;
-                off_in += got as u64;
-                off_out += got as u64;
+                Err(CopyErr::Source(e)) => return Err(source_err(e)),
+                Err(CopyErr::Output(e)) => return Err(self.out_err(e)),
             }
         }
         // Grown (or replaced by a shorter file) after the copy started?

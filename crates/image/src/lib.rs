@@ -26,6 +26,39 @@
 //! - File metadata is kept in full: 32-bit uid/gid, all mode bits, mtime with
 //!   nanoseconds, every extended attribute (including `security.capability` and POSIX
 //!   ACLs), hard links as hard links.
+//!
+//! Modules: `plan` (inode tree, directory packing, block maps, allocation), `layout`
+//! (group geometry and the block allocator), `disk` (superblock, group descriptor and
+//! inode records), `metadata` (writing them), `coalesce` (joining block writes),
+//! `copy` (file data), `xattr` (extended attributes).
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use kiln_fileset::{Content, Entry, FileSet, Kind, Meta};
+//! use kiln_image::{ImageOptions, read_uuid, write_image};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let set = FileSet::new(vec![
+//!     Entry { path: "/".into(), kind: Kind::Dir, meta: Meta::new(0o755) },
+//!     Entry {
+//!         path: "/hello".into(),
+//!         kind: Kind::File(Content::Bytes(Arc::from(b"hello\n".to_vec()))),
+//!         meta: Meta::new(0o644),
+//!     },
+//! ])?;
+//! let dir = tempfile::tempdir()?;
+//! let root = dir.path().join("root");
+//! let opts = ImageOptions { size: 64 << 20, ..ImageOptions::default() };
+//! let report = write_image(&set, &root, &opts)?;
+//! // The UUID is a function of the file set and the size: libguestfs boots with
+//! // root=UUID=<this>.
+//! let uuid = read_uuid(&std::fs::File::open(&root)?)?;
+//! assert_eq!(uuid, Some(report.uuid));
+//! println!("root=UUID={}", report.uuid_string());
+//! # Ok(()) }
+//! ```
 
 mod coalesce;
 mod copy;
@@ -127,15 +160,15 @@ pub enum ImageError {
          numbers ends at 16 TiB; use a smaller --size"
     )]
     TooLarge { size: u64 },
-    #[error("{path:?}: a name longer than 255 bytes cannot be stored in ext2")]
+    #[error("{path}: a name longer than 255 bytes cannot be stored in ext2")]
     NameTooLong { path: PathBuf },
-    #[error("{path:?}: symlink target of {len} bytes is too long (ext2 allows 4095)")]
+    #[error("{path}: symlink target of {len} bytes is too long (ext2 allows 4095)")]
     SymlinkTooLong { path: PathBuf, len: usize },
-    #[error("{path:?}: more than {max} links (hard links or subdirectories); ext2 allows {max}")]
+    #[error("{path}: more than {max} links (hard links or subdirectories); ext2 allows {max}")]
     TooManyLinks { path: PathBuf, max: u32 },
-    #[error("{path:?}: file too large for an ext2 block map with 4 KiB blocks")]
+    #[error("{path}: file too large for an ext2 block map with 4 KiB blocks")]
     FileTooLarge { path: PathBuf },
-    #[error("{path:?}: extended attribute {name:?} cannot be stored: {reason}")]
+    #[error("{path}: extended attribute {name:?} cannot be stored: {reason}")]
     Xattr {
         path: PathBuf,
         name: String,
@@ -147,7 +180,7 @@ pub enum ImageError {
     )]
     LostFound,
     #[error(
-        "source file {source_path:?} (for {path:?}) changed during the build: expected \
+        "source file {source_path} (for {path}) changed during the build: expected \
          {expected} bytes, found {}; rebuild once it is stable",
         match found { Some(n) => format!("{n} bytes"), None => "no regular file".to_string() }
     )]
@@ -157,14 +190,14 @@ pub enum ImageError {
         expected: u64,
         found: Option<u64>,
     },
-    #[error("source file {source_path:?} (for {path:?}): {err}")]
+    #[error("source file {source_path} (for {path})")]
     Source {
         path: PathBuf,
         source_path: PathBuf,
         #[source]
         err: io::Error,
     },
-    #[error("writing image {output:?}: {err}")]
+    #[error("writing image {output}")]
     Output {
         output: PathBuf,
         #[source]

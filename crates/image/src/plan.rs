@@ -167,6 +167,8 @@ pub fn plan<'a>(
         }
         if let (Some(Content::Host { path, len }), true) = (node.content, node.logical.is_empty()) {
             node.logical = host_ranges(node.path, path, *len)?;
+        } else if let Some(Content::Spilled(r)) = node.content {
+            node.logical = crate::copy::spilled_ranges(node.path, r)?;
         } else if let Some(Content::Bytes(b)) = node.content {
             let n = (b.len() as u64).div_ceil(BLOCK);
             if n > 0 {

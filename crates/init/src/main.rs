@@ -1,9 +1,9 @@
 //! kiln's static init: PID 1 of the mini initrd.
 //!
-//! It mounts /proc, /sys and /dev (devtmpfs), loads the modules listed in `/modules` in
-//! order (`finit_module`; a failure is reported, never fatal by itself; the list comes in
-//! stages separated by `-` lines, and once the root device is visible at a stage boundary
-//! the drivers for other buses are not loaded — `kiln.allmodules` loads all), finds the root
+//! It mounts /proc, /sys and /dev (devtmpfs), loads every module listed in `/modules`
+//! (`finit_module`, several at once with prerequisites respected, see `modules.rs`; a
+//! failure is reported, never fatal by itself), so that every disk of the VM is visible
+//! before the appliance's `/init` runs, as with supermin's initrd; then it finds the root
 //! device from `root=UUID=…` (the 16 bytes at 0x468 *and* the ext magic 0xEF53 at 0x438,
 //! so a disk that merely carries the same UUID bytes is not taken) or `root=/dev/NAME`,
 //! waiting at most `kiln.rootwait=SECONDS` (default 30), mounts it `ext4` (which also
@@ -76,8 +76,8 @@ struct Cmdline {
     quiet: bool,
     /// `kiln.debug`: one timing line per module.
     debug: bool,
-    /// `kiln.allmodules`: load every module in the initrd, not only up to the root's bus.
-    allmodules: bool,
+    /// `kiln.jobs=N`: how many modules are loaded at once (1 = one after the other).
+    jobs: usize,
     root: Option<Result<Root, String>>,
     rootwait: Duration,
 }
@@ -88,7 +88,7 @@ fn parse_cmdline(line: &str) -> Cmdline {
     let mut c = Cmdline {
         quiet: false,
         debug: false,
-        allmodules: false,
+        jobs: modules::DEFAULT_JOBS,
         root: None,
         rootwait: Duration::from_secs(DEFAULT_ROOTWAIT),
     };
@@ -97,8 +97,10 @@ fn parse_cmdline(line: &str) -> Cmdline {
             c.quiet = true;
         } else if w == "kiln.debug" {
             c.debug = true;
-        } else if w == "kiln.allmodules" {
-            c.allmodules = true;
+        } else if let Some(v) = w.strip_prefix("kiln.jobs=")
+            && let Ok(n) = v.parse::<usize>()
+        {
+            c.jobs = n.clamp(1, 16);
         } else if let Some(v) = w.strip_prefix("root=") {
             c.root = Some(if let Some(u) = v.strip_prefix("UUID=") {
                 parse_uuid(u).map(Root::Uuid)
@@ -192,10 +194,8 @@ fn run() -> ! {
         Some(Err(e)) => fatal(&e),
         None => fatal("no root= on the kernel command line (root=UUID=… or root=/dev/NAME)"),
     };
-    let (ok, failed, skipped) = load_modules(&log, Some(&root), c.allmodules);
-    log.info(&format!(
-        "loaded {ok} modules ({failed} failed, {skipped} not needed)"
-    ));
+    let (ok, failed) = load_modules(&log, c.jobs);
+    log.info(&format!("loaded {ok} modules ({failed} failed)"));
     let (name, maj, min) = wait_for_root(&log, &root, c.rootwait);
     log.info(&format!("root is {name} ({maj}:{min})"));
 
@@ -281,6 +281,10 @@ mod tests {
             parse_cmdline("root=UUID=0123456789abcdef0123456789abcdeg").root,
             Some(Err(_))
         ));
+        assert_eq!(parse_cmdline("kiln.jobs=1").jobs, 1);
+        assert_eq!(parse_cmdline("kiln.jobs=0 kiln.jobs=x").jobs, 1);
+        assert_eq!(parse_cmdline("kiln.jobs=999").jobs, 16);
+        assert_eq!(parse_cmdline("xkiln.jobs=2").jobs, modules::DEFAULT_JOBS);
         assert_eq!(
             parse_cmdline("kiln.rootwait=-1").rootwait,
             Duration::from_secs(DEFAULT_ROOTWAIT)

@@ -53,22 +53,6 @@ pub(crate) fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
     Ok(out)
 }
 
-/// Is the root visible within `grace`? Polls with a short backoff.
-pub(crate) fn root_visible_within(root: &Root, grace: Duration) -> bool {
-    let start = Instant::now();
-    let mut delay = Duration::from_millis(1);
-    loop {
-        if find_root_once(root).is_ok() {
-            return true;
-        }
-        if start.elapsed() >= grace {
-            return false;
-        }
-        std::thread::sleep(delay);
-        delay = (delay * 2).min(Duration::from_millis(20));
-    }
-}
-
 fn read_dev_number(sysdir: &Path) -> Option<(u32, u32)> {
     let s = fs::read_to_string(sysdir.join("dev")).ok()?;
     let (a, b) = s.trim().split_once(':')?;

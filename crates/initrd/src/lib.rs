@@ -1,30 +1,30 @@
 //! kiln's mini initrd: a reproducible newc cpio holding the static init (the
 //! `kiln-init` crate in crates/init, built and embedded by this crate's build script),
-//! the list `/modules` and the kernel modules needed to mount the appliance root, in
-//! load order.
+//! the list `/modules` and the kernel modules that make the appliance root and every
+//! other disk of the VM visible.
 //!
-//! Module selection ([`select_stages`]): the dependency closure (modules.dep, plus
+//! Module selection ([`select`]): the dependency closure (modules.dep, plus
 //! `pre:`/`post:` softdeps from modules.softdep resolved through modules.alias — Debian
 //! 6.1's ext4 wants `crypto-crc32c`, i.e. crc32c_generic/crc32c_intel) of supermin's
 //! module patterns (the floor: libguestfs relies on the initrd loading virtio_console,
-//! virtio_rng, …) plus `ahci` and `crc32c_generic`, minus `virtio-gpu`. The list is
-//! staged: the root filesystem, virtio-blk and everything else that is not a disk bus
-//! first, then one stage per other root bus (SCSI/virtio-scsi, ATA, NVDIMM). At a stage
-//! boundary the init stops when the root is already visible, so a virtio-blk root does
-//! not pay for SCSI (~50 ms under TCG) or for probing the ATA controller (~0.2 s), and
-//! libguestfs (root on virtio-scsi) not for ATA. The skipped drivers serve only disks on
-//! buses the appliance does not boot from; `kiln.allmodules` loads them anyway.
+//! virtio_rng, …, and on every disk being visible before its `/init` runs) plus `ahci`,
+//! minus `virtio-gpu`. `/modules` has one line per module, `NAME.ko: PREREQUISITE.ko …`,
+//! in an order that satisfies the prerequisites; the init loads modules concurrently,
+//! each once its prerequisites are loaded, so device probes that wait overlap with the
+//! loading of the rest ([`EARLY`] starts the slow ones first), and disks keep supermin's
+//! names ([`ORDER_AFTER`]).
 //!
 //! Invariants: output is byte-for-byte reproducible (mtime 0, owner 0:0, inode numbers by
 //! position, names sorted bytewise, no padding surprises); compressed modules (.xz, .zst,
 //! .gz; the format told by kiln-compress from the magic bytes) are decompressed at build
-//! time so the init only needs `finit_module`; the init must be a static ELF ([`check_static_init`]); the initrd is written to a temporary
-//! file beside the target and renamed, so a failure leaves nothing half-written.
+//! time so the init only needs `finit_module`; the init must be a static ELF
+//! ([`check_static_init`]); the initrd is written to a temporary file beside the target
+//! and renamed, so a failure leaves nothing half-written.
 //!
 //! | module | owns |
 //! |---|---|
 //! | `moddb` | modules.dep / softdep / alias and the dependency closure ([`ModuleDb`]) |
-//! | `select` | the selection rules and stages ([`select_stages`]) |
+//! | `select` | the selection rules and load order ([`select`]) |
 //! | `elf` | the static-ELF check of the init, shared with the build script |
 //! | `cpio` | the newc writer ([`CpioWriter`]) |
 //! | this file | [`build`]: reading (decompressing) modules, `/modules`, the archive |
@@ -68,9 +68,13 @@ mod select;
 pub use cpio::CpioWriter;
 pub use moddb::{ModuleDb, module_name, parse_aliases, parse_modules_dep, parse_softdeps};
 pub use select::{
-    BUS_STAGES, EXCLUDED_PATTERNS, ROOT_MODULES, STAGE_SEPARATOR, SUPERMIN_PATTERNS,
-    select_modules, select_stages,
+    EARLY, EXCLUDED_PATTERNS, KILN_PATTERNS, ORDER_AFTER, SUPERMIN_PATTERNS, Selection, select,
+    select_modules,
 };
+
+/// What the root needs in any appliance kiln boots (named in the error for a modules
+/// tree that has none of it).
+pub const ROOT_MODULES: &[&str] = &["crc32c_generic", "ext4", "ext2", "virtio_pci", "virtio_blk"];
 
 /// The static init built from crates/init by this crate's build script.
 pub static INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-init"));
@@ -84,32 +88,34 @@ static INIT_HASH: &[u8; 32] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-ini
 pub fn fingerprint() -> [u8; 32] {
     fingerprint_of(
         INIT_HASH,
-        &[SUPERMIN_PATTERNS, EXCLUDED_PATTERNS, ROOT_MODULES],
-        BUS_STAGES,
+        &[SUPERMIN_PATTERNS, EXCLUDED_PATTERNS, KILN_PATTERNS, EARLY],
+        ORDER_AFTER,
     )
 }
 
 fn fingerprint_of(
     init_hash: &[u8; 32],
     lists: &[&[&str]],
-    bus_stages: &[(&[&str], u32)],
+    order_after: &[(&str, &[&str])],
 ) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
-    h.update(b"kiln-initrd 1\0");
+    h.update(b"kiln-initrd 2\0");
     h.update(init_hash);
-    for list in lists
-        .iter()
-        .copied()
-        .chain(bus_stages.iter().map(|(p, _)| *p))
-    {
+    for list in lists.iter().copied() {
         for p in list {
             h.update(p.as_bytes());
             h.update(b"\0");
         }
         h.update(b"\n");
     }
-    for (_, grace) in bus_stages {
-        h.update(&grace.to_le_bytes());
+    for (m, afters) in order_after {
+        h.update(m.as_bytes());
+        h.update(b":");
+        for a in *afters {
+            h.update(a.as_bytes());
+            h.update(b"\0");
+        }
+        h.update(b"\n");
     }
     *h.finalize().as_bytes()
 }
@@ -228,12 +234,12 @@ fn fs_builtin(modules_dir: &Path) -> bool {
 /// [`build`] with another init program (must be static).
 pub fn build_with_init(modules_dir: &Path, out: &Path, init: &[u8]) -> Result<Report> {
     check_static_init(init)?;
-    let stages = select_stages(modules_dir)?;
+    let sel = select(modules_dir)?;
     // A kernel with everything built in needs no modules; one with neither the root
     // filesystem as a module nor built in is the wrong modules tree.
-    let has_fs_module = stages
+    let has_fs_module = sel
+        .order
         .iter()
-        .flatten()
         .any(|k| matches!(module_name(k).as_str(), "ext4" | "ext2"));
     if !has_fs_module && !fs_builtin(modules_dir) {
         return Err(Error::NoModules {
@@ -243,23 +249,25 @@ pub fn build_with_init(modules_dir: &Path, out: &Path, init: &[u8]) -> Result<Re
     }
     let mut files: BTreeMap<String, (u32, Vec<u8>)> = BTreeMap::new();
     let mut order = Vec::new();
+    let mut name_of: BTreeMap<&str, String> = BTreeMap::new();
     let mut list = String::new();
-    for (i, keys) in stages.iter().enumerate() {
-        if i > 0 {
-            // The grace after the stage before this boundary: none after stage 0
-            // (virtio-blk disks appear during the driver's probe).
-            let grace = if i == 1 { 0 } else { BUS_STAGES[i - 2].1 };
-            list.push_str(&format!("{STAGE_SEPARATOR} {grace}\n"));
-        }
-        for k in keys {
-            let (name, data) = read_module(&modules_dir.join(k))?;
-            // Basenames are unique in a kernel's tree; keep the first if not.
-            if let std::collections::btree_map::Entry::Vacant(v) = files.entry(name.clone()) {
-                list.push_str(&name);
-                list.push('\n');
-                order.push(name);
-                v.insert((0o644, data));
+    for k in &sel.order {
+        let (name, data) = read_module(&modules_dir.join(k))?;
+        // Basenames are unique in a kernel's tree; keep the first if not.
+        if let std::collections::btree_map::Entry::Vacant(v) = files.entry(name.clone()) {
+            // `NAME.ko: PREREQUISITE.ko …`, prerequisites always on earlier lines.
+            list.push_str(&name);
+            list.push(':');
+            for p in sel.prerequisites.get(k).into_iter().flatten() {
+                if let Some(pn) = name_of.get(p.as_str()) {
+                    list.push(' ');
+                    list.push_str(pn);
+                }
             }
+            list.push('\n');
+            order.push(name.clone());
+            v.insert((0o644, data));
+            name_of.insert(k, name);
         }
     }
     files.insert("init".into(), (0o755, init.to_vec()));
@@ -349,21 +357,22 @@ mod tests {
     fn fingerprint_covers_the_init_and_every_rule() {
         // The hash the build script recorded is the embedded init's.
         assert_eq!(INIT_HASH, blake3::hash(INIT).as_bytes());
-        let base = fingerprint_of(INIT_HASH, &[&["a*"], &["b*"]], &[(&["c*"], 250)]);
         assert_eq!(
             fingerprint(),
             fingerprint_of(
                 INIT_HASH,
-                &[SUPERMIN_PATTERNS, EXCLUDED_PATTERNS, ROOT_MODULES],
-                BUS_STAGES
+                &[SUPERMIN_PATTERNS, EXCLUDED_PATTERNS, KILN_PATTERNS, EARLY],
+                ORDER_AFTER
             )
         );
+        let base = fingerprint_of(INIT_HASH, &[&["a*"], &["b*"]], &[("c", &["d"])]);
         let changed = [
-            fingerprint_of(&[0; 32], &[&["a*"], &["b*"]], &[(&["c*"], 250)]),
-            fingerprint_of(INIT_HASH, &[&["a*"], &["b?"]], &[(&["c*"], 250)]),
+            fingerprint_of(&[0; 32], &[&["a*"], &["b*"]], &[("c", &["d"])]),
+            fingerprint_of(INIT_HASH, &[&["a*"], &["b?"]], &[("c", &["d"])]),
             // The same patterns in other lists.
-            fingerprint_of(INIT_HASH, &[&["a*", "b*"], &[]], &[(&["c*"], 250)]),
-            fingerprint_of(INIT_HASH, &[&["a*"], &["b*"]], &[(&["c*"], 100)]),
+            fingerprint_of(INIT_HASH, &[&["a*", "b*"], &[]], &[("c", &["d"])]),
+            fingerprint_of(INIT_HASH, &[&["a*"], &["b*"]], &[("c", &["e"])]),
+            fingerprint_of(INIT_HASH, &[&["a*"], &["b*"]], &[("d", &["c"])]),
         ];
         for (i, c) in changed.iter().enumerate() {
             assert_ne!(*c, base, "change {i} not covered");

@@ -135,6 +135,31 @@ impl ModuleDb {
         v
     }
 
+    /// Keys that must be loaded before `key`: its hard dependencies and its `pre:`
+    /// softdeps (sorted, deduplicated).
+    pub fn before(&self, key: &str) -> Vec<String> {
+        let mut v: Vec<String> = self.deps.get(key).cloned().unwrap_or_default();
+        if let Some((pre, _)) = self.softdeps.get(&module_name(key)) {
+            v.extend(pre.iter().flat_map(|p| self.resolve(p)));
+        }
+        v.retain(|k| k != key);
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Keys `key` wants loaded after it: its `post:` softdeps (sorted, deduplicated).
+    pub fn after(&self, key: &str) -> Vec<String> {
+        let mut v: Vec<String> = match self.softdeps.get(&module_name(key)) {
+            Some((_, post)) => post.iter().flat_map(|p| self.resolve(p)).collect(),
+            None => Vec::new(),
+        };
+        v.retain(|k| k != key);
+        v.sort();
+        v.dedup();
+        v
+    }
+
     /// Dependency-ordered closure of `roots` (names or aliases; unknown names, e.g.
     /// built-in modules, are skipped): depth-first post-order, softdep `pre:` modules and
     /// hard deps before a module, `post:` modules after it.

@@ -14,9 +14,13 @@
 //!   cpio (rejected with supermin's message), first byte `/` → hostfiles, `-` →
 //!   excludefiles, ASCII letter/digit → packages, empty → ignored, anything else → an
 //!   error naming the file.
-//! - Base images are read completely into memory ([`Member`]s, in archive order). Member
-//!   paths containing `..` or starting with `/` are refused (error naming the tarball and
-//!   the member), as are corrupt or truncated archives.
+//! - Base images are read completely ([`Member`]s, in archive order), their file data
+//!   streamed from the decoder into a spill file ([`kiln_spill`]: unlinked, sparse, one
+//!   buffer of memory whatever a member's size), so memory does not grow with member
+//!   sizes. Member paths containing `..` or starting with `/` are refused (error naming
+//!   the tarball and the member), as are corrupt or truncated archives.
+//! - Lists are read into memory; one larger than [`LIST_MAX`] is refused (a supermin
+//!   list is kilobytes; a huge one is a mistake or a decompression bomb).
 //!
 //! # Differences from supermin (all compatible with valid supermin appliances)
 //! - zstd-compressed inputs are accepted (supermin: "unknown file type").
@@ -41,6 +45,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+
+pub use kiln_spill::{Region, Spill};
 
 /// How an input file is compressed (detected by magic bytes, in `kiln-compress`).
 pub use kiln_compress::Compression;
@@ -99,14 +105,15 @@ pub struct Line<T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberKind {
     Dir,
-    File(Arc<[u8]>),
+    /// The member's bytes, in the spill file.
+    File(Region),
     /// Target bytes, verbatim.
     Symlink(Vec<u8>),
     /// A hard link to an earlier regular file of the same tarball; `content` is that
     /// file's data (shared, not copied).
     HardLink {
         target: PathBuf,
-        content: Arc<[u8]>,
+        content: Region,
     },
     /// Device number in the kernel's `dev_t` encoding.
     CharDev(u64),
@@ -184,6 +191,25 @@ pub enum InputError {
         member: String,
         message: String,
     },
+    #[error("base image {path}: member {member:?}: cannot keep its data")]
+    MemberData {
+        path: PathBuf,
+        member: String,
+        #[source]
+        source: kiln_spill::AppendError,
+    },
+    #[error(
+        "base image {path}: cannot create a temporary file for its data in {dir} (set \
+         TMPDIR to a writable directory)"
+    )]
+    Spill {
+        path: PathBuf,
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("input {path}: a list of more than {max} bytes: not a supermin list")]
+    ListTooLarge { path: PathBuf, max: u64 },
     #[error("{origin}: excludefiles line does not start with '-'")]
     BadExclude { origin: Origin },
     #[error("input {path}: directory loop (reached twice through symlinks)")]
@@ -299,9 +325,14 @@ pub fn input_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
     Ok(out)
 }
 
-/// Read all INPUT paths (files or supermin.d directories).
+/// The largest list (packages, hostfiles, excludefiles) read, decompressed.
+pub const LIST_MAX: u64 = 64 << 20;
+
+/// Read all INPUT paths (files or supermin.d directories). Base image data goes to a
+/// spill file in the first usable of [`kiln_spill::default_dirs`].
 pub fn read_inputs(paths: &[PathBuf]) -> Result<Inputs, InputError> {
     let mut inputs = Inputs::default();
+    let mut spill: Option<Arc<Spill>> = None;
     for path in input_files(paths)? {
         let (compression, kind) = sniff(&path)?;
         tracing::info!("visiting {} type {compression} {kind}", path.display());
@@ -309,13 +340,17 @@ pub fn read_inputs(paths: &[PathBuf]) -> Result<Inputs, InputError> {
             InputKind::Empty => {}
             InputKind::BaseImage => {
                 let r = open_decoded(&path, compression)?;
-                inputs.base_images.push(read_tar(&path, r)?);
+                let s = match &spill {
+                    Some(s) => s,
+                    None => spill.insert(new_spill(&path)?),
+                };
+                inputs.base_images.push(read_tar_into(&path, r, s)?);
             }
             InputKind::Packages | InputKind::Hostfiles | InputKind::Excludefiles => {
-                let mut r = open_decoded(&path, compression)?;
+                let r = open_decoded(&path, compression)?;
                 let mut data = Vec::new();
-                r.read_to_end(&mut data)
-                    .map_err(|source| match compression {
+                r.take(LIST_MAX + 1).read_to_end(&mut data).map_err(
+                    |source| match compression {
                         Compression::None => InputError::Io {
                             path: path.clone(),
                             source,
@@ -325,7 +360,14 @@ pub fn read_inputs(paths: &[PathBuf]) -> Result<Inputs, InputError> {
                             compression,
                             source,
                         },
-                    })?;
+                    },
+                )?;
+                if data.len() as u64 > LIST_MAX {
+                    return Err(InputError::ListTooLarge {
+                        path,
+                        max: LIST_MAX,
+                    });
+                }
                 parse_list(&path, kind, &data, &mut inputs)?;
             }
         }
@@ -407,15 +449,33 @@ pub fn makedev(major: u32, minor: u32) -> u64 {
     ((ma & 0xffff_f000) << 32) | ((ma & 0xfff) << 8) | ((mi & 0xffff_ff00) << 12) | (mi & 0xff)
 }
 
-/// Read a whole tar stream into memory. `path` names the tarball in errors.
+fn new_spill(path: &Path) -> Result<Arc<Spill>, InputError> {
+    Spill::new().map_err(|(dir, source)| InputError::Spill {
+        path: path.to_path_buf(),
+        dir,
+        source,
+    })
+}
+
+/// Read a whole tar stream, file data into a spill file of its own. `path` names the
+/// tarball in errors.
 pub fn read_tar(path: &Path, r: impl Read) -> Result<BaseImage, InputError> {
+    read_tar_into(path, r, &new_spill(path)?)
+}
+
+/// Read a whole tar stream, file data into `spill`. `path` names the tarball in errors.
+pub fn read_tar_into(
+    path: &Path,
+    r: impl Read,
+    spill: &Arc<Spill>,
+) -> Result<BaseImage, InputError> {
     let tar_err = |message: String| InputError::Tar {
         path: path.to_path_buf(),
         message,
     };
     let mut archive = tar::Archive::new(r);
     let mut members = Vec::new();
-    let mut files: HashMap<PathBuf, Arc<[u8]>> = HashMap::new();
+    let mut files: HashMap<PathBuf, Region> = HashMap::new();
     let entries = archive
         .entries()
         .map_err(|e| tar_err(format!("corrupt or truncated archive: {e}")))?;
@@ -450,17 +510,22 @@ pub fn read_tar(path: &Path, r: impl Read) -> Result<BaseImage, InputError> {
         let kind = match et {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let want = entry.size();
-                let mut data = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
-                entry
-                    .read_to_end(&mut data)
-                    .map_err(|e| member_err(format!("corrupt or truncated archive: {e}")))?;
-                if data.len() as u64 != want {
+                let data = spill.append(&mut entry).map_err(|e| match e {
+                    kiln_spill::AppendError::Read(e) => {
+                        member_err(format!("corrupt or truncated archive: {e}"))
+                    }
+                    source => InputError::MemberData {
+                        path: path.to_path_buf(),
+                        member: member_name.clone(),
+                        source,
+                    },
+                })?;
+                if data.len() != want {
                     return Err(member_err(format!(
                         "truncated archive: member has {} of {want} bytes",
                         data.len()
                     )));
                 }
-                let data: Arc<[u8]> = data.into();
                 files.insert(mpath.clone(), data.clone());
                 MemberKind::File(data)
             }

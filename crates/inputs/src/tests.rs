@@ -230,11 +230,18 @@ fn reads_tar_members_with_metadata() {
         (0o2755, 2952, 1009, 1234)
     );
     assert_eq!(m[1].perm, 0o4755);
-    assert_eq!(m[1].kind, MemberKind::File(Arc::from(&b"abc"[..])));
+    assert_eq!(
+        m[1].kind,
+        MemberKind::File(Region::from_bytes(b"abc").unwrap())
+    );
+    let MemberKind::File(r) = &m[1].kind else {
+        unreachable!()
+    };
+    assert_eq!(r.to_vec().unwrap(), b"abc");
     assert_eq!(m[2].kind, MemberKind::Symlink(b"/etc/abs".to_vec()));
     assert!(
         matches!(&m[3].kind, MemberKind::HardLink { target, content }
-        if target == Path::new("/usr/bin-x") && &content[..] == b"abc")
+        if target == Path::new("/usr/bin-x") && content.to_vec().unwrap() == b"abc")
     );
     assert_eq!(m[4].kind, MemberKind::CharDev(makedev(1, 3)));
     assert_eq!(m[5].path, PathBuf::from(format!("/{long}")));

@@ -31,6 +31,13 @@ pub enum LocateError {
          a fixed appliance (README.fixed, kernel, initrd, root) or vmlinuz.{cpu} + initramfs.{cpu}.img"
     )]
     NotFound { path: OsString, cpu: String },
+    /// `pin_to` names a process that is not running or that never exits (init, a
+    /// kernel thread): its pin would vanish at once or never be released.
+    #[error(
+        "cannot pin the appliance to PID {pid}: {why}; pin it to the process that uses the files \
+         (by default kiln's parent), or run that command under `kiln locate -- CMD ARGS...`"
+    )]
+    PinTarget { pid: u32, why: &'static str },
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error(transparent)]
@@ -223,6 +230,9 @@ fn exists(dir: &Path, names: &[&str]) -> bool {
 /// # Ok(()) }
 /// ```
 pub fn locate(opts: &LocateOptions) -> Result<Pinned, LocateError> {
+    if let Some(pid) = opts.pin_to {
+        check_pin_target(pid)?;
+    }
     let path = search_path(opts);
     let cpu = &opts.key.host_cpu;
     for element in split_path(&path) {
@@ -277,6 +287,7 @@ fn locate_supermin(
         pin_to: opts.pin_to,
         force_rebuild: opts.force_rebuild,
         gc: opts.gc.clone(),
+        source: None, // cached_build names it
     };
     let builder = opts.builder.clone().unwrap_or_else(default_builder);
     let pin = cached_build(&cache, supermin_d, &key, &opts.key, &get, &*builder)?;
@@ -291,6 +302,39 @@ fn locate_supermin(
         element: element.to_path_buf(),
         pin: Some(pin),
     })
+}
+
+/// Refuse a pin owner that will hold a pin forever or not at all: PID 1 (this PID
+/// namespace's init), kernel threads (PID 2 and its children), and processes that are
+/// not running.
+pub fn check_pin_target(pid: u32) -> Result<(), LocateError> {
+    let why = if pid == 1 {
+        "it is init, which never exits, so the pin would never be released"
+    } else {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) if pid != 0 => "no such running process",
+            Err(_) => "no such process",
+            Ok(stat) => match stat_state_and_ppid(&stat) {
+                None => "its /proc entry cannot be read",
+                Some(('Z', _)) => "no such running process (it has exited)",
+                Some((_, ppid)) if pid == 2 || ppid == 2 => {
+                    "it is a kernel thread, which never exits"
+                }
+                Some(_) => return Ok(()),
+            },
+        }
+    };
+    Err(LocateError::PinTarget { pid, why })
+}
+
+/// State and parent PID from `/proc/PID/stat` (fields 3 and 4, counted after the
+/// command name's closing parenthesis, which may itself contain spaces).
+fn stat_state_and_ppid(stat: &str) -> Option<(char, u32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
 }
 
 /// The cache under `root`, else under [`kiln_cache::default_root`].
@@ -318,7 +362,26 @@ pub fn cached_build(
         key,
         options,
     };
-    cache.get_or_build(key, get, |dir| builder(&req, dir))
+    let mut get = get.clone();
+    if get.source.is_none() {
+        get.source = Some(source_key(supermin_d, options));
+    }
+    cache.get_or_build(key, &get, |dir| builder(&req, dir))
+}
+
+/// What an appliance is built from, as opposed to its content (the key): the
+/// supermin.d directory and every option, including which package database, but not
+/// the state of the packages or files. Builds after a package change share it, so the
+/// newest one supersedes the older slots in the cache.
+pub fn source_key(supermin_d: &Path, options: &KeyOptions) -> Key {
+    let mut h = blake3::Hasher::new_derive_key("kiln appliance source v1");
+    let dir = std::fs::canonicalize(supermin_d).unwrap_or_else(|_| supermin_d.to_path_buf());
+    let dir = dir.as_os_str().as_encoded_bytes();
+    h.update(&(dir.len() as u64).to_le_bytes());
+    h.update(dir);
+    // Every option, as one record (its Debug form names each field).
+    h.update(format!("{options:?}").as_bytes());
+    Key::from_digest(h.finalize().as_bytes())
 }
 
 /// The UUID of an ext2/3/4 root image as libguestfs reads it for `root=UUID=`; `None`

@@ -191,3 +191,34 @@ fn real_libguestfs_appliance_is_built_once_and_pinned() {
     assert_eq!(b.key(), a.key());
     assert_ne!(b.root(), a.root(), "each handle has its own pin");
 }
+
+#[test]
+fn pins_must_belong_to_a_process_that_can_exit() {
+    use kiln::locate::check_pin_target;
+    let why = |pid| match check_pin_target(pid) {
+        Err(LocateError::PinTarget { pid: p, why }) => {
+            assert_eq!(p, pid);
+            why
+        }
+        other => panic!("PID {pid}: {other:?}"),
+    };
+    assert!(why(1).contains("init"));
+    assert!(why(2).contains("kernel thread"));
+    assert!(why(0).contains("no such process"));
+    assert!(why(4_194_305).contains("no such running process"));
+    // This process, and its parent (the test harness's), can.
+    check_pin_target(std::process::id()).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let e = locate(&LocateOptions {
+        pin_to: Some(1),
+        ..opts(&t.path().display().to_string(), t.path())
+    })
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("cannot pin the appliance to PID 1: it is init"),
+        "{e}"
+    );
+    // Refused before the search path was looked at or the cache was opened.
+    assert!(fs::read_dir(t.path()).unwrap().next().is_none());
+}

@@ -10,21 +10,49 @@
 //!   tree is then removed; `RENAME_NOREPLACE` when it does not exist;
 //! - `DIR` must be a directory or absent: a file or a symlink at `DIR` is refused, never
 //!   followed or replaced; `/` and `..` are refused;
-//! - a staging directory that is dropped unpublished (error, panic) is removed.
+//! - a staging directory that is dropped unpublished (error, panic) is removed, and so
+//!   is one whose process is ended by SIGINT, SIGTERM or SIGHUP (through
+//!   `kiln-cleanup`, before the process exits);
+//! - its creator holds an exclusive `flock` on the staging directory for as long as it
+//!   exists, so one left by a process that died otherwise (SIGKILL, power loss) is
+//!   recognised as debris and removed by the next [`Staging::new`] for the same `DIR`,
+//!   while a live build's staging directory, locked, is never touched;
+//! - where `renameat2` flags are refused (`EINVAL`: filesystems without them), publishing
+//!   falls back to plain renames: the old output is first moved aside, so `DIR` is
+//!   briefly missing but never half-written.
+//!
+//! # Example
+//!
+//! ```
+//! use kiln_outdir::Staging;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let t = tempfile::tempdir()?;
+//! let out = t.path().join("appliance");
+//! let staging = Staging::new(&out)?;
+//! std::fs::write(staging.path().join("kernel"), b"...")?;
+//! // Until here `out` is untouched; now it is replaced in one rename.
+//! staging.publish()?;
+//! assert!(out.join("kernel").exists());
+//! # Ok(()) }
+//! ```
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{CWD, RenameFlags, renameat_with};
+use rustix::fs::{CWD, Mode, OFlags, RenameFlags, renameat};
+use rustix::io::Errno;
 
 /// An error about the output directory, naming it.
 #[derive(Debug, thiserror::Error)]
 pub enum OutdirError {
     #[error("output {path}: {why}")]
     Refused { path: PathBuf, why: &'static str },
-    #[error("output {path}: {source}")]
+    #[error("output {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -45,6 +73,10 @@ pub struct Staging {
     out: PathBuf,
     tmp: Option<PathBuf>,
     keep_mode: bool,
+    /// The staging directory, flock'ed for as long as this value lives.
+    _lock: fs::File,
+    /// Removes `tmp` if a signal ends the process first.
+    cleanup: Option<kiln_cleanup::Guard>,
 }
 
 /// Whether `out` currently exists as a directory; refuses anything else.
@@ -76,15 +108,15 @@ impl Staging {
             _ => Path::new("."),
         };
         existing_dir(out)?;
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{}.kiln-", name.to_string_lossy()))
-            .tempdir_in(parent)
-            .map_err(io_err(parent))?
-            .keep();
+        let prefix = staging_prefix(name);
+        remove_debris(parent, &prefix);
+        let (tmp, lock, cleanup) = make_locked(parent, &prefix).map_err(io_err(parent))?;
         Ok(Staging {
             out: out.to_path_buf(),
             tmp: Some(tmp),
             keep_mode: false,
+            _lock: lock,
+            cleanup: Some(cleanup),
         })
     }
 
@@ -123,9 +155,12 @@ impl Staging {
         match renameat_with(CWD, &tmp, CWD, &out, first) {
             Ok(()) => {}
             // Created or removed by someone else in between: the other way, once.
-            Err(rustix::io::Errno::EXIST | rustix::io::Errno::NOENT) => {
-                renameat_with(CWD, &tmp, CWD, &out, second).map_err(|e| io_err(&out)(e.into()))?
-            }
+            Err(Errno::EXIST | Errno::NOENT) => match renameat_with(CWD, &tmp, CWD, &out, second) {
+                Ok(()) => {}
+                Err(Errno::INVAL) => plain_renames(&tmp, &out).map_err(io_err(&out))?,
+                Err(e) => return Err(io_err(&out)(e.into())),
+            },
+            Err(Errno::INVAL) => plain_renames(&tmp, &out).map_err(io_err(&out))?,
             Err(e) => return Err(io_err(&out)(e.into())),
         }
         tracing::info!("renamed {} to {}", tmp.display(), out.display());
@@ -133,8 +168,138 @@ impl Staging {
         // rename nothing is left there.
         if !fs::symlink_metadata(&tmp).is_ok_and(|m| m.is_dir()) {
             self.tmp = None;
+            self.cleanup = None;
         }
         Ok(())
+    }
+}
+
+/// Fault injection for the tests: `KILN_OUTDIR_NO_RENAME_FLAGS=1` makes `renameat2`
+/// flags look unsupported (`EINVAL`), as on filesystems without them.
+fn renameat_with(
+    from_dir: impl rustix::fd::AsFd,
+    from: &Path,
+    to_dir: impl rustix::fd::AsFd,
+    to: &Path,
+    flags: RenameFlags,
+) -> rustix::io::Result<()> {
+    if std::env::var_os("KILN_OUTDIR_NO_RENAME_FLAGS").is_some_and(|v| v == "1") {
+        return Err(Errno::INVAL);
+    }
+    rustix::fs::renameat_with(from_dir, from, to_dir, to, flags)
+}
+
+/// Publishing without `renameat2` flags: move an existing output aside, put `tmp` in
+/// its place, then remove the old tree. `DIR` is missing for a moment, never partial.
+fn plain_renames(tmp: &Path, out: &Path) -> io::Result<()> {
+    let mut aside = tmp.as_os_str().to_owned();
+    aside.push(".old");
+    let aside = PathBuf::from(aside);
+    match renameat(CWD, out, CWD, &aside) {
+        Ok(()) => {}
+        Err(Errno::NOENT) => return Ok(renameat(CWD, tmp, CWD, out)?),
+        Err(e) => return Err(e.into()),
+    }
+    if let Err(e) = renameat(CWD, tmp, CWD, out) {
+        // Put the old output back; the staging directory stays ours to remove.
+        let _ = renameat(CWD, &aside, CWD, out);
+        return Err(e.into());
+    }
+    if let Err(e) = remove_tree(&aside) {
+        tracing::warn!("could not remove {}: {e}", aside.display());
+    }
+    Ok(())
+}
+
+/// `.NAME.kiln-`: the start of every staging directory name for output `NAME`.
+fn staging_prefix(name: &OsStr) -> Vec<u8> {
+    let mut p = b".".to_vec();
+    p.extend_from_slice(name.as_bytes());
+    p.extend_from_slice(b".kiln-");
+    p
+}
+
+/// Make `PARENT/.NAME.kiln-XXXXXX` (0700), lock it and register its removal on a
+/// signal; a racing [`remove_debris`] that took it for debris before we locked it makes
+/// us start again.
+fn make_locked(
+    parent: &Path,
+    prefix: &[u8],
+) -> io::Result<(PathBuf, fs::File, kiln_cleanup::Guard)> {
+    loop {
+        let (tmp, cleanup) = kiln_cleanup::create(|| {
+            let tmp = tempfile::Builder::new()
+                .prefix(OsStr::from_bytes(prefix))
+                .tempdir_in(parent)?
+                .keep();
+            let t = tmp.clone();
+            Ok::<_, io::Error>((tmp, move || remove_tree(&t)))
+        })?;
+        let lock = match open_dir_nofollow(&tmp) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                let _ = remove_tree(&tmp);
+                return Err(e);
+            }
+        };
+        lock.lock()?;
+        let same = fs::symlink_metadata(&tmp)
+            .ok()
+            .zip(lock.metadata().ok())
+            .is_some_and(|(a, b)| a.dev() == b.dev() && a.ino() == b.ino());
+        if same {
+            return Ok((tmp, lock, cleanup));
+        }
+        drop(cleanup);
+    }
+}
+
+fn open_dir_nofollow(p: &Path) -> io::Result<fs::File> {
+    let fd = rustix::fs::open(
+        p,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(fs::File::from(fd))
+}
+
+/// Remove staging directories for the same output left by processes that are gone:
+/// ours (same owner), not locked by a live process. Failures are only logged.
+fn remove_debris(parent: &Path, prefix: &[u8]) {
+    let Ok(rd) = fs::read_dir(parent) else { return };
+    let euid = rustix::process::geteuid().as_raw();
+    for de in rd.flatten() {
+        let name = de.file_name();
+        if !name.as_bytes().starts_with(prefix) {
+            continue;
+        }
+        let p = de.path();
+        let Ok(md) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if !md.is_dir() || md.uid() != euid {
+            continue;
+        }
+        let Ok(f) = open_dir_nofollow(&p) else {
+            continue;
+        };
+        match f.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => continue, // a live build's
+            Err(std::fs::TryLockError::Error(_)) => continue,
+        }
+        let still = fs::symlink_metadata(&p)
+            .ok()
+            .zip(f.metadata().ok())
+            .is_some_and(|(a, b)| a.dev() == b.dev() && a.ino() == b.ino());
+        if !still {
+            continue;
+        }
+        match remove_tree(&p) {
+            Ok(()) => tracing::info!("removed {} (left by an interrupted build)", p.display()),
+            Err(e) => tracing::warn!("could not remove {}: {e}", p.display()),
+        }
     }
 }
 

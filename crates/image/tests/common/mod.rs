@@ -261,6 +261,7 @@ pub fn verify(set: &FileSet, img: &Path) {
                 let want = match c {
                     Content::Host { path, .. } => hash_file(path),
                     Content::Bytes(b) => blake3::hash(b),
+                    Content::Spilled(r) => blake3::Hash::from(r.hash()),
                 };
                 assert_eq!(got, want, "content of {:?}", e.path);
             }

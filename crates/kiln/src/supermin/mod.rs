@@ -294,57 +294,28 @@ fn build_keyed(opts: &SuperminOptions, supermin_d: &Path) -> Result<Report, Supe
     }
     // The staging directory first: it validates OUT, and tells which filesystem OUT is on.
     let staging = Staging::new(&opts.output)?;
-    let mut outcome = Outcome::Direct;
-    let mut root_uuid = None;
-    let mut pinned = None;
-    if opts.if_newer {
-        let cache = open_cache(opts.cachedir.as_deref()).map_err(SuperminError::OpenCache)?;
-        let get = GetOptions {
-            pin_to: None,
-            force_rebuild: false,
-            ..GetOptions::default()
-        };
-        let pin = if same_filesystem(staging.path(), cache.path()) {
-            let builder = opts.builder.clone().unwrap_or_else(pipeline_builder);
-            Some(cached_build(
-                &cache, supermin_d, &key, &opts.key, &get, &*builder,
-            )?)
-        } else {
-            // Only an existing slot is worth copying; a new one is built into OUT.
-            cache.lookup(&key, None)?
-        };
-        pinned = pin;
-    }
-    if let Some(pin) = &pinned {
-        let mut copied = false;
-        for (name, src) in [
-            ("kernel", pin.kernel()),
-            ("initrd", pin.initrd()),
-            ("root", pin.root()),
-        ] {
-            let dst = staging.path().join(name);
-            let placed = place::link_or_copy(src, &dst).map_err(|source| SuperminError::Place {
-                src: src.to_path_buf(),
-                dst: dst.clone(),
-                source,
-            })?;
-            copied |= placed == place::Placed::Copied;
-        }
-        outcome = Outcome::FromCache {
-            built: pin.built(),
-            copied,
-        };
-        root_uuid = pin.root_uuid().map(str::to_owned);
+    // Without --if-newer supermin always builds; so does kiln, straight into OUT, without
+    // making a cache slot nobody asked for.
+    let pinned = if opts.if_newer {
+        cached_slot(opts, supermin_d, &key, staging.path())?
     } else {
-        let report =
-            pipeline::build_into(&pipeline_options(opts), staging.path()).map_err(|source| {
-                SuperminError::Build {
+        None
+    };
+    let (outcome, root_uuid) = match &pinned {
+        Some(pin) => (
+            fill_from_slot(pin, staging.path())?,
+            pin.root_uuid().map(str::to_owned),
+        ),
+        None => {
+            let report = pipeline::build_into(&pipeline_options(opts), staging.path()).map_err(
+                |source| SuperminError::Build {
                     out: opts.output.clone(),
                     source: Box::new(source),
-                }
-            })?;
-        root_uuid = report.appliance.map(|a| a.root_uuid).or(root_uuid);
-    }
+                },
+            )?;
+            (Outcome::Direct, report.appliance.map(|a| a.root_uuid))
+        }
+    };
     place::write_key(staging.path(), &key).map_err(|source| SuperminError::KeyFile {
         path: opts.output.join(KEY_FILE),
         source,
@@ -354,6 +325,52 @@ fn build_keyed(opts: &SuperminOptions, supermin_d: &Path) -> Result<Report, Supe
         outcome,
         key: Some(key),
         root_uuid,
+    })
+}
+
+/// The cache slot for `key`, pinned to this process: built if missing when `staging` is
+/// on the cache's filesystem (it will be linked); when it is not, only an existing slot
+/// (it will be copied sparsely) — `None` means build straight into `staging`.
+fn cached_slot(
+    opts: &SuperminOptions,
+    supermin_d: &Path,
+    key: &Key,
+    staging: &Path,
+) -> Result<Option<kiln_cache::Pinned>, SuperminError> {
+    let cache = open_cache(opts.cachedir.as_deref()).map_err(SuperminError::OpenCache)?;
+    if !same_filesystem(staging, cache.path()) {
+        return Ok(cache.lookup(key, None)?);
+    }
+    let get = GetOptions {
+        pin_to: None,
+        force_rebuild: false,
+        ..GetOptions::default()
+    };
+    let builder = opts.builder.clone().unwrap_or_else(pipeline_builder);
+    Ok(Some(cached_build(
+        &cache, supermin_d, key, &opts.key, &get, &*builder,
+    )?))
+}
+
+/// Put the slot's three files into `dir`; the outcome says whether any was copied.
+fn fill_from_slot(pin: &kiln_cache::Pinned, dir: &Path) -> Result<Outcome, SuperminError> {
+    let mut copied = false;
+    for (name, src) in [
+        ("kernel", pin.kernel()),
+        ("initrd", pin.initrd()),
+        ("root", pin.root()),
+    ] {
+        let dst = dir.join(name);
+        let placed = place::link_or_copy(src, &dst).map_err(|source| SuperminError::Place {
+            src: src.to_path_buf(),
+            dst: dst.clone(),
+            source,
+        })?;
+        copied |= placed == place::Placed::Copied;
+    }
+    Ok(Outcome::FromCache {
+        built: pin.built(),
+        copied,
     })
 }
 

@@ -1,0 +1,67 @@
+//! Faults around qemu, with a stand-in for qemu (a shell script that sleeps).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kiln_boot::{Accel, BootOptions, Error, boot};
+
+/// When polling qemu fails (`try_wait` returns an error), boot kills and reaps qemu
+/// before returning the error: no qemu keeps running, no zombie is left. The failure is
+/// injected (`KILN_BOOT_FAULT=try-wait`) in a child process of this test binary.
+#[test]
+fn a_failed_poll_kills_and_reaps_qemu() {
+    if std::env::var_os("KILN_BOOT_FAULT").is_none() {
+        let st = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_failed_poll_kills_and_reaps_qemu",
+                "--nocapture",
+            ])
+            .env("KILN_BOOT_FAULT", "try-wait")
+            .status()
+            .unwrap();
+        assert!(st.success(), "child test failed: {st}");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    fs::write(dir.join("kernel"), b"k").unwrap();
+    fs::write(dir.join("initrd"), b"i").unwrap();
+    let pidfile = dir.join("qemu.pid");
+    let qemu = dir.join("fake-qemu");
+    fs::write(
+        &qemu,
+        format!(
+            "#!/bin/sh\necho $$ > {}\nexec sleep 1000\n",
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&qemu, fs::Permissions::from_mode(0o755)).unwrap();
+    let opts = BootOptions {
+        qemu: qemu.clone(),
+        accel: Accel::Tcg,
+        echo: false,
+        no_root_disk: true,
+        timeout: Duration::from_secs(60),
+        ..BootOptions::default()
+    };
+    let start = Instant::now();
+    let err = boot(dir, &opts).unwrap_err();
+    assert!(matches!(err, Error::Wait(_)), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "waited for the timeout"
+    );
+    let pid = fs::read_to_string(&pidfile).unwrap();
+    let proc_dir = format!("/proc/{}", pid.trim());
+    assert!(
+        !Path::new(&proc_dir).exists(),
+        "qemu (PID {}) is still running or a zombie",
+        pid.trim()
+    );
+}
