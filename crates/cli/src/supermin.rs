@@ -58,7 +58,13 @@ fn run(a: &Args) -> anyhow::Result<()> {
         bail!("error: environment variable $TMPDIR must be an absolute path");
     }
     say(a, format!("version: {}", version_line()));
-    say(a, "package handler: debian/dpkg");
+    say(
+        a,
+        format!(
+            "package handler: {}",
+            kiln::databases::choose(&sysroot()).map_or("none", |d| d.name)
+        ),
+    );
     // Held until the process exits, as supermin's lockf.
     let _lock = match &a.lock {
         Some(l) => {
@@ -72,6 +78,12 @@ fn run(a: &Args) -> anyhow::Result<()> {
         Some(Mode::Prepare) => prepare(a, &out),
         _ => build(a, &out),
     }
+}
+
+/// The installed system the front end reads: `KILN_SYSROOT` (kiln's addition to
+/// supermin's interface), else `/`.
+fn sysroot() -> kiln::Sysroot {
+    kiln::Sysroot::new(std::env::var_os("KILN_SYSROOT").unwrap_or_else(|| "/".into()))
 }
 
 fn prepare(a: &Args, out: &Path) -> anyhow::Result<()> {
@@ -88,7 +100,11 @@ fn prepare(a: &Args, out: &Path) -> anyhow::Result<()> {
             ),
         }
     }
-    let r = kiln_prepare::prepare(&names, out, &kiln_prepare::PrepareOptions::default())?;
+    let o = kiln_prepare::PrepareOptions {
+        root: sysroot().root,
+        ..Default::default()
+    };
+    let r = kiln_prepare::prepare(&names, out, &o)?;
     say(
         a,
         format!(
@@ -125,6 +141,7 @@ fn build(a: &Args, out: &Path) -> anyhow::Result<()> {
         size,
         ..KeyOptions::default()
     };
+    opts.key.set_sysroot(sysroot());
     let r = kiln::supermin::build(&opts)?;
     let key = r.key.as_ref().map(|k| k.as_str()).unwrap_or("");
     let uuid = r.root_uuid.as_deref().unwrap_or("unknown");

@@ -39,9 +39,13 @@ pub enum PrepareError {
     NoPackages,
     #[error(
         "prepare: none of the packages listed on the command line seem to be installed \
-         ({0}); check the names with `dpkg -l`"
+         ({names}); check the names with `{hint}`"
     )]
-    NoneInstalled(String),
+    NoneInstalled {
+        names: String,
+        /// The database's own listing command (`dpkg -l`, `rpm -qa`, `pacman -Q`).
+        hint: &'static str,
+    },
     #[error(transparent)]
     Packages(#[from] PackageError),
     #[error(transparent)]
@@ -118,7 +122,15 @@ pub fn prepare<S: AsRef<str>>(
         }
     }
     if wanted.is_empty() {
-        return Err(PrepareError::NoneInstalled(report.missing.join(" ")));
+        let hint = match db.driver() {
+            d if d.ends_with("/rpm") => "rpm -qa",
+            d if d.ends_with("/pacman") => "pacman -Q",
+            _ => "dpkg -l",
+        };
+        return Err(PrepareError::NoneInstalled {
+            names: report.missing.join(" "),
+            hint,
+        });
     }
     wanted.sort();
     wanted.dedup();
