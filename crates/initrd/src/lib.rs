@@ -66,6 +66,9 @@ mod moddb;
 mod select;
 
 pub use cpio::CpioWriter;
+/// The program interpreter an ELF file asks for, read with the same bounds-checked code
+/// as the init's check (`kiln run` uses it for a command no package owns).
+pub use elf::interp as elf_interp;
 pub use moddb::{ModuleDb, module_name, parse_aliases, parse_modules_dep, parse_softdeps};
 pub use select::{
     EARLY, EXCLUDED_PATTERNS, KILN_PATTERNS, ORDER_AFTER, SUPERMIN_PATTERNS, Selection, select,

@@ -249,31 +249,13 @@ fn owner(db: &dyn Database, p: &Path) -> anyhow::Result<Option<String>> {
 /// The ELF program interpreter (`PT_INTERP`) of `p`; `None` for a static or non-ELF file.
 fn elf_interp(p: &Path) -> anyhow::Result<Option<PathBuf>> {
     let b = fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 || b[5] != 1 {
-        return Ok(None);
+    match kiln_initrd::elf_interp(&b) {
+        Ok(i) => Ok(i.map(|s| PathBuf::from(OsStr::from_bytes(s)))),
+        // Not a 64-bit little-endian ELF file: a script or another kind of program,
+        // whose loader (if any) kiln does not follow.
+        Err(_) if b.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) => Ok(None),
+        Err(why) => bail!("{}: {why}", p.display()),
     }
-    let u16at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
-    let u64at = |o: usize| {
-        let mut x = [0u8; 8];
-        x.copy_from_slice(&b[o..o + 8]);
-        u64::from_le_bytes(x) as usize
-    };
-    let (phoff, phentsize, phnum) = (u64at(32), u16at(54), u16at(56));
-    for i in 0..phnum {
-        let o = phoff + i * phentsize;
-        if o + 56 > b.len() {
-            bail!("{}: truncated ELF program headers", p.display());
-        }
-        if u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) == 3 {
-            let (off, size) = (u64at(o + 8), u64at(o + 32));
-            let s = b
-                .get(off..off + size)
-                .with_context(|| format!("{}: bad PT_INTERP", p.display()))?;
-            let s = s.split(|&c| c == 0).next().unwrap_or_default();
-            return Ok(Some(PathBuf::from(OsStr::from_bytes(s))));
-        }
-    }
-    Ok(None)
 }
 
 /// The libraries `interp --list file` resolves (what `ldd` prints), the loader included.
