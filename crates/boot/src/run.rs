@@ -22,8 +22,7 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -33,6 +32,12 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::{Accel, base_cmdline, kvm_usable, root_uuid};
+
+mod relay;
+mod wire;
+pub use relay::terminal_size;
+use relay::{spawn_out, spawn_stdin, spawn_winsize};
+use wire::{encode_spec, frame, read_frame, share_tag};
 
 /// A host directory shared with the guest (9p, read-write).
 #[derive(Debug, Clone)]
@@ -153,65 +158,6 @@ pub enum RunError {
         got: u64,
         sent: u64,
     },
-}
-
-fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(5 + payload.len());
-    v.push(kind);
-    v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    v.extend_from_slice(payload);
-    v
-}
-
-fn field(out: &mut Vec<u8>, tag: u8, v: &[u8]) {
-    out.push(tag);
-    out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    out.extend_from_slice(v);
-}
-
-/// The spec frame's payload (see kiln-init's `run` module for the format).
-fn encode_spec(spec: &RunSpec) -> Vec<u8> {
-    let mut p = Vec::new();
-    for a in &spec.argv {
-        field(&mut p, b'a', a.as_bytes());
-    }
-    for e in &spec.env {
-        field(&mut p, b'e', e.as_bytes());
-    }
-    if let Some(c) = &spec.cwd {
-        field(&mut p, b'c', c.as_os_str().as_bytes());
-    }
-    for (i, s) in spec.shares.iter().enumerate() {
-        let mut v = share_tag(i).into_bytes();
-        v.push(0);
-        v.extend_from_slice(s.guest.as_os_str().as_bytes());
-        field(&mut p, b'm', &v);
-    }
-    if let Some((r, c)) = spec.tty {
-        let mut v = r.to_le_bytes().to_vec();
-        v.extend_from_slice(&c.to_le_bytes());
-        field(&mut p, b't', &v);
-        if spec.stderr_tty {
-            field(&mut p, b'2', &[]);
-        }
-    }
-    p
-}
-
-fn share_tag(i: usize) -> String {
-    format!("kiln{i}")
-}
-
-fn read_frame(r: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
-    let mut h = [0u8; 5];
-    r.read_exact(&mut h)?;
-    let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
-    if len > 1 << 20 {
-        return Err(io::Error::other("oversized frame from the guest"));
-    }
-    let mut p = vec![0u8; len];
-    r.read_exact(&mut p)?;
-    Ok((h[0], p))
 }
 
 enum Event {
@@ -597,87 +543,6 @@ fn attempt(
     }))
 }
 
-/// Copy a port to this process's fd 1 or 2 (unbuffered), counting bytes.
-fn spawn_out(mut from: UnixStream, fd: i32, n: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let target = if fd == 1 {
-            rustix::io::dup(rustix::stdio::stdout())
-        } else {
-            rustix::io::dup(rustix::stdio::stderr())
-        };
-        let mut to = target.ok().map(fs::File::from);
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let k = match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(k) => k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            };
-            // A closed stdout (e.g. `| head`) drops the rest but keeps counting, so
-            // the guest is still released.
-            if let Some(t) = &mut to
-                && t.write_all(&buf[..k]).is_err()
-            {
-                to = None;
-            }
-            n.fetch_add(k as u64, Ordering::SeqCst);
-        }
-    })
-}
-
-/// Copy this process's stdin to the guest; at EOF, half-close so the guest sees EOF.
-fn spawn_stdin(mut to: UnixStream) {
-    std::thread::spawn(move || {
-        let Ok(fd) = rustix::io::dup(rustix::stdio::stdin()) else {
-            return;
-        };
-        let mut from = fs::File::from(fd);
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) => break,
-                Ok(k) => {
-                    if to.write_all(&buf[..k]).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
-        }
-        let _ = to.shutdown(std::net::Shutdown::Write);
-    });
-}
-
-/// Terminal mode: send the host terminal's size whenever it changes (polled: kiln
-/// installs no signal handlers).
-fn spawn_winsize(mut ctl: UnixStream, initial: Option<(u16, u16)>) {
-    std::thread::spawn(move || {
-        let mut last = initial;
-        loop {
-            std::thread::sleep(Duration::from_millis(200));
-            let Some(now) = terminal_size(rustix::stdio::stdout()) else {
-                continue;
-            };
-            if Some(now) != last {
-                last = Some(now);
-                let mut p = now.0.to_le_bytes().to_vec();
-                p.extend_from_slice(&now.1.to_le_bytes());
-                if ctl.write_all(&frame(b'W', &p)).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-}
-
-/// Rows and columns of the terminal on `fd`, if it is one.
-pub fn terminal_size(fd: impl AsFd) -> Option<(u16, u16)> {
-    let w = rustix::termios::tcgetwinsize(fd).ok()?;
-    (w.ws_row > 0 && w.ws_col > 0).then_some((w.ws_row, w.ws_col))
-}
-
 /// The panic report on the console, from a few lines before "Kernel panic" to the end.
 pub fn panic_text(console: &str) -> Option<String> {
     let lines: Vec<&str> = console.lines().collect();
@@ -691,32 +556,4 @@ fn tail(console: &str, n: usize) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_codes() {
-        assert_eq!(Status::Exited(7).code(), 7);
-        assert_eq!(Status::Signaled(9).code(), 137);
-        assert_eq!(Status::Exited(256 + 3).code(), 3);
-    }
-
-    #[test]
-    fn spec_encoding() {
-        let spec = RunSpec {
-            argv: vec!["sh".into(), "-c".into()],
-            tty: Some((24, 80)),
-            ..Default::default()
-        };
-        let p = encode_spec(&spec);
-        assert_eq!(&p[..7], b"a\x02\0\0\0sh");
-        assert!(p.ends_with(b"t\x04\0\0\0\x18\0\x50\0"));
-    }
-
-    #[test]
-    fn panic_is_found() {
-        let c = "a\nb\n[ 1.0] Kernel panic - not syncing: Attempted to kill init!\nc\n";
-        assert!(panic_text(c).unwrap().contains("Attempted to kill init"));
-        assert!(panic_text("all fine\n").is_none());
-    }
-}
+mod tests;
