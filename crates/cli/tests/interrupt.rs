@@ -10,11 +10,11 @@ mod common;
 use common::kiln;
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use rustix::process::{Pid, Signal, kill_process};
 
@@ -46,15 +46,41 @@ fn names(d: &Path) -> Vec<String> {
 /// Start kiln with ARGS; the three signals at their default action whatever this test
 /// inherited (a background job's SIGINT is ignored, and that would be kept).
 fn start(args: &[&str], cache: &Path) -> Child {
-    Command::new("env")
-        .arg("--default-signal=INT,TERM,HUP")
+    command(args, cache).spawn().unwrap()
+}
+
+fn command(args: &[&str], cache: &Path) -> Command {
+    let mut c = Command::new("env");
+    c.arg("--default-signal=INT,TERM,HUP")
         .arg(kiln())
         .args(args)
         .env("LIBGUESTFS_CACHEDIR", cache)
+        .env_remove("KILN_STALL_AT")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Start kiln with ARGS and return once its build stands still at `point`
+/// (`KILN_STALL_AT`), so a signal lands exactly there however fast the machine is.
+fn start_stalled(args: &[&str], cache: &Path, point: &str) -> Child {
+    let mut child = command(args, cache)
+        .env("KILN_STALL_AT", point)
         .spawn()
-        .unwrap()
+        .unwrap();
+    let mut r = BufReader::new(child.stderr.take().unwrap());
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line).unwrap();
+        assert!(n > 0, "kiln ended before it reached {point}");
+        if String::from_utf8_lossy(&line).contains(&format!("stalled at {point}")) {
+            break;
+        }
+    }
+    // Keep draining stderr so kiln never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut r, &mut std::io::sink()));
+    child
 }
 
 fn signal(child: &Child, sig: Signal) {
@@ -62,71 +88,63 @@ fn signal(child: &Child, sig: Signal) {
     kill_process(pid, sig).unwrap();
 }
 
-/// Wait for `child`; true if it ended by `sig` (false if it finished first).
-fn ended_by(child: Child, sig: Signal) -> bool {
+/// Wait for `child` and assert it ended by `sig`.
+fn ended_by(child: Child, sig: Signal) {
     let out = child.wait_with_output().unwrap();
-    match out.status.signal() {
-        Some(s) => {
-            assert_eq!(s, sig.as_raw(), "ended by another signal: {:?}", out.status);
-            true
-        }
-        None => {
-            assert!(
-                out.status.success(),
-                "failed instead of being interrupted: {:?}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            false
-        }
-    }
+    assert_eq!(
+        out.status.signal(),
+        Some(sig.as_raw()),
+        "not ended by {sig:?}: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 const SIGNALS: [Signal; 3] = [Signal::INT, Signal::TERM, Signal::HUP];
-/// Resolving, writing the image, the initrd, the end.
-const DELAYS_MS: [u64; 4] = [60, 400, 1000, 1800];
+/// Before the output exists, writing the image, the initrd, just before publishing.
+const POINTS: [&str; 4] = ["resolve", "image", "initrd", "publish"];
 
 #[test]
 fn signals_during_kiln_build_leave_nothing() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    supermin_d();
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("out");
     let out_s = out.to_str().unwrap();
-    let mut interrupted = 0;
+    let args = ["build", "-f", "ext2", "-o", out_s, SUPERMIN_D];
     for sig in SIGNALS {
-        for ms in DELAYS_MS {
-            let child = start(
-                &["build", "-f", "ext2", "-o", out_s, SUPERMIN_D],
-                &t.path().join("cache"),
-            );
-            supermin_d();
-            std::thread::sleep(Duration::from_millis(ms));
-            signal(&child, sig);
-            if ended_by(child, sig) {
-                interrupted += 1;
-                assert_eq!(names(t.path()), Vec::<String>::new(), "{sig:?} at {ms} ms");
-            } else {
-                assert_eq!(names(t.path()), ["out"], "{sig:?} at {ms} ms");
-                fs::remove_dir_all(&out).unwrap();
+        for point in POINTS {
+            let child = start_stalled(&args, &t.path().join("cache"), point);
+            if point != "resolve" {
+                // The staging directory is there while the build stands still.
+                assert_eq!(
+                    names(t.path())
+                        .iter()
+                        .filter(|n| n.starts_with(".out.kiln-"))
+                        .count(),
+                    1,
+                    "{point}"
+                );
             }
+            signal(&child, sig);
+            ended_by(child, sig);
+            assert_eq!(names(t.path()), Vec::<String>::new(), "{sig:?} at {point}");
         }
     }
-    assert!(
-        interrupted >= 6,
-        "only {interrupted} builds were interrupted"
-    );
 
     // Over an existing output: it stays as it was, complete, and alone.
-    let ok = start(&["build", "-f", "ext2", "-o", out_s, SUPERMIN_D], t.path());
-    assert!(!ended_by(ok, Signal::TERM));
+    let ok = start(&args, t.path()).wait_with_output().unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let before = names(&out);
-    let child = start(&["build", "-f", "ext2", "-o", out_s, SUPERMIN_D], t.path());
-    std::thread::sleep(Duration::from_millis(800));
+    let child = start_stalled(&args, t.path(), "initrd");
     signal(&child, Signal::TERM);
-    if ended_by(child, Signal::TERM) {
-        assert_eq!(names(t.path()), ["out"]);
-        assert_eq!(names(&out), before);
-    }
+    ended_by(child, Signal::TERM);
+    assert_eq!(names(t.path()), ["out"]);
+    assert_eq!(names(&out), before);
 }
 
 /// The front end building through the cache (`--if-newer`): neither the staging beside
@@ -134,6 +152,7 @@ fn signals_during_kiln_build_leave_nothing() {
 #[test]
 fn signals_during_the_supermin_front_end_leave_nothing() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    supermin_d();
     let t = tempfile::tempdir().unwrap();
     let work = t.path().join("work");
     let cache = t.path().join("cache");
@@ -141,14 +160,13 @@ fn signals_during_the_supermin_front_end_leave_nothing() {
     fs::create_dir(&cache).unwrap();
     let out = work.join("appliance.d");
     let out_s = out.to_str().unwrap();
-    let mut interrupted = 0;
-    for (sig, ms) in [
-        (Signal::INT, 100),
-        (Signal::TERM, 700),
-        (Signal::HUP, 1400),
-        (Signal::TERM, 2000),
+    for (sig, point) in [
+        (Signal::INT, "resolve"),
+        (Signal::TERM, "image"),
+        (Signal::HUP, "initrd"),
+        (Signal::TERM, "publish"),
     ] {
-        let child = start(
+        let child = start_stalled(
             &[
                 "supermin",
                 "--build",
@@ -160,11 +178,11 @@ fn signals_during_the_supermin_front_end_leave_nothing() {
                 out_s,
             ],
             &cache,
+            point,
         );
         let pid = child.id();
-        std::thread::sleep(Duration::from_millis(ms));
         signal(&child, sig);
-        let was_interrupted = ended_by(child, sig);
+        ended_by(child, sig);
         let user_dir: PathBuf = fs::read_dir(&cache)
             .unwrap()
             .next()
@@ -174,62 +192,59 @@ fn signals_during_the_supermin_front_end_leave_nothing() {
             .into_iter()
             .filter(|n| n.starts_with("tmp-") || n.starts_with(&format!("pin-{pid}-")))
             .collect();
-        assert_eq!(left, Vec::<String>::new(), "{sig:?} at {ms} ms");
-        if was_interrupted {
-            interrupted += 1;
-            assert!(
-                names(&work).iter().all(|n| n == "appliance.d"),
-                "{sig:?} at {ms} ms: {:?}",
-                names(&work)
-            );
-        } else {
-            fs::remove_dir_all(&out).unwrap();
-            // Start from an empty cache again, so the next run builds.
-            fs::remove_dir_all(&user_dir).unwrap();
-        }
+        assert_eq!(left, Vec::<String>::new(), "{sig:?} at {point}");
+        assert!(
+            names(&work).iter().all(|n| n == "appliance.d"),
+            "{sig:?} at {point}: {:?}",
+            names(&work)
+        );
     }
-    assert!(interrupted >= 2, "only {interrupted} runs were interrupted");
 }
 
 /// SIGKILL cannot be caught: its staging directory stays, is recognised (nobody holds
 /// its lock) and removed by the next build into the same place. A build that is running
-/// meanwhile keeps its staging directory and finishes.
+/// meanwhile keeps its staging directory.
 #[test]
 fn sigkill_debris_goes_with_the_next_build_live_builds_are_left_alone() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    supermin_d();
     let t = tempfile::tempdir().unwrap();
     let out = t.path().join("out");
     let out_s = out.to_str().unwrap();
     let cache = t.path().join("cache");
     let args = ["build", "-f", "ext2", "-o", out_s, SUPERMIN_D];
-    let mut killed = start(&args, &cache);
-    std::thread::sleep(Duration::from_millis(1000));
+    let staging = || -> Vec<String> {
+        names(t.path())
+            .into_iter()
+            .filter(|n| n.starts_with(".out.kiln-"))
+            .collect()
+    };
+    let mut killed = start_stalled(&args, &cache, "initrd");
     signal(&killed, Signal::KILL);
     let st = killed.wait().unwrap();
     assert_eq!(st.signal(), Some(Signal::KILL.as_raw()));
-    let debris: Vec<String> = names(t.path())
-        .into_iter()
-        .filter(|n| n.starts_with(".out.kiln-"))
-        .collect();
+    let debris = staging();
     assert_eq!(debris.len(), 1, "SIGKILL left {:?}", names(t.path()));
 
-    // A long build (A) and, while it runs, a second one (B) into the same place: B
-    // removes the dead build's directory but not A's.
-    let a = start(&args, &cache);
-    std::thread::sleep(Duration::from_millis(300));
-    let b = start(&args, &cache);
-    let b_out = b.wait_with_output().unwrap();
+    // A build that stands still (A) and, meanwhile, a second one (B) into the same
+    // place: B removes the dead build's directory but not A's.
+    let a = start_stalled(&args, &cache, "initrd");
+    let live: Vec<String> = staging().into_iter().filter(|n| *n != debris[0]).collect();
+    assert_eq!(live.len(), 1, "{:?}", names(t.path()));
+    let b_out = start(&args, &cache).wait_with_output().unwrap();
     assert!(
         b_out.status.success(),
         "{}",
         String::from_utf8_lossy(&b_out.stderr)
     );
-    let a_out = a.wait_with_output().unwrap();
-    assert!(
-        a_out.status.success(),
-        "the running build was disturbed: {}",
-        String::from_utf8_lossy(&a_out.stderr)
+    assert_eq!(
+        staging(),
+        live,
+        "the dead build's directory goes, the live one stays"
     );
-    assert_eq!(names(t.path()), ["out"], "debris left");
     assert_eq!(names(&out), ["initrd", "kernel", "root"]);
+    // A, interrupted now, removes its own.
+    signal(&a, Signal::TERM);
+    ended_by(a, Signal::TERM);
+    assert_eq!(names(t.path()), ["out"], "debris left");
 }

@@ -191,6 +191,7 @@ fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildErr
 
     tracing::info!("reading the supermin appliance");
     let inputs = kiln_inputs::read_inputs(&opts.inputs)?;
+    stall("resolve");
 
     // The kernel first: without one there is nothing to build, and its modules tree
     // belongs to the file set.
@@ -285,6 +286,7 @@ fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildErr
                 (None, None) => unreachable!("one of staging or into is set"),
             };
             let root = dir.join("root");
+            stall("image");
             tracing::info!("ext2: writing {} ({} bytes)", root.display(), opts.size);
             let image = kiln_image::write_image(
                 &set,
@@ -301,10 +303,12 @@ fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildErr
                 image.inodes_used
             );
             let initrd = dir.join("initrd");
+            stall("initrd");
             tracing::info!("ext2: creating minimal initrd {}", initrd.display());
             let ir = kiln_initrd::build(&kernel.modules, &initrd)?;
             tracing::info!("ext2: wrote {} modules to minimal initrd", ir.modules.len());
             kiln_kernel::install(&kernel, dir, opts.copy_kernel)?;
+            stall("publish");
             if let Some(s) = staging {
                 s.publish()?;
             }
@@ -319,4 +323,16 @@ fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildErr
         }
     }
     Ok(report)
+}
+
+/// Fault injection for the interrupt tests: with `KILN_STALL_AT=POINT` the build stops at
+/// that point (`resolve`, `image`, `initrd`, `publish`), says so on stderr and waits for
+/// a signal, so a test interrupts it exactly there however fast the machine is.
+fn stall(point: &str) {
+    if std::env::var_os("KILN_STALL_AT").is_some_and(|v| v == point) {
+        eprintln!("kiln: stalled at {point} (KILN_STALL_AT)");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
 }
