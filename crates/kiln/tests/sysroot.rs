@@ -392,3 +392,67 @@ fn rpm_root_appliance_boots() {
         outcome.console
     );
 }
+
+/// The pacman counterpart of [`BOOTABLE_RPMS`]: the host's busybox depending on the
+/// soname `libc.so=6-64`, which the package carrying the C library provides (Arch's
+/// spelling of a soname dependency).
+const BOOTABLE_PKGBUILD: &str = r#"
+package_kiln-glibc() {
+  arch=(x86_64)
+  provides=('libc.so=6-64')
+  mkdir -p "$pkgdir/lib64" "$pkgdir/lib/x86_64-linux-gnu"
+  cp -L /lib64/ld-linux-x86-64.so.2 "$pkgdir/lib64/"
+  cp -L /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_64-linux-gnu/libresolv.so.2 \
+    "$pkgdir/lib/x86_64-linux-gnu/"
+}
+
+package_kiln-busybox() {
+  arch=(x86_64)
+  depends=('libc.so=6-64')
+  mkdir -p "$pkgdir/bin"
+  cp -L /bin/busybox "$pkgdir/bin/busybox"
+}
+"#;
+
+/// A pacman root made by the real tools boots under `kiln boot` (with the host's
+/// kernel: the root has none).
+#[test]
+fn pacman_root_appliance_boots() {
+    assert!(
+        pacroot::tools_present(),
+        "makepkg, pacman, bsdtar, fakeroot: run scripts/setup-host"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let root = pacroot::make_root(t.path(), &["kiln-glibc", "kiln-busybox"], BOOTABLE_PKGBUILD);
+    let sd = t.path().join("supermin.d");
+    fs::create_dir_all(&sd).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/supermin.d");
+    fs::copy(example.join("init.tar.gz"), sd.join("init.tar.gz")).unwrap();
+    fs::write(sd.join("packages"), "kiln-busybox\n").unwrap();
+    let out = t.path().join("appliance");
+    let mut o = BuildOptions::new(vec![sd], Format::Ext2, out.clone());
+    o.set_sysroot(Sysroot::new(&root));
+    o.kernel_roots = kiln::key::Roots::default();
+    let r = kiln::build(&o).unwrap();
+    assert_eq!(
+        r.packages,
+        ["kiln-busybox-1.0-1.x86_64", "kiln-glibc-1.0-1.x86_64"]
+    );
+    let outcome = kiln_boot::boot(
+        &out,
+        &kiln_boot::BootOptions {
+            timeout: std::time::Duration::from_secs(300),
+            echo: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(outcome.init_ran, "console:\n{}", outcome.console);
+    assert!(
+        outcome
+            .console
+            .contains("Hello from the kiln example appliance"),
+        "console:\n{}",
+        outcome.console
+    );
+}
