@@ -281,23 +281,13 @@ fn run_qemu(
     accel: &'static str,
     opts: &BootOptions,
 ) -> Result<BootOutcome> {
-    let mut cmd = Command::new(&opts.qemu);
-    cmd.args([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ])
-    .args(["-machine", &format!("accel={accel}")])
-    .args(["-cpu", if accel == "kvm" { "host" } else { "max" }])
-    .args(["-m", &opts.memory_mib.to_string()])
-    .args(["-serial", "stdio"])
-    .arg("-kernel")
-    .arg(kernel)
-    .arg("-initrd")
-    .arg(initrd)
-    .args(["-append", &cmdline.join(" ")]);
+    let mut cmd = qemu_base(&opts.qemu, accel, opts.memory_mib);
+    cmd.args(["-serial", "stdio"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", &cmdline.join(" ")]);
     let mut disks: Vec<&Path> = opts.extra_disks.iter().map(PathBuf::as_path).collect();
     if let Some(r) = root {
         disks.push(r);
@@ -388,6 +378,23 @@ fn run_qemu(
         qemu_stderr,
         elapsed: start.elapsed(),
     })
+}
+
+/// The qemu command line `boot` and `run` both start from: no default devices, no
+/// display, no reboot, the accelerator with a CPU model that suits it, and the memory.
+pub(crate) fn qemu_base(qemu: &Path, accel: &str, memory_mib: u32) -> Command {
+    let mut cmd = Command::new(qemu);
+    cmd.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .args(["-machine", &format!("accel={accel}")])
+    .args(["-cpu", if accel == "kvm" { "host" } else { "max" }])
+    .args(["-m", &memory_mib.to_string()]);
+    cmd
 }
 
 #[cfg(test)]

@@ -228,24 +228,14 @@ fn qemu_command(
     accel: &str,
     guest_fds: &[i32; 4],
 ) -> Command {
-    let mut cmd = Command::new(&opts.qemu);
-    cmd.args([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ])
-    .args(["-machine", &format!("accel={accel}")])
-    .args(["-cpu", if accel == "kvm" { "host" } else { "max" }])
-    .args(["-m", &opts.memory_mib.to_string()])
-    .args(["-smp", &opts.cpus.max(1).to_string()])
-    .args(["-serial", "stdio"])
-    .arg("-kernel")
-    .arg(&opts.kernel)
-    .arg("-initrd")
-    .arg(&opts.initrd)
-    .args(["-append", &cmdline.join(" ")]);
+    let mut cmd = crate::qemu_base(&opts.qemu, accel, opts.memory_mib);
+    cmd.args(["-smp", &opts.cpus.max(1).to_string()])
+        .args(["-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&opts.kernel)
+        .arg("-initrd")
+        .arg(&opts.initrd)
+        .args(["-append", &cmdline.join(" ")]);
     let root = opts.root.to_string_lossy().replace(',', ",,");
     cmd.args([
         "-drive",
