@@ -37,7 +37,12 @@ fn run() -> Result<(), String> {
         println!("cargo:rerun-if-changed={}", Path::new(&p).display());
         PathBuf::from(p)
     } else {
-        for f in ["src", "Cargo.toml"] {
+        for f in [
+            "src",
+            "Cargo.toml",
+            "../pattern/src",
+            "../pattern/Cargo.toml",
+        ] {
             println!("cargo:rerun-if-changed={}", init_dir.join(f).display());
         }
         let workspace = manifest.join("../..");

@@ -88,3 +88,40 @@ EOF",
         .unwrap();
     assert!(fsck.status.success(), "{}", text(&fsck));
 }
+
+/// kiln's initrd loads only the drivers of devices the VM has: libguestfs's own devices
+/// (its channel, the random number source, the disks, and the NIC with `--network`) and
+/// every module tied to no device (fuse for ntfs-3g) are there, drivers for hardware
+/// libguestfs never adds are not.
+#[test]
+fn the_appliance_has_the_drivers_of_its_devices_and_the_network_works() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = tempfile::tempdir().unwrap();
+    let o = with_kiln_as_supermin(
+        cache.path(),
+        "guestfish --network -a /dev/null run : debug sh \
+         'for m in $(cut -d\" \" -f1 /proc/modules); do echo MOD $m; done; \
+          ls /sys/class/net; test -c /dev/fuse && echo FUSE-OK; ls /dev/virtio-ports'",
+    );
+    let all = text(&o);
+    assert!(o.status.success(), "{all}");
+    let has = |m: &str| all.lines().any(|l| l.trim() == format!("MOD {m}"));
+    for m in [
+        "virtio_console",
+        "virtio_rng",
+        "virtio_scsi",
+        "virtio_net",
+        "sd_mod",
+        "ata_piix",
+        "fuse",
+        "ext4",
+    ] {
+        assert!(has(m), "{m} not loaded:\n{all}");
+    }
+    for m in ["ahci", "nfit", "virtio_balloon", "virtio_input", "virtiofs"] {
+        assert!(!has(m), "{m} loaded without its device:\n{all}");
+    }
+    for l in ["eth0", "FUSE-OK", "org.libguestfs.channel.0"] {
+        assert!(all.lines().any(|x| x.trim() == l), "no {l}:\n{all}");
+    }
+}

@@ -1,9 +1,11 @@
 //! kiln's static init: PID 1 of the mini initrd.
 //!
-//! It mounts /proc, /sys and /dev (devtmpfs), loads every module listed in `/modules`
+//! It mounts /proc, /sys and /dev (devtmpfs), loads the modules listed in `/modules`
 //! (`finit_module`, several at once with prerequisites respected, see `modules.rs`; a
-//! failure is reported, never fatal by itself), so that every disk of the VM is visible
-//! before the appliance's `/init` runs, as with supermin's initrd; then it finds the root
+//! failure is reported, never fatal by itself; a device driver only when the VM has a
+//! device for it, see `devices.rs`, or always with `kiln.modules=all`), so that every
+//! disk of the VM is visible before the appliance's `/init` runs, as with supermin's
+//! initrd; then it finds the root
 //! device from `root=UUID=…` (the 16 bytes at 0x468 *and* the ext magic 0xEF53 at 0x438,
 //! so a disk that merely carries the same UUID bytes is not taken) or `root=/dev/NAME`,
 //! waiting at most `kiln.rootwait=SECONDS` (default 30), mounts it `ext4` (which also
@@ -28,6 +30,7 @@ use std::time::Duration;
 use rustix::fs::{CWD, FileType, Mode};
 use rustix::mount::{MountFlags, UnmountFlags};
 
+mod devices;
 mod modules;
 mod root;
 mod run;
@@ -78,6 +81,8 @@ struct Cmdline {
     debug: bool,
     /// `kiln.jobs=N`: how many modules are loaded at once (1 = one after the other).
     jobs: usize,
+    /// `kiln.modules=all`: load every listed module, drivers for absent devices too.
+    all_modules: bool,
     root: Option<Result<Root, String>>,
     rootwait: Duration,
 }
@@ -89,6 +94,7 @@ fn parse_cmdline(line: &str) -> Cmdline {
         quiet: false,
         debug: false,
         jobs: modules::DEFAULT_JOBS,
+        all_modules: false,
         root: None,
         rootwait: Duration::from_secs(DEFAULT_ROOTWAIT),
     };
@@ -97,6 +103,8 @@ fn parse_cmdline(line: &str) -> Cmdline {
             c.quiet = true;
         } else if w == "kiln.debug" {
             c.debug = true;
+        } else if let Some(v) = w.strip_prefix("kiln.modules=") {
+            c.all_modules = v == "all";
         } else if let Some(v) = w.strip_prefix("kiln.jobs=")
             && let Ok(n) = v.parse::<usize>()
         {
@@ -194,8 +202,11 @@ fn run() -> ! {
         Some(Err(e)) => fatal(&e),
         None => fatal("no root= on the kernel command line (root=UUID=… or root=/dev/NAME)"),
     };
-    let (ok, failed) = load_modules(&log, c.jobs);
-    log.info(&format!("loaded {ok} modules ({failed} failed)"));
+    let n = load_modules(&log, c.jobs, c.all_modules);
+    log.info(&format!(
+        "loaded {} modules ({} failed; {} drivers without a device skipped)",
+        n.loaded, n.failed, n.skipped
+    ));
     let (name, maj, min) = wait_for_root(&log, &root, c.rootwait);
     log.info(&format!("root is {name} ({maj}:{min})"));
 
@@ -285,6 +296,9 @@ mod tests {
         assert_eq!(parse_cmdline("kiln.jobs=0 kiln.jobs=x").jobs, 1);
         assert_eq!(parse_cmdline("kiln.jobs=999").jobs, 16);
         assert_eq!(parse_cmdline("xkiln.jobs=2").jobs, modules::DEFAULT_JOBS);
+        assert!(!parse_cmdline("").all_modules);
+        assert!(parse_cmdline("kiln.modules=all").all_modules);
+        assert!(!parse_cmdline("kiln.modules=all kiln.modules=devices").all_modules);
         assert_eq!(
             parse_cmdline("kiln.rootwait=-1").rootwait,
             Duration::from_secs(DEFAULT_ROOTWAIT)

@@ -1,6 +1,10 @@
 //! Loading the initrd's kernel modules from the list `/modules` (written by
-//! kiln-initrd): one line per module, `NAME.ko: PREREQUISITE.ko …`, every prerequisite
-//! on an earlier line.
+//! kiln-initrd): one line per module, `NAME.ko: PREREQUISITE.ko … [| BUS[,BUS] ALIAS …]`,
+//! every prerequisite on an earlier line. A line with `|` is a device driver the init
+//! loads only if a device on those buses has a matching `modalias` (see `devices.rs`),
+//! decided when the module's turn comes, i.e. after its prerequisites (for a virtio
+//! driver, the virtio transports that create the devices); `kiln.modules=all` loads
+//! every module regardless, as supermin's initrd does.
 //!
 //! Modules are loaded by a few threads at once, each module as soon as its
 //! prerequisites are loaded (hard dependencies, softdeps, and the order that gives disks
@@ -10,7 +14,7 @@
 //! asynchronous probes are done (the kernel's `async_synchronize_full`), so when every
 //! module is loaded every disk the VM has is visible.
 //!
-//! Invariants: every module is tried exactly once; a failure is reported and counted,
+//! Invariants: every module is tried (or skipped for want of a device) exactly once; a failure is reported and counted,
 //! never fatal, and does not hold back the modules after it (as with a sequential
 //! loader, they are tried and fail on their own if they need it); the scheduler cannot
 //! deadlock, because prerequisites on later lines or unknown names are ignored, so the
@@ -28,29 +32,60 @@ use crate::Log;
 pub(crate) const DEFAULT_JOBS: usize = 4;
 
 /// One line of `/modules`.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Module {
     pub(crate) name: String,
     /// Indices of earlier modules this one waits for.
     pub(crate) after: Vec<usize>,
+    /// Load only if a device matches (a driver); `None`: always load.
+    pub(crate) gate: Option<Gate>,
+}
+
+/// The devices a driver serves: sysfs bus names and modalias patterns.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Gate {
+    pub(crate) buses: Vec<String>,
+    pub(crate) aliases: Vec<String>,
+}
+
+/// What became of the modules.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) loaded: usize,
+    pub(crate) failed: usize,
+    /// Drivers not loaded because the VM has no device for them.
+    pub(crate) skipped: usize,
 }
 
 /// Parse `/modules`. Lines of the older staged format (`- MS`) are ignored; a line
-/// without `:` is a module without prerequisites.
+/// without `:` is a module without prerequisites; a gate without buses or aliases is
+/// ignored (the module is always loaded).
 pub(crate) fn parse_list(text: &str) -> Vec<Module> {
     let mut out: Vec<Module> = Vec::new();
     for line in text.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('-') || line.starts_with('#') {
             continue;
         }
+        let (line, gate) = line.split_once('|').unwrap_or((line, ""));
         let (name, pre) = line.split_once(':').unwrap_or((line, ""));
         let after = pre
             .split_whitespace()
             .filter_map(|p| out.iter().position(|m| m.name == p))
             .collect();
+        let mut words = gate.split_whitespace();
+        let buses: Vec<String> = words
+            .next()
+            .into_iter()
+            .flat_map(|b| b.split(','))
+            .filter(|b| !b.is_empty())
+            .map(str::to_string)
+            .collect();
+        let aliases: Vec<String> = words.map(str::to_string).collect();
+        let gate = (!buses.is_empty() && !aliases.is_empty()).then_some(Gate { buses, aliases });
         out.push(Module {
             name: name.trim().to_string(),
             after,
+            gate,
         });
     }
     out
@@ -67,8 +102,7 @@ struct Sched {
     steps: Vec<Step>,
     /// Index of the first module not yet started (all before it are started).
     first_waiting: usize,
-    loaded: usize,
-    failed: usize,
+    counts: Counts,
 }
 
 impl Sched {
@@ -86,12 +120,20 @@ impl Sched {
     }
 }
 
-/// Marks module `i` done (loaded or failed) and wakes the waiting workers when dropped.
+#[derive(Clone, Copy)]
+enum Outcome {
+    Loaded,
+    Failed,
+    Skipped,
+}
+
+/// Marks module `i` done (loaded, failed or skipped) and wakes the waiting workers when
+/// dropped.
 struct Finish<'a> {
     sched: &'a Mutex<Sched>,
     wake: &'a Condvar,
     i: usize,
-    ok: bool,
+    outcome: Outcome,
 }
 
 impl Drop for Finish<'_> {
@@ -101,10 +143,10 @@ impl Drop for Finish<'_> {
             Err(p) => p.into_inner(),
         };
         s.steps[self.i] = Step::Done;
-        if self.ok {
-            s.loaded += 1;
-        } else {
-            s.failed += 1;
+        match self.outcome {
+            Outcome::Loaded => s.counts.loaded += 1,
+            Outcome::Failed => s.counts.failed += 1,
+            Outcome::Skipped => s.counts.skipped += 1,
         }
         drop(s);
         self.wake.notify_all();
@@ -122,31 +164,36 @@ fn load_one(name: &str) -> Result<(), rustix::io::Errno> {
     }
 }
 
-/// Load every module listed in `/modules` (see the module doc). Returns (loaded, failed).
-pub(crate) fn load_modules(log: &Log, jobs: usize) -> (usize, usize) {
+/// Load the modules listed in `/modules` (see the module doc): the drivers for the VM's
+/// devices only, or every one with `all`.
+pub(crate) fn load_modules(log: &Log, jobs: usize, all: bool) -> Counts {
     let text = match fs::read_to_string("/modules") {
         Ok(s) => s,
         Err(e) => {
             log.warn(&format!("cannot read /modules: {e}; loading no modules"));
-            return (0, 0);
+            return Counts::default();
         }
     };
     let list = parse_list(&text);
-    load_list(log, &list, jobs, load_one)
+    let sys = std::path::Path::new("/sys");
+    load_list(log, &list, jobs, load_one, |g| {
+        all || crate::devices::any_matches(sys, &g.buses, &g.aliases) != Some(false)
+    })
 }
 
-/// The scheduler, with the loader as a parameter (tests pass a fake one).
+/// The scheduler, with the loader and the device check as parameters (tests pass fake
+/// ones).
 pub(crate) fn load_list(
     log: &Log,
     list: &[Module],
     jobs: usize,
     load: impl Fn(&str) -> Result<(), rustix::io::Errno> + Sync,
-) -> (usize, usize) {
+    wanted: impl Fn(&Gate) -> bool + Sync,
+) -> Counts {
     let sched = Mutex::new(Sched {
         steps: vec![Step::Waiting; list.len()],
         first_waiting: 0,
-        loaded: 0,
-        failed: 0,
+        counts: Counts::default(),
     });
     let wake = Condvar::new();
     let start = Instant::now();
@@ -176,11 +223,26 @@ pub(crate) fn load_list(
                 sched: &sched,
                 wake: &wake,
                 i,
-                ok: false,
+                outcome: Outcome::Failed,
             };
             let t = Instant::now();
+            if let Some(g) = &list[i].gate
+                && !wanted(g)
+            {
+                finish.outcome = Outcome::Skipped;
+                if log.debug {
+                    log.info(&format!(
+                        "module {}: no device for it, not loaded ({} ms)",
+                        list[i].name,
+                        t.elapsed().as_millis()
+                    ));
+                }
+                continue;
+            }
             let res = load(&list[i].name);
-            finish.ok = res.is_ok();
+            if res.is_ok() {
+                finish.outcome = Outcome::Loaded;
+            }
             if log.debug {
                 log.info(&format!(
                     "module {}: {res:?} in {} ms",
@@ -208,11 +270,8 @@ pub(crate) fn load_list(
         ));
     }
     match sched.into_inner() {
-        Ok(s) => (s.loaded, s.failed),
-        Err(p) => {
-            let s = p.into_inner();
-            (s.loaded, s.failed)
-        }
+        Ok(s) => s.counts,
+        Err(p) => p.into_inner().counts,
     }
 }
 
@@ -237,20 +296,22 @@ mod tests {
             [
                 Module {
                     name: "a.ko".into(),
-                    after: vec![]
+                    ..Default::default()
                 },
                 Module {
                     name: "b.ko".into(),
-                    after: vec![0]
+                    after: vec![0],
+                    ..Default::default()
                 },
                 // z.ko is unknown, d.ko comes later: both ignored.
                 Module {
                     name: "c.ko".into(),
-                    after: vec![1]
+                    after: vec![1],
+                    ..Default::default()
                 },
                 Module {
                     name: "d.ko".into(),
-                    after: vec![]
+                    ..Default::default()
                 },
             ]
         );
@@ -264,27 +325,33 @@ mod tests {
         let done: Mutex<Vec<String>> = Mutex::new(Vec::new());
         let running = AtomicUsize::new(0);
         let peak = AtomicUsize::new(0);
-        let (loaded, failed) = load_list(&quiet(), &list, DEFAULT_JOBS, |name| {
-            let n = running.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(n, Ordering::SeqCst);
-            {
-                let d = done.lock().unwrap();
-                let m = list.iter().find(|m| m.name == name).unwrap();
-                for &p in &m.after {
-                    assert!(d.contains(&list[p].name), "{name} before {}", list[p].name);
+        let n = load_list(
+            &quiet(),
+            &list,
+            DEFAULT_JOBS,
+            |name| {
+                let n = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(n, Ordering::SeqCst);
+                {
+                    let d = done.lock().unwrap();
+                    let m = list.iter().find(|m| m.name == name).unwrap();
+                    for &p in &m.after {
+                        assert!(d.contains(&list[p].name), "{name} before {}", list[p].name);
+                    }
                 }
-            }
-            if name.starts_with("slow") {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            done.lock().unwrap().push(name.to_string());
-            running.fetch_sub(1, Ordering::SeqCst);
-            if name == "bad.ko" {
-                Err(rustix::io::Errno::NOEXEC)
-            } else {
-                Ok(())
-            }
-        });
+                if name.starts_with("slow") {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                done.lock().unwrap().push(name.to_string());
+                running.fetch_sub(1, Ordering::SeqCst);
+                if name == "bad.ko" {
+                    Err(rustix::io::Errno::NOEXEC)
+                } else {
+                    Ok(())
+                }
+            },
+            |_| true,
+        );
         let mut d = done.into_inner().unwrap();
         d.sort();
         assert_eq!(
@@ -300,7 +367,7 @@ mod tests {
             ]
         );
         // A failure is counted; what needs it is still tried.
-        assert_eq!((loaded, failed), (6, 1));
+        assert_eq!((n.loaded, n.failed, n.skipped), (6, 1, 0));
         assert!(peak.load(Ordering::SeqCst) >= 2, "nothing ran concurrently");
     }
 
@@ -308,11 +375,17 @@ mod tests {
     fn one_job_loads_in_list_order() {
         let list = parse_list("a.ko:\nb.ko:\nc.ko: a.ko\nd.ko:\n");
         let done: Mutex<Vec<String>> = Mutex::new(Vec::new());
-        let r = load_list(&quiet(), &list, 1, |name| {
-            done.lock().unwrap().push(name.to_string());
-            Ok(())
-        });
-        assert_eq!(r, (4, 0));
+        let r = load_list(
+            &quiet(),
+            &list,
+            1,
+            |name| {
+                done.lock().unwrap().push(name.to_string());
+                Ok(())
+            },
+            |_| true,
+        );
+        assert_eq!((r.loaded, r.failed), (4, 0));
         assert_eq!(done.into_inner().unwrap(), ["a.ko", "b.ko", "c.ko", "d.ko"]);
     }
 
@@ -321,13 +394,19 @@ mod tests {
         let list = parse_list("a.ko:\nb.ko: a.ko\nc.ko:\nd.ko: c.ko\n");
         let done = AtomicUsize::new(0);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            load_list(&quiet(), &list, DEFAULT_JOBS, |name| {
-                if name == "a.ko" {
-                    panic!("injected");
-                }
-                done.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            })
+            load_list(
+                &quiet(),
+                &list,
+                DEFAULT_JOBS,
+                |name| {
+                    if name == "a.ko" {
+                        panic!("injected");
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                },
+                |_| true,
+            )
         }));
         // The panic is passed on once every other module was tried.
         assert!(r.is_err());
@@ -336,6 +415,54 @@ mod tests {
 
     #[test]
     fn an_empty_list_loads_nothing() {
-        assert_eq!(load_list(&quiet(), &[], DEFAULT_JOBS, |_| Ok(())), (0, 0));
+        let n = load_list(&quiet(), &[], DEFAULT_JOBS, |_| Ok(()), |_| true);
+        assert_eq!(n, Counts::default());
+    }
+
+    #[test]
+    fn gates_parse_and_old_lines_stay_ungated() {
+        let l = parse_list(
+            "virtio_pci.ko: | pci pci:v00001AF4d*sv*sd*bc*sc*i*\n\
+             virtio_blk.ko: virtio_pci.ko | virtio virtio:d00000002v*\n\
+             nfit.ko: | acpi,platform acpi*:ACPI0012:* acpi:ACPI0012:\n\
+             ext4.ko:\n\
+             odd.ko: |\n",
+        );
+        assert_eq!(l[1].after, [0]);
+        assert_eq!(
+            l[2].gate,
+            Some(Gate {
+                buses: vec!["acpi".into(), "platform".into()],
+                aliases: vec!["acpi*:ACPI0012:*".into(), "acpi:ACPI0012:".into()],
+            })
+        );
+        assert_eq!(l[3].gate, None);
+        assert_eq!((l[4].name.as_str(), &l[4].gate), ("odd.ko", &None));
+    }
+
+    #[test]
+    fn drivers_without_a_device_are_skipped_and_hold_nothing_back() {
+        // ahci has no device; sd_mod waits for it (disk naming) and is still loaded.
+        let list = parse_list(
+            "libata.ko:\n\
+             ahci.ko: libata.ko | pci pci:v*d*sv*sd*bc01sc06i01*\n\
+             ata_piix.ko: libata.ko | pci pci:v00008086d00007010sv*sd*bc*sc*i*\n\
+             sd_mod.ko: ahci.ko ata_piix.ko\n",
+        );
+        let done: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        let n = load_list(
+            &quiet(),
+            &list,
+            DEFAULT_JOBS,
+            |name| {
+                done.lock().unwrap().push(name.to_string());
+                Ok(())
+            },
+            |g| g.aliases[0].contains("8086"),
+        );
+        assert_eq!((n.loaded, n.failed, n.skipped), (3, 0, 1));
+        let d = done.into_inner().unwrap();
+        assert_eq!(d.last().map(String::as_str), Some("sd_mod.ko"), "{d:?}");
+        assert!(!d.contains(&"ahci.ko".to_string()));
     }
 }

@@ -69,10 +69,12 @@ pub use cpio::CpioWriter;
 /// The program interpreter an ELF file asks for, read with the same bounds-checked code
 /// as the init's check (`kiln run` uses it for a command no package owns).
 pub use elf::interp as elf_interp;
-pub use moddb::{ModuleDb, module_name, parse_aliases, parse_modules_dep, parse_softdeps};
+pub use moddb::{
+    ModuleDb, module_name, parse_aliases, parse_module_aliases, parse_modules_dep, parse_softdeps,
+};
 pub use select::{
-    EARLY, EXCLUDED_PATTERNS, KILN_PATTERNS, ORDER_AFTER, SUPERMIN_PATTERNS, Selection, select,
-    select_modules,
+    EARLY, EXCLUDED_PATTERNS, GATED_BUSES, Gate, KILN_PATTERNS, ORDER_AFTER, SUPERMIN_PATTERNS,
+    Selection, VIRTIO_TRANSPORTS, select, select_modules,
 };
 
 /// What the root needs in any appliance kiln boots (named in the error for a modules
@@ -91,18 +93,24 @@ static INIT_HASH: &[u8; 32] = include_bytes!(concat!(env!("OUT_DIR"), "/kiln-ini
 pub fn fingerprint() -> [u8; 32] {
     fingerprint_of(
         INIT_HASH,
-        &[SUPERMIN_PATTERNS, EXCLUDED_PATTERNS, KILN_PATTERNS, EARLY],
-        ORDER_AFTER,
+        &[
+            SUPERMIN_PATTERNS,
+            EXCLUDED_PATTERNS,
+            KILN_PATTERNS,
+            EARLY,
+            VIRTIO_TRANSPORTS,
+        ],
+        &[ORDER_AFTER, GATED_BUSES],
     )
 }
 
 fn fingerprint_of(
     init_hash: &[u8; 32],
     lists: &[&[&str]],
-    order_after: &[(&str, &[&str])],
+    tables: &[&[(&str, &[&str])]],
 ) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
-    h.update(b"kiln-initrd 2\0");
+    h.update(b"kiln-initrd 3\0");
     h.update(init_hash);
     for list in lists.iter().copied() {
         for p in list {
@@ -111,12 +119,15 @@ fn fingerprint_of(
         }
         h.update(b"\n");
     }
-    for (m, afters) in order_after {
-        h.update(m.as_bytes());
-        h.update(b":");
-        for a in *afters {
-            h.update(a.as_bytes());
-            h.update(b"\0");
+    for table in tables.iter().copied() {
+        for (m, afters) in table {
+            h.update(m.as_bytes());
+            h.update(b":");
+            for a in *afters {
+                h.update(a.as_bytes());
+                h.update(b"\0");
+            }
+            h.update(b"\n");
         }
         h.update(b"\n");
     }
@@ -267,6 +278,15 @@ pub fn build_with_init(modules_dir: &Path, out: &Path, init: &[u8]) -> Result<Re
                     list.push_str(pn);
                 }
             }
+            // ` | BUS[,BUS] ALIAS …`: loaded only if a device on those buses matches.
+            if let Some(g) = sel.gates.get(k) {
+                list.push_str(" | ");
+                list.push_str(&g.buses.join(","));
+                for a in &g.aliases {
+                    list.push(' ');
+                    list.push_str(a);
+                }
+            }
             list.push('\n');
             order.push(name.clone());
             v.insert((0o644, data));
@@ -364,18 +384,27 @@ mod tests {
             fingerprint(),
             fingerprint_of(
                 INIT_HASH,
-                &[SUPERMIN_PATTERNS, EXCLUDED_PATTERNS, KILN_PATTERNS, EARLY],
-                ORDER_AFTER
+                &[
+                    SUPERMIN_PATTERNS,
+                    EXCLUDED_PATTERNS,
+                    KILN_PATTERNS,
+                    EARLY,
+                    VIRTIO_TRANSPORTS
+                ],
+                &[ORDER_AFTER, GATED_BUSES]
             )
         );
-        let base = fingerprint_of(INIT_HASH, &[&["a*"], &["b*"]], &[("c", &["d"])]);
+        let t: &[(&str, &[&str])] = &[("c", &["d"])];
+        let base = fingerprint_of(INIT_HASH, &[&["a*"], &["b*"]], &[t, &[]]);
         let changed = [
-            fingerprint_of(&[0; 32], &[&["a*"], &["b*"]], &[("c", &["d"])]),
-            fingerprint_of(INIT_HASH, &[&["a*"], &["b?"]], &[("c", &["d"])]),
+            fingerprint_of(&[0; 32], &[&["a*"], &["b*"]], &[t, &[]]),
+            fingerprint_of(INIT_HASH, &[&["a*"], &["b?"]], &[t, &[]]),
             // The same patterns in other lists.
-            fingerprint_of(INIT_HASH, &[&["a*", "b*"], &[]], &[("c", &["d"])]),
-            fingerprint_of(INIT_HASH, &[&["a*"], &["b*"]], &[("c", &["e"])]),
-            fingerprint_of(INIT_HASH, &[&["a*"], &["b*"]], &[("d", &["c"])]),
+            fingerprint_of(INIT_HASH, &[&["a*", "b*"], &[]], &[t, &[]]),
+            fingerprint_of(INIT_HASH, &[&["a*"], &["b*"]], &[&[("c", &["e"])], &[]]),
+            fingerprint_of(INIT_HASH, &[&["a*"], &["b*"]], &[&[("d", &["c"])], &[]]),
+            // The same rule in the other table.
+            fingerprint_of(INIT_HASH, &[&["a*"], &["b*"]], &[&[], t]),
         ];
         for (i, c) in changed.iter().enumerate() {
             assert_ne!(*c, base, "change {i} not covered");

@@ -1,7 +1,8 @@
 //! A kernel's module database as the initrd builder needs it: modules.dep (which module
 //! needs which), modules.softdep (`pre:`/`post:` soft dependencies) and modules.alias
-//! (exact aliases, through which softdeps name modules), and the dependency-ordered
-//! closure of a set of modules.
+//! (exact aliases, through which softdeps name modules; every alias of a module, the
+//! device patterns included, for gating drivers on the VM's devices), and the
+//! dependency-ordered closure of a set of modules.
 //!
 //! Invariants: the files are parsed leniently, as modprobe does (malformed lines are
 //! skipped, never fatal); module names compare with `-` and `_` equal; the closure
@@ -80,12 +81,31 @@ pub fn parse_aliases(text: &str) -> HashMap<String, Vec<String>> {
     out
 }
 
+/// modules.alias, every alias (glob patterns included): module name → its aliases, in
+/// file order.
+pub fn parse_module_aliases(text: &str) -> HashMap<String, Vec<String>> {
+    let mut out: HashMap<String, Vec<String>> = HashMap::new();
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        if w.next() != Some("alias") {
+            continue;
+        }
+        if let (Some(a), Some(m)) = (w.next(), w.next()) {
+            out.entry(norm(m)).or_default().push(a.to_string());
+        }
+    }
+    out
+}
+
 /// The parsed module metadata of one kernel.
 #[derive(Debug, Default)]
 pub struct ModuleDb {
     pub deps: BTreeMap<String, Vec<String>>,
     pub softdeps: HashMap<String, (Vec<String>, Vec<String>)>,
+    /// Exact aliases: alias → module names.
     pub aliases: HashMap<String, Vec<String>>,
+    /// Every alias of each module: module name → aliases.
+    pub module_aliases: HashMap<String, Vec<String>>,
     by_name: HashMap<String, String>,
 }
 
@@ -97,6 +117,7 @@ impl ModuleDb {
             deps,
             softdeps: parse_softdeps(softdep),
             aliases: parse_aliases(alias),
+            module_aliases: parse_module_aliases(alias),
             by_name,
         }
     }

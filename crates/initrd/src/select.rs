@@ -1,13 +1,27 @@
 //! Which modules go into the initrd, and what each must wait for when the init loads
 //! them concurrently: supermin's module patterns (the floor) plus what kiln adds, each
 //! with its prerequisites (hard dependencies, softdeps, and the order that gives disks
-//! supermin's names).
+//! supermin's names), and which of them are device drivers the init loads only when the
+//! VM has a matching device (their *gate*).
+//!
+//! Gating: a driver for hardware the VM does not have binds nothing, so loading it only
+//! costs time (under TCG most of the initrd phase is the kernel's work of loading
+//! modules, signature check included). A module is gated when every device alias it has
+//! is on a bus whose devices are all known when the init decides: PCI and ACPI (the
+//! firmware's, enumerated before `/init` runs) and virtio (known once the virtio
+//! transports are loaded, which a gated virtio driver therefore waits for). Everything
+//! else is loaded as supermin loads it: libraries, filesystems, crc and crypto modules,
+//! class drivers such as `sd_mod`, and any module another selected module depends on,
+//! so skipping a driver never leaves a dependent without its symbols, and nothing that
+//! is not tied to a device (e.g. `fuse`, which ntfs-3g needs in libguestfs's appliance)
+//! is ever skipped. A device added later is still served: the appliance's udev loads its
+//! driver from the root's modules tree, as for any hotplug.
 //!
 //! Invariants: every selected module's hard dependencies are selected too; the list is
 //! in an order that satisfies every prerequisite (a sequential loader can go line by
-//! line), prerequisites name only selected modules and never form a cycle; the rules
-//! here are constants, covered by [`crate::fingerprint`], so a cache key changes
-//! whenever they do.
+//! line), prerequisites name only selected modules and never form a cycle; a gated
+//! module is one no selected module hard-depends on; the rules here are constants,
+//! covered by [`crate::fingerprint`], so a cache key changes whenever they do.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -58,6 +72,41 @@ pub const ORDER_AFTER: &[(&str, &[&str])] = &[
     ("virtio_scsi", &["sd_mod"]),
 ];
 
+/// Buses whose devices gate drivers: `(alias prefix, sysfs buses whose devices'
+/// `modalias` files the init matches such an alias against)`. ACPI IDs appear on the
+/// `acpi` bus and on ACPI-enumerated `platform` devices.
+pub const GATED_BUSES: &[(&str, &[&str])] = &[
+    ("pci:", &["pci"]),
+    ("virtio:", &["virtio"]),
+    ("acpi:", &["acpi", "platform"]),
+    ("acpi*:", &["acpi", "platform"]),
+];
+
+/// The modules that create virtio devices: a gated virtio driver decides after them.
+pub const VIRTIO_TRANSPORTS: &[&str] = &["virtio_pci", "virtio_mmio"];
+
+/// Is this modules.alias pattern one of a device (`BUS:…`), rather than a name for
+/// modprobe (`fs-ext4`, `crypto-crc32c`, `char-major-10-229`, `devname:fuse`)?
+fn is_device_alias(a: &str) -> bool {
+    a.contains(':') && !a.starts_with("devname:") && !a.starts_with("symbol:")
+}
+
+/// The sysfs buses for a device alias, if its bus is gated.
+fn gated_buses(alias: &str) -> Option<&'static [&'static str]> {
+    GATED_BUSES
+        .iter()
+        .find(|(prefix, _)| alias.starts_with(prefix))
+        .map(|(_, buses)| *buses)
+}
+
+/// When the init loads a gated module: only if a device on one of `buses` has a
+/// `modalias` matching one of `aliases` (fnmatch, as modprobe matches).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gate {
+    pub buses: Vec<String>,
+    pub aliases: Vec<String>,
+}
+
 /// fnmatch(3) of a name (no `/` in it) against a supermin pattern.
 fn glob_match(pat: &str, s: &str) -> bool {
     kiln_pattern::fnmatch(pat.as_bytes(), s.as_bytes())
@@ -74,6 +123,8 @@ fn basename_matches(key: &str, pats: &[&str]) -> bool {
 pub struct Selection {
     pub order: Vec<String>,
     pub prerequisites: BTreeMap<String, Vec<String>>,
+    /// The gated modules (see the module doc) and their gates.
+    pub gates: BTreeMap<String, Gate>,
 }
 
 /// The modules of `modules_dir` kiln puts into the initrd (see [`Selection`]).
@@ -120,6 +171,17 @@ impl ModuleDb {
                 pre.entry(later).or_default().insert(k.clone());
             }
         }
+        let gates = self.gates(&preferred);
+        let transports: Vec<&String> = VIRTIO_TRANSPORTS
+            .iter()
+            .filter_map(|t| by_name.get(*t).copied())
+            .collect();
+        for (k, g) in &gates {
+            if g.buses.iter().any(|b| b == "virtio") {
+                let p = pre.entry(k.clone()).or_default();
+                p.extend(transports.iter().filter(|t| **t != k).map(|t| (*t).clone()));
+            }
+        }
         for (m, afters) in ORDER_AFTER {
             if let Some(&m) = by_name.get(*m) {
                 for a in afters.iter().filter_map(|a| by_name.get(*a)) {
@@ -153,7 +215,46 @@ impl ModuleDb {
         Selection {
             order,
             prerequisites,
+            gates,
         }
+    }
+
+    /// The gate of each selected module that has one (see the module doc).
+    fn gates(&self, selected: &[String]) -> BTreeMap<String, Gate> {
+        let needed: BTreeSet<&String> = selected
+            .iter()
+            .flat_map(|k| self.deps.get(k).into_iter().flatten())
+            .collect();
+        let mut out = BTreeMap::new();
+        for k in selected.iter().filter(|k| !needed.contains(k)) {
+            let aliases: Vec<&String> = self
+                .module_aliases
+                .get(&module_name(k))
+                .into_iter()
+                .flatten()
+                .filter(|a| is_device_alias(a))
+                .collect();
+            let buses: Option<BTreeSet<&str>> =
+                aliases
+                    .iter()
+                    .map(|a| gated_buses(a))
+                    .try_fold(BTreeSet::new(), |mut set, b| {
+                        set.extend(b?.iter().copied());
+                        Some(set)
+                    });
+            if let Some(buses) = buses
+                && !aliases.is_empty()
+            {
+                out.insert(
+                    k.clone(),
+                    Gate {
+                        buses: buses.into_iter().map(str::to_string).collect(),
+                        aliases: aliases.into_iter().cloned().collect(),
+                    },
+                );
+            }
+        }
+        out
     }
 }
 
@@ -209,6 +310,84 @@ kernel/drivers/net/dummy.ko:
         assert_eq!(pre("ext4"), ["crc32c_generic", "jbd2"]);
         assert_eq!(pre("sd_mod"), ["ahci", "ata_piix", "scsi_mod"]);
         assert_eq!(pre("virtio_scsi"), ["scsi_mod", "sd_mod", "virtio"]);
+    }
+
+    #[test]
+    fn only_leaf_drivers_on_enumerated_buses_are_gated() {
+        let dep = "\
+kernel/drivers/ata/ahci.ko: kernel/drivers/ata/libata.ko
+kernel/drivers/ata/libata.ko:
+kernel/drivers/scsi/sd_mod.ko:
+kernel/drivers/virtio/virtio.ko:
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio.ko
+kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko
+kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko
+kernel/fs/fuse/fuse.ko:
+kernel/fs/fuse/virtiofs.ko: kernel/fs/fuse/fuse.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/nvdimm/libnvdimm.ko:
+kernel/drivers/nvdimm/nd_pmem.ko: kernel/drivers/nvdimm/libnvdimm.ko
+kernel/drivers/acpi/nfit/nfit.ko: kernel/drivers/nvdimm/libnvdimm.ko
+kernel/arch/x86/crypto/crc32c-intel.ko:
+kernel/fs/ext4/ext4.ko:
+";
+        let alias = "\
+alias pci:v*d*sv*sd*bc01sc06i01* ahci
+alias scsi:t-0x00* sd_mod
+alias block-major-8-* sd_mod
+alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci
+alias of:N*T*Cvirtio,mmio virtio_mmio
+alias acpi*:LNRO0005:* virtio_mmio
+alias virtio:d00000002v* virtio_blk
+alias devname:fuse fuse
+alias char-major-10-229 fuse
+alias fs-virtiofs virtiofs
+alias virtio:d0000001Av* virtiofs
+alias nd:t1* libnvdimm
+alias nd:t4* nd_pmem
+alias acpi*:ACPI0012:* nfit
+alias cpu:type:x86,ven*fam*mod*:feature:*0094* crc32c_intel
+alias crypto-crc32c crc32c_intel
+alias fs-ext4 ext4
+";
+        let sel = ModuleDb::new(dep, "", alias).selection();
+        let gated: BTreeMap<String, Gate> = sel
+            .gates
+            .iter()
+            .map(|(k, g)| (module_name(k), g.clone()))
+            .collect();
+        let g = |b: &[&str], a: &[&str]| Gate {
+            buses: b.iter().map(|s| s.to_string()).collect(),
+            aliases: a.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(gated["ahci"], g(&["pci"], &["pci:v*d*sv*sd*bc01sc06i01*"]));
+        assert_eq!(
+            gated["virtio_pci"],
+            g(&["pci"], &["pci:v00001AF4d*sv*sd*bc*sc*i*"])
+        );
+        assert_eq!(gated["virtio_blk"], g(&["virtio"], &["virtio:d00000002v*"]));
+        // fs-virtiofs is a name for modprobe, not a device.
+        assert_eq!(gated["virtiofs"], g(&["virtio"], &["virtio:d0000001Av*"]));
+        assert_eq!(
+            gated["nfit"],
+            g(&["acpi", "platform"], &["acpi*:ACPI0012:*"])
+        );
+        // Not gated: libnvdimm (others need it), sd_mod and nd_pmem (buses whose devices
+        // appear while loading), virtio_mmio (a device-tree alias), crc32c-intel (cpu),
+        // fuse (names only), libata and ext4.
+        assert_eq!(
+            gated.keys().collect::<Vec<_>>(),
+            ["ahci", "nfit", "virtio_blk", "virtio_pci", "virtiofs"]
+        );
+        // A virtio driver decides once the transports have made the devices.
+        let pre = |n: &str| -> Vec<String> {
+            let k = sel.order.iter().find(|k| module_name(k) == n).unwrap();
+            sel.prerequisites[k]
+                .iter()
+                .map(|k| module_name(k))
+                .collect()
+        };
+        assert_eq!(pre("virtio_blk"), ["virtio", "virtio_mmio", "virtio_pci"]);
+        assert_eq!(pre("virtio_pci"), ["virtio"]);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Every disk of the VM is visible before the root's `/init` runs, as with supermin's
 //! initrd (libguestfs relies on it for the disks a user adds): real boots under qemu
-//! (TCG) with the host kernel and kiln's initrd, an IDE disk and a virtio disk next to
-//! the root, the root on virtio-blk (`kiln boot`) and on virtio-scsi (libguestfs). The
-//! root is a fixture made with `mke2fs -d` whose `/init` lists `/sys/block`.
+//! (TCG) with the host kernel and kiln's initrd, an IDE (i440fx) or SATA (q35) disk and
+//! a virtio disk next to the root, the root on virtio-blk (`kiln boot`) and on
+//! virtio-scsi (libguestfs). The root is a fixture made with `mke2fs -d` whose `/init`
+//! lists `/sys/block` and `/proc/modules`: the drivers of the VM's devices are loaded,
+//! those for hardware it lacks are not, and modules tied to no device always are.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -48,6 +50,7 @@ fn appliance(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::
          busybox mount -t proc proc /proc\n\
          busybox mount -t sysfs sysfs /sys\n\
          for d in /sys/block/*; do busybox echo \"DISK $(busybox basename $d) $(busybox cat $d/size)\"; done\n\
+         busybox cut -d' ' -f1 /proc/modules | while read m; do busybox echo \"MOD $m\"; done\n\
          busybox echo DISKS-LISTED\n\
          busybox poweroff -f\n",
     )
@@ -65,9 +68,21 @@ fn appliance(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::
     (k.path, initrd, root)
 }
 
-/// Boot with the root on `bus`, an IDE disk of 100 MiB and a virtio disk of 200 MiB;
-/// returns the `DISK` lines.
-fn boot(dir: &Path, bus: &str) -> Vec<String> {
+/// What the root's `/init` saw.
+struct Seen {
+    disks: Vec<String>,
+    modules: Vec<String>,
+}
+
+impl Seen {
+    fn has(&self, module: &str) -> bool {
+        self.modules.iter().any(|m| m == module)
+    }
+}
+
+/// Boot with the root on `bus`, an IDE disk of 100 MiB (SATA on q35) and a virtio disk
+/// of 200 MiB, and `extra` qemu arguments.
+fn boot(dir: &Path, bus: &str, extra: &[&str]) -> Seen {
     let (kernel, initrd, root) = appliance(dir);
     let ide = dir.join("ide.img");
     let vd = dir.join("vd.img");
@@ -90,7 +105,8 @@ fn boot(dir: &Path, bus: &str) -> Vec<String> {
     .arg(&initrd)
     .args(["-drive", &drive(&root, "if=none,id=root,snapshot=on")])
     .args(["-drive", &drive(&ide, "if=ide")])
-    .args(["-drive", &drive(&vd, "if=virtio")]);
+    .args(["-drive", &drive(&vd, "if=virtio")])
+    .args(extra);
     if bus == "virtio-scsi" {
         cmd.args(["-device", "virtio-scsi-pci,id=scsi"])
             .args(["-device", "scsi-hd,drive=root,bus=scsi.0"]);
@@ -135,10 +151,36 @@ fn boot(dir: &Path, bus: &str) -> Vec<String> {
         status.success() && out.contains("DISKS-LISTED"),
         "the root's /init did not run ({status}):\n{out}\n{err}"
     );
-    out.lines()
-        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("DISK "))
-        .map(str::to_string)
-        .collect()
+    let lines = |prefix: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.trim_end_matches('\r').strip_prefix(prefix))
+            .map(str::to_string)
+            .collect()
+    };
+    let seen = Seen {
+        disks: lines("DISK "),
+        modules: lines("MOD "),
+    };
+    // Tied to no device, needed by the root, or a library: always loaded (fuse is what
+    // ntfs-3g needs in libguestfs's appliance).
+    for m in ["ext4", "fuse", "libnvdimm", "sd_mod", "virtio_pci"] {
+        assert!(seen.has(m), "{m} not loaded: {:?}", seen.modules);
+    }
+    // Drivers for hardware no VM here has.
+    for m in [
+        "nfit",
+        "virtio_input",
+        "virtio_balloon",
+        "virtiofs",
+        "virtio_mem",
+    ] {
+        assert!(
+            !seen.has(m),
+            "{m} loaded without its device: {:?}",
+            seen.modules
+        );
+    }
+    seen
 }
 
 const ROOT_SECTORS: &str = "65536";
@@ -148,8 +190,22 @@ const VD_SECTORS: &str = "409600";
 #[test]
 fn ide_and_virtio_disks_beside_a_virtio_blk_root() {
     let dir = tempfile::tempdir().unwrap();
-    let mut disks = boot(dir.path(), "virtio-blk");
+    let seen = boot(dir.path(), "virtio-blk", &[]);
+    let mut disks = seen.disks.clone();
     disks.sort();
+    // i440fx: the PIIX IDE controller, no AHCI, no NIC.
+    assert!(
+        seen.modules.iter().any(|m| m == "ata_piix"),
+        "{:?}",
+        seen.modules
+    );
+    for m in ["ahci", "virtio_net", "virtio_scsi"] {
+        assert!(
+            !seen.modules.iter().any(|x| x == m),
+            "{m}: {:?}",
+            seen.modules
+        );
+    }
     // Which virtio disk is vda depends on qemu's PCI slots, not on the initrd.
     assert_eq!(disks.len(), 3, "{disks:?}");
     assert_eq!(disks[0], format!("sda {IDE_SECTORS}"), "{disks:?}");
@@ -166,18 +222,50 @@ fn ide_and_virtio_disks_beside_a_virtio_blk_root() {
 }
 
 #[test]
-fn ide_and_virtio_disks_beside_a_virtio_scsi_root() {
+fn sata_and_virtio_disks_and_a_nic_on_q35() {
     let dir = tempfile::tempdir().unwrap();
-    let disks = boot(dir.path(), "virtio-scsi");
-    // As with supermin's initrd: the IDE disk is bound first (sda), the virtio-scsi
-    // root after it.
+    let seen = boot(
+        dir.path(),
+        "virtio-scsi",
+        &["-machine", "q35", "-device", "virtio-net-pci"],
+    );
+    // q35's AHCI controller holds the `if=ide` disk; its driver and the NIC's are loaded.
+    assert!(
+        seen.has("ahci") && seen.has("virtio_net"),
+        "{:?}",
+        seen.modules
+    );
     assert_eq!(
-        disks,
+        seen.disks,
         [
             format!("sda {IDE_SECTORS}"),
             format!("sdb {ROOT_SECTORS}"),
             format!("vda {VD_SECTORS}"),
         ],
-        "{disks:?}"
+        "{:?}",
+        seen.disks
+    );
+}
+
+#[test]
+fn ide_and_virtio_disks_beside_a_virtio_scsi_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = boot(dir.path(), "virtio-scsi", &[]);
+    assert!(
+        seen.has("virtio_scsi") && !seen.has("ahci"),
+        "{:?}",
+        seen.modules
+    );
+    // As with supermin's initrd: the IDE disk is bound first (sda), the virtio-scsi
+    // root after it.
+    assert_eq!(
+        seen.disks,
+        [
+            format!("sda {IDE_SECTORS}"),
+            format!("sdb {ROOT_SECTORS}"),
+            format!("vda {VD_SECTORS}"),
+        ],
+        "{:?}",
+        seen.disks
     );
 }
