@@ -10,15 +10,24 @@
 //! kiln-compress) once and keeps it in a private per-user directory, named by the
 //! BLAKE3 hash of the bzImage, so later runs only hash 8 MB.
 //!
+//! Each use sets the file's mtime, so the mtime is its last use. When a new kernel is
+//! extracted (the host's kernel changed), files not used for [`STALE_AFTER`] go: the
+//! directory holds the kernels in use, not every kernel the host ever had.
+//!
 //! Invariants: the directory is created 0700 and used only if it is a real directory
 //! owned by the caller (never through a symlink); a file appears by rename of a complete
-//! temporary file; anything unexpected (not a bzImage, no PVH note, an unknown
+//! temporary file; only regular files named `vmlinux-*` (or our temporary files) are
+//! ever removed; anything unexpected (not a bzImage, no PVH note, an unknown
 //! compression) returns `None` and the caller boots the bzImage as before.
 
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// How long an extracted kernel may go unused before the next extraction removes it.
+pub const STALE_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The uncompressed PVH-bootable kernel for `bzimage`, extracted into `dir` (created
 /// if missing) the first time. `None` when it cannot be used.
@@ -47,6 +56,10 @@ fn try_uncompressed(bzimage: &Path, dir: &Path) -> io::Result<Option<PathBuf>> {
         && m.is_file()
         && m.uid() == rustix::process::geteuid().as_raw()
     {
+        // Last use, for forget_stale; failing to record it is harmless.
+        if let Ok(f) = fs::File::open(&dest) {
+            let _ = f.set_modified(SystemTime::now());
+        }
         return Ok(Some(dest));
     }
     let (c, mut r) = kiln_compress::decompress(payload)?;
@@ -72,7 +85,36 @@ fn try_uncompressed(bzimage: &Path, dir: &Path) -> io::Result<Option<PathBuf>> {
         bzimage.display(),
         dest.display()
     );
+    forget_stale(dir, &dest, SystemTime::now());
     Ok(Some(dest))
+}
+
+/// Remove the kernels (and leftover temporary files) in `dir` not used since
+/// `now - STALE_AFTER`, except `keep`. Best effort: what cannot be removed stays.
+fn forget_stale(dir: &Path, keep: &Path, now: SystemTime) {
+    let Some(cutoff) = now.checked_sub(STALE_AFTER) else {
+        return;
+    };
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.as_encoded_bytes();
+        let ours = name.starts_with(b"vmlinux-") || name.starts_with(b".tmp");
+        let p = e.path();
+        if !ours || p == keep {
+            continue;
+        }
+        if let Ok(m) = fs::symlink_metadata(&p)
+            && m.is_file()
+            && m.modified().is_ok_and(|t| t < cutoff)
+            && fs::remove_file(&p).is_ok()
+        {
+            tracing::info!(
+                "removed {}, unused since before {STALE_AFTER:?}",
+                p.display()
+            );
+        }
+    }
 }
 
 /// `dir`, created 0700 if missing, must be a directory (not a symlink) owned by us.
@@ -160,6 +202,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kernels_unused_for_a_month_go_the_rest_stay() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        let now = SystemTime::now();
+        let make = |n: &str, age_days: u64| {
+            let p = d.join(n);
+            let f = fs::File::create(&p).unwrap();
+            f.set_modified(now - Duration::from_secs(age_days * 24 * 3600))
+                .unwrap();
+            p
+        };
+        let keep = make("vmlinux-new", 0);
+        let recent = make("vmlinux-recent", 29);
+        let old = make("vmlinux-old", 31);
+        let old_tmp = make(".tmpAbCd", 40);
+        let other = make("notes", 400);
+        fs::create_dir(d.join("vmlinux-dir")).unwrap();
+        forget_stale(d, &keep, now);
+        for p in [&keep, &recent, &other] {
+            assert!(p.exists(), "{} removed", p.display());
+        }
+        assert!(d.join("vmlinux-dir").is_dir());
+        assert!(!old.exists() && !old_tmp.exists());
+    }
+
+    #[test]
     fn not_a_bzimage() {
         assert!(payload(b"not a kernel").is_none());
         assert!(!is_elf(b"\x7fELF"));
@@ -180,9 +248,12 @@ mod tests {
         let a = uncompressed(&k, &d).expect("Debian kernels have CONFIG_PVH");
         let elf = fs::read(&a).unwrap();
         assert!(is_elf(&elf) && has_pvh_note(&elf));
-        let t = fs::metadata(&a).unwrap().modified().unwrap();
+        let first = fs::metadata(&a).unwrap();
         assert_eq!(uncompressed(&k, &d), Some(a.clone()));
-        assert_eq!(fs::metadata(&a).unwrap().modified().unwrap(), t);
+        // The same file, not extracted again; its use is recorded in its mtime.
+        let again = fs::metadata(&a).unwrap();
+        assert_eq!(again.ino(), first.ino());
+        assert!(again.modified().unwrap() >= first.modified().unwrap());
         assert_eq!(fs::metadata(&d).unwrap().mode() & 0o777, 0o700);
     }
 }
