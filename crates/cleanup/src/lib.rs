@@ -134,9 +134,11 @@ pub fn install() {
     });
 }
 
-/// Run every cleanup (newest first) and end the process by `sig`. Keeps the registry
-/// locked to the end, so nothing new is made meanwhile.
-fn clean_up_and_die(sig: i32) -> ! {
+/// Run every cleanup (newest first) and end the process by `sig` (or, where the signal
+/// is blocked, with status 128+`sig`). Keeps the registry locked to the end, so nothing
+/// new is made meanwhile. For a program that takes the signals itself (`sigwait`)
+/// instead of leaving them to this crate's thread.
+pub fn clean_up_and_die(sig: i32) -> ! {
     let reg = registry();
     for cleanup in reg.entries.values().rev() {
         // Another thread may still be writing into what is removed: retry briefly.

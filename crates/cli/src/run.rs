@@ -322,7 +322,9 @@ fn shares(args: &Args) -> anyhow::Result<Vec<ShareArg>> {
 /// other thread is started; later threads inherit the mask, qemu's is reset by
 /// `std::process::Command`) and taken by a sigwait(3) thread. Until the returned flag
 /// is armed (the VM starts) a signal ends kiln at once with 128+N; afterwards its number
-/// is stored for `kiln_boot::run` to forward to the guest command. `None` if that cannot
+/// is stored for `kiln_boot::run` to forward to the guest command. Either way what
+/// kiln registered for removal (the private supermin.d, a half-built cache entry) is
+/// removed first. `None` if that cannot
 /// be set up (the signals keep their default action; qemu still dies with kiln).
 fn forward_signals() -> Option<(Arc<AtomicI32>, Arc<AtomicBool>)> {
     // SAFETY: the set is initialised by sigemptyset before use and lives on this stack;
@@ -352,7 +354,7 @@ fn forward_signals() -> Option<(Arc<AtomicI32>, Arc<AtomicBool>)> {
                 f.store(sig, Ordering::SeqCst);
             } else {
                 eprintln!("kiln: interrupted by signal {sig}");
-                std::process::exit(128 + sig);
+                kiln_cleanup::clean_up_and_die(sig);
             }
         }
     });

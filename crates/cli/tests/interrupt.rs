@@ -248,3 +248,48 @@ fn sigkill_debris_goes_with_the_next_build_live_builds_are_left_alone() {
     ended_by(a, Signal::TERM);
     assert_eq!(names(t.path()), ["out"], "debris left");
 }
+
+/// `kiln run` writes a private supermin.d for its appliance: a signal while the
+/// appliance is built from it removes it too.
+#[test]
+fn signals_while_kiln_run_builds_its_appliance_leave_nothing() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = tempfile::tempdir().unwrap();
+    let tmp = t.path().join("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let cache = t.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    for sig in [Signal::INT, Signal::TERM] {
+        let mut child = command(&["run", "--", "true"], &cache)
+            .env("TMPDIR", &tmp)
+            .env("KILN_STALL_AT", "image")
+            .spawn()
+            .unwrap();
+        let mut r = BufReader::new(child.stderr.take().unwrap());
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = r.read_until(b'\n', &mut line).unwrap();
+            assert!(n > 0, "kiln run ended before it reached the image");
+            if String::from_utf8_lossy(&line).contains("stalled at image") {
+                break;
+            }
+        }
+        std::thread::spawn(move || std::io::copy(&mut r, &mut std::io::sink()));
+        let during = names(&tmp);
+        assert!(
+            during.iter().any(|n| n.starts_with("kiln-run-")),
+            "no private supermin.d while building: {during:?}"
+        );
+        signal(&child, sig);
+        // Ended by the signal (or with 128+N, the status a shell would show).
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.signal() == Some(sig.as_raw())
+                || out.status.code() == Some(128 + sig.as_raw()),
+            "{sig:?}: {:?}",
+            out.status
+        );
+        assert_eq!(names(&tmp), Vec::<String>::new(), "{sig:?}");
+    }
+}

@@ -35,7 +35,20 @@ pub struct Want {
 
 /// Write the supermin.d for `want` into a new private temporary directory (its
 /// `supermin.d/` subdirectory) and return it.
-pub fn supermin_d(want: &Want) -> anyhow::Result<tempfile::TempDir> {
+/// The private supermin.d of one `kiln run`, removed when dropped, and by a Ctrl-C,
+/// SIGTERM or SIGHUP that ends kiln while the appliance is built from it.
+pub struct Temp {
+    dir: tempfile::TempDir,
+    _cleanup: kiln_cleanup::Guard,
+}
+
+impl Temp {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+pub fn supermin_d(want: &Want) -> anyhow::Result<Temp> {
     let cmd = find_command(&want.cmd, want.cwd.as_deref())?;
     let db = kiln::databases::open(&Sysroot::default()).context("reading the package database")?;
     let db = db.as_ref();
@@ -57,10 +70,16 @@ pub fn supermin_d(want: &Want) -> anyhow::Result<tempfile::TempDir> {
         walk(&abs, &mut c.hostfiles).with_context(|| format!("--include {}", p.display()))?;
     }
 
-    let dir = tempfile::Builder::new()
-        .prefix("kiln-run-")
-        .tempdir()
-        .context("creating a temporary directory")?;
+    let (dir, cleanup) = kiln_cleanup::create(|| {
+        let dir = tempfile::Builder::new().prefix("kiln-run-").tempdir()?;
+        let p = dir.path().to_path_buf();
+        Ok::<_, std::io::Error>((dir, move || fs::remove_dir_all(&p)))
+    })
+    .context("creating a temporary directory")?;
+    let dir = Temp {
+        dir,
+        _cleanup: cleanup,
+    };
     let d = dir.path().join("supermin.d");
     fs::create_dir(&d).with_context(|| format!("creating {}", d.display()))?;
     let mut pk = String::new();
