@@ -254,6 +254,41 @@ impl ModuleDb {
                 );
             }
         }
+        // A pure library (no alias at all: no device, no name modprobe or a filesystem
+        // mount would ask for) serves only the modules that need it: when every one of
+        // them is gated, it is loaded when one of them is, i.e. under the union of
+        // their gates. modules.dep lists every module's dependencies transitively, so
+        // one pass in dependency order settles chains (failover <- net_failover <-
+        // virtio_net).
+        let mut users: BTreeMap<&String, Vec<&String>> = BTreeMap::new();
+        for k in selected {
+            for d in self.deps.get(k).into_iter().flatten() {
+                users.entry(d).or_default().push(k);
+            }
+        }
+        for k in selected.iter().rev() {
+            let Some(us) = users.get(k) else { continue };
+            let bare = self
+                .module_aliases
+                .get(&module_name(k))
+                .is_none_or(|a| a.is_empty());
+            if !bare || out.contains_key(k) || !us.iter().all(|u| out.contains_key(*u)) {
+                continue;
+            }
+            let mut buses = BTreeSet::new();
+            let mut aliases = BTreeSet::new();
+            for u in us {
+                buses.extend(out[*u].buses.iter().cloned());
+                aliases.extend(out[*u].aliases.iter().cloned());
+            }
+            out.insert(
+                k.clone(),
+                Gate {
+                    buses: buses.into_iter().collect(),
+                    aliases: aliases.into_iter().collect(),
+                },
+            );
+        }
         out
     }
 }
@@ -371,12 +406,25 @@ alias fs-ext4 ext4
             gated["nfit"],
             g(&["acpi", "platform"], &["acpi*:ACPI0012:*"])
         );
-        // Not gated: libnvdimm (others need it), sd_mod and nd_pmem (buses whose devices
-        // appear while loading), virtio_mmio (a device-tree alias), crc32c-intel (cpu),
-        // fuse (names only), libata and ext4.
+        // A library only gated drivers need goes with them.
+        assert_eq!(
+            gated["libata"],
+            g(&["pci"], &["pci:v*d*sv*sd*bc01sc06i01*"])
+        );
+        // Not gated: libnvdimm (nd_pmem, not gated, needs it), sd_mod and nd_pmem (buses
+        // whose devices appear while loading), virtio_mmio (a device-tree alias),
+        // crc32c-intel (cpu), fuse (a library of virtiofs, but also a name for
+        // modprobe and a device node), virtio (virtio_mmio needs it) and ext4.
         assert_eq!(
             gated.keys().collect::<Vec<_>>(),
-            ["ahci", "nfit", "virtio_blk", "virtio_pci", "virtiofs"]
+            [
+                "ahci",
+                "libata",
+                "nfit",
+                "virtio_blk",
+                "virtio_pci",
+                "virtiofs"
+            ]
         );
         // A virtio driver decides once the transports have made the devices.
         let pre = |n: &str| -> Vec<String> {
