@@ -64,10 +64,12 @@ fn command(args: &[&str], cache: &Path) -> Command {
 /// Start kiln with ARGS and return once its build stands still at `point`
 /// (`KILN_STALL_AT`), so a signal lands exactly there however fast the machine is.
 fn start_stalled(args: &[&str], cache: &Path, point: &str) -> Child {
-    let mut child = command(args, cache)
-        .env("KILN_STALL_AT", point)
-        .spawn()
-        .unwrap();
+    stalled(command(args, cache), point)
+}
+
+/// Spawn `cmd` with `KILN_STALL_AT=point` and return once it stands still there.
+fn stalled(mut cmd: Command, point: &str) -> Child {
+    let mut child = cmd.env("KILN_STALL_AT", point).spawn().unwrap();
     let mut r = BufReader::new(child.stderr.take().unwrap());
     let mut line = Vec::new();
     loop {
@@ -260,22 +262,9 @@ fn signals_while_kiln_run_builds_its_appliance_leave_nothing() {
     let cache = t.path().join("cache");
     fs::create_dir(&cache).unwrap();
     for sig in [Signal::INT, Signal::TERM] {
-        let mut child = command(&["run", "--", "true"], &cache)
-            .env("TMPDIR", &tmp)
-            .env("KILN_STALL_AT", "image")
-            .spawn()
-            .unwrap();
-        let mut r = BufReader::new(child.stderr.take().unwrap());
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let n = r.read_until(b'\n', &mut line).unwrap();
-            assert!(n > 0, "kiln run ended before it reached the image");
-            if String::from_utf8_lossy(&line).contains("stalled at image") {
-                break;
-            }
-        }
-        std::thread::spawn(move || std::io::copy(&mut r, &mut std::io::sink()));
+        let mut cmd = command(&["run", "--", "true"], &cache);
+        cmd.env("TMPDIR", &tmp);
+        let child = stalled(cmd, "image");
         let during = names(&tmp);
         assert!(
             during.iter().any(|n| n.starts_with("kiln-run-")),

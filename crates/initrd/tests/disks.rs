@@ -78,11 +78,26 @@ impl Seen {
     fn has(&self, module: &str) -> bool {
         self.modules.iter().any(|m| m == module)
     }
+
+    /// With a virtio-scsi root, as with supermin's initrd: the disk on the ATA
+    /// controller (IDE or SATA) is bound first (sda), the root after it (sdb).
+    fn assert_ata_disk_then_scsi_root(&self) {
+        assert_eq!(
+            self.disks,
+            [
+                format!("sda {IDE_SECTORS}"),
+                format!("sdb {ROOT_SECTORS}"),
+                format!("vda {VD_SECTORS}"),
+            ],
+            "{:?}",
+            self.disks
+        );
+    }
 }
 
 /// Boot with the root on `bus`, an IDE disk of 100 MiB (SATA on q35) and a virtio disk
-/// of 200 MiB, and `extra` qemu arguments.
-fn boot(dir: &Path, bus: &str, extra: &[&str]) -> Seen {
+/// of 200 MiB, `extra` qemu arguments and `append` kernel arguments.
+fn boot_with(dir: &Path, bus: &str, extra: &[&str], append: &str) -> Seen {
     let (kernel, initrd, root) = appliance(dir);
     let ide = dir.join("ide.img");
     let vd = dir.join("vd.img");
@@ -115,7 +130,7 @@ fn boot(dir: &Path, bus: &str, extra: &[&str]) -> Seen {
     }
     cmd.args([
         "-append",
-        &format!("console=ttyS0 panic=1 quiet root=UUID={UUID}"),
+        &format!("console=ttyS0 panic=1 quiet root=UUID={UUID} {append}"),
     ])
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
@@ -157,10 +172,15 @@ fn boot(dir: &Path, bus: &str, extra: &[&str]) -> Seen {
             .map(str::to_string)
             .collect()
     };
-    let seen = Seen {
+    Seen {
         disks: lines("DISK "),
         modules: lines("MOD "),
-    };
+    }
+}
+
+/// [`boot_with`] with drivers gated on devices (the default), checked.
+fn boot(dir: &Path, bus: &str, extra: &[&str]) -> Seen {
+    let seen = boot_with(dir, bus, extra, "");
     // Tied to no device, needed by the root, or a library: always loaded (fuse is what
     // ntfs-3g needs in libguestfs's appliance).
     for m in ["ext4", "fuse", "libnvdimm", "sd_mod", "virtio_pci"] {
@@ -235,16 +255,7 @@ fn sata_and_virtio_disks_and_a_nic_on_q35() {
         "{:?}",
         seen.modules
     );
-    assert_eq!(
-        seen.disks,
-        [
-            format!("sda {IDE_SECTORS}"),
-            format!("sdb {ROOT_SECTORS}"),
-            format!("vda {VD_SECTORS}"),
-        ],
-        "{:?}",
-        seen.disks
-    );
+    seen.assert_ata_disk_then_scsi_root();
 }
 
 #[test]
@@ -256,16 +267,22 @@ fn ide_and_virtio_disks_beside_a_virtio_scsi_root() {
         "{:?}",
         seen.modules
     );
-    // As with supermin's initrd: the IDE disk is bound first (sda), the virtio-scsi
-    // root after it.
-    assert_eq!(
-        seen.disks,
-        [
-            format!("sda {IDE_SECTORS}"),
-            format!("sdb {ROOT_SECTORS}"),
-            format!("vda {VD_SECTORS}"),
-        ],
-        "{:?}",
-        seen.disks
-    );
+    seen.assert_ata_disk_then_scsi_root();
+}
+
+#[test]
+fn kiln_modules_all_loads_drivers_without_devices_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = boot_with(dir.path(), "virtio-blk", &[], "kiln.modules=all");
+    for m in [
+        "ahci",
+        "nfit",
+        "virtio_input",
+        "virtiofs",
+        "virtio_scsi",
+        "ata_piix",
+    ] {
+        assert!(seen.has(m), "{m} not loaded: {:?}", seen.modules);
+    }
+    assert_eq!(seen.disks.len(), 3, "{:?}", seen.disks);
 }
