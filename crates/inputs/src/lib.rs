@@ -17,7 +17,8 @@
 //! - Base images are read completely ([`Member`]s, in archive order), their file data
 //!   streamed from the decoder into a spill file ([`kiln_spill`]: unlinked, sparse, one
 //!   buffer of memory whatever a member's size), so memory does not grow with member
-//!   sizes. Member paths containing `..` or starting with `/` are refused (error naming
+//!   sizes; the headers of one member (GNU long names, PAX records) may take at most
+//!   [`HEADER_LIMIT`] bytes (module `tarball`). Member paths containing `..` or starting with `/` are refused (error naming
 //!   the tarball and the member), as are corrupt or truncated archives.
 //! - Lists are read into memory; one larger than [`LIST_MAX`] is refused (a supermin
 //!   list is kilobytes; a huge one is a mistake or a decompression bomb).
@@ -37,7 +38,7 @@
 //! Invariants of [`Inputs`]: member paths are absolute and normalised (no `.`/`..`, no
 //! trailing `/`, never `/` itself); every list line carries its [`Origin`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read};
@@ -428,7 +429,7 @@ fn parse_list(
 }
 
 /// Normalise a tar member path to an absolute path; `None` for the archive root.
-fn normalise_member(raw: &Path) -> Result<Option<PathBuf>, &'static str> {
+pub(crate) fn normalise_member(raw: &Path) -> Result<Option<PathBuf>, &'static str> {
     let mut out = PathBuf::from("/");
     for c in raw.components() {
         match c {
@@ -449,7 +450,7 @@ pub fn makedev(major: u32, minor: u32) -> u64 {
     ((ma & 0xffff_f000) << 32) | ((ma & 0xfff) << 8) | ((mi & 0xffff_ff00) << 12) | (mi & 0xff)
 }
 
-fn new_spill(path: &Path) -> Result<Arc<Spill>, InputError> {
+pub(crate) fn new_spill(path: &Path) -> Result<Arc<Spill>, InputError> {
     Spill::new().map_err(|(dir, source)| InputError::Spill {
         path: path.to_path_buf(),
         dir,
@@ -457,123 +458,8 @@ fn new_spill(path: &Path) -> Result<Arc<Spill>, InputError> {
     })
 }
 
-/// Read a whole tar stream, file data into a spill file of its own. `path` names the
-/// tarball in errors.
-pub fn read_tar(path: &Path, r: impl Read) -> Result<BaseImage, InputError> {
-    read_tar_into(path, r, &new_spill(path)?)
-}
-
-/// Read a whole tar stream, file data into `spill`. `path` names the tarball in errors.
-pub fn read_tar_into(
-    path: &Path,
-    r: impl Read,
-    spill: &Arc<Spill>,
-) -> Result<BaseImage, InputError> {
-    let tar_err = |message: String| InputError::Tar {
-        path: path.to_path_buf(),
-        message,
-    };
-    let mut archive = tar::Archive::new(r);
-    let mut members = Vec::new();
-    let mut files: HashMap<PathBuf, Region> = HashMap::new();
-    let entries = archive
-        .entries()
-        .map_err(|e| tar_err(format!("corrupt or truncated archive: {e}")))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| tar_err(format!("corrupt or truncated archive: {e}")))?;
-        let raw = entry.path_bytes().into_owned();
-        let member_name = String::from_utf8_lossy(&raw).into_owned();
-        let member_err = |message: String| InputError::TarMember {
-            path: path.to_path_buf(),
-            member: member_name.clone(),
-            message,
-        };
-        let et = entry.header().entry_type();
-        if matches!(et, tar::EntryType::XGlobalHeader) {
-            continue;
-        }
-        let Some(mpath) = normalise_member(Path::new(std::ffi::OsStr::from_bytes(&raw)))
-            .map_err(|m| member_err(m.to_string()))?
-        else {
-            continue;
-        };
-        let h = entry.header();
-        let perm = h.mode().map_err(|e| member_err(e.to_string()))? & 0o7777;
-        let uid = h.uid().map_err(|e| member_err(e.to_string()))?;
-        let gid = h.gid().map_err(|e| member_err(e.to_string()))?;
-        let mtime = h.mtime().map_err(|e| member_err(e.to_string()))?;
-        let dev = || -> Result<u64, InputError> {
-            let ma = h.device_major().map_err(|e| member_err(e.to_string()))?;
-            let mi = h.device_minor().map_err(|e| member_err(e.to_string()))?;
-            Ok(makedev(ma.unwrap_or(0), mi.unwrap_or(0)))
-        };
-        let kind = match et {
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let want = entry.size();
-                let data = spill.append(&mut entry).map_err(|e| match e {
-                    kiln_spill::AppendError::Read(e) => {
-                        member_err(format!("corrupt or truncated archive: {e}"))
-                    }
-                    source => InputError::MemberData {
-                        path: path.to_path_buf(),
-                        member: member_name.clone(),
-                        source,
-                    },
-                })?;
-                if data.len() != want {
-                    return Err(member_err(format!(
-                        "truncated archive: member has {} of {want} bytes",
-                        data.len()
-                    )));
-                }
-                files.insert(mpath.clone(), data.clone());
-                MemberKind::File(data)
-            }
-            tar::EntryType::Directory => MemberKind::Dir,
-            tar::EntryType::Symlink => MemberKind::Symlink(
-                entry
-                    .link_name_bytes()
-                    .map(|b| b.into_owned())
-                    .unwrap_or_default(),
-            ),
-            tar::EntryType::Link => {
-                let raw_t = entry.link_name_bytes().unwrap_or_default().into_owned();
-                let target = normalise_member(Path::new(std::ffi::OsStr::from_bytes(&raw_t)))
-                    .map_err(|m| member_err(format!("hard link target: {m}")))?
-                    .ok_or_else(|| member_err("hard link to the archive root".into()))?;
-                let content = files.get(&target).cloned().ok_or_else(|| {
-                    member_err(format!(
-                        "hard link to {}, which is not an earlier regular file of this archive",
-                        target.display()
-                    ))
-                })?;
-                files.insert(mpath.clone(), content.clone());
-                MemberKind::HardLink { target, content }
-            }
-            tar::EntryType::Char => MemberKind::CharDev(dev()?),
-            tar::EntryType::Block => MemberKind::BlockDev(dev()?),
-            tar::EntryType::Fifo => MemberKind::Fifo,
-            other => {
-                return Err(member_err(format!("unsupported member type {other:?}")));
-            }
-        };
-        if !matches!(kind, MemberKind::File(_) | MemberKind::HardLink { .. }) {
-            files.remove(&mpath);
-        }
-        members.push(Member {
-            path: mpath,
-            kind,
-            perm,
-            uid: uid as u32,
-            gid: gid as u32,
-            mtime: mtime as i64,
-        });
-    }
-    Ok(BaseImage {
-        source: path.to_path_buf(),
-        members,
-    })
-}
+mod tarball;
+pub use tarball::{HEADER_LIMIT, read_tar, read_tar_into};
 
 #[cfg(test)]
 mod tests;
