@@ -14,10 +14,10 @@
 //! asynchronous probes are done (the kernel's `async_synchronize_full`), so when every
 //! module is loaded every disk the VM has is visible.
 //!
-//! Invariants: every module is tried (or skipped for want of a device) exactly once; a failure is reported and counted,
-//! never fatal, and does not hold back the modules after it (as with a sequential
-//! loader, they are tried and fail on their own if they need it); the scheduler cannot
-//! deadlock, because prerequisites on later lines or unknown names are ignored, so the
+//! Invariants: every module is tried (or skipped for want of a device) exactly once; a
+//! failure is reported and counted, never fatal, and does not hold back the modules
+//! after it, nor does a skipped driver (as with a sequential loader, they are tried and
+//! fail on their own if they need it); the scheduler cannot deadlock, because prerequisites on later lines or unknown names are ignored, so the
 //! earliest module not yet started always becomes ready once the ones before it finish.
 
 use std::fs;
