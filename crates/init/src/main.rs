@@ -204,7 +204,7 @@ fn run() -> ! {
     };
     let n = load_modules(&log, c.jobs, c.all_modules);
     log.info(&format!(
-        "loaded {} modules ({} failed; {} drivers without a device skipped)",
+        "loaded {} modules ({} failed; {} skipped: no device for them)",
         n.loaded, n.failed, n.skipped
     ));
     let (name, maj, min) = wait_for_root(&log, &root, c.rootwait);
