@@ -221,12 +221,15 @@ impl ModuleDb {
 
     /// The gate of each selected module that has one (see the module doc).
     fn gates(&self, selected: &[String]) -> BTreeMap<String, Gate> {
-        let needed: BTreeSet<&String> = selected
-            .iter()
-            .flat_map(|k| self.deps.get(k).into_iter().flatten())
-            .collect();
+        // Who needs each selected module (modules.dep lists dependencies transitively).
+        let mut users: BTreeMap<&String, Vec<&String>> = BTreeMap::new();
+        for k in selected {
+            for d in self.deps.get(k).into_iter().flatten() {
+                users.entry(d).or_default().push(k);
+            }
+        }
         let mut out = BTreeMap::new();
-        for k in selected.iter().filter(|k| !needed.contains(k)) {
+        for k in selected.iter().filter(|k| !users.contains_key(k)) {
             let aliases: Vec<&String> = self
                 .module_aliases
                 .get(&module_name(k))
@@ -260,12 +263,6 @@ impl ModuleDb {
         // their gates. modules.dep lists every module's dependencies transitively, so
         // one pass in dependency order settles chains (failover <- net_failover <-
         // virtio_net).
-        let mut users: BTreeMap<&String, Vec<&String>> = BTreeMap::new();
-        for k in selected {
-            for d in self.deps.get(k).into_iter().flatten() {
-                users.entry(d).or_default().push(k);
-            }
-        }
         for k in selected.iter().rev() {
             let Some(us) = users.get(k) else { continue };
             let bare = self

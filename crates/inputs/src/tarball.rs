@@ -65,9 +65,9 @@ pub fn read_tar_into(
     r: impl Read,
     spill: &Arc<Spill>,
 ) -> Result<BaseImage, InputError> {
-    let tar_err = |message: String| InputError::Tar {
+    let corrupt = |e: io::Error| InputError::Tar {
         path: path.to_path_buf(),
-        message,
+        message: format!("corrupt or truncated archive: {e}"),
     };
     let budget = Rc::new(Cell::new(None));
     let mut archive = tar::Archive::new(Budgeted {
@@ -76,20 +76,17 @@ pub fn read_tar_into(
     });
     let mut members = Vec::new();
     let mut files: HashMap<PathBuf, Region> = HashMap::new();
-    let mut entries = archive
-        .entries()
-        .map_err(|e| tar_err(format!("corrupt or truncated archive: {e}")))?;
+    let mut entries = archive.entries().map_err(corrupt)?;
     loop {
         budget.set(Some(HEADER_LIMIT));
         let next = entries.next();
         budget.set(None);
         let Some(entry) = next else { break };
-        let mut entry = entry.map_err(|e| tar_err(format!("corrupt or truncated archive: {e}")))?;
+        let mut entry = entry.map_err(corrupt)?;
         let member = read_member(path, &mut entry, spill, &mut files)?;
         // What of the member's data was not read (a global PAX header's, a directory's)
         // is skipped here, outside the header budget.
-        io::copy(&mut entry, &mut io::sink())
-            .map_err(|e| tar_err(format!("corrupt or truncated archive: {e}")))?;
+        io::copy(&mut entry, &mut io::sink()).map_err(corrupt)?;
         members.extend(member);
     }
     Ok(BaseImage {
