@@ -268,7 +268,7 @@ fn owner(db: &dyn Database, p: &Path) -> anyhow::Result<Option<String>> {
 /// The ELF program interpreter (`PT_INTERP`) of `p`; `None` for a static or non-ELF file.
 fn elf_interp(p: &Path) -> anyhow::Result<Option<PathBuf>> {
     let b = fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-    match kiln_initrd::elf_interp(&b) {
+    match kiln_elf::interp(&b) {
         Ok(i) => Ok(i.map(|s| PathBuf::from(OsStr::from_bytes(s)))),
         // Not a 64-bit little-endian ELF file: a script or another kind of program,
         // whose loader (if any) kiln does not follow.
