@@ -274,9 +274,10 @@ impl Contents {
         Ok(())
     }
 
-    /// The path and, when it goes through symlinks, the file it resolves to.
+    /// The path (`.` and `..` removed: hostfiles must be normalised, and `$ORIGIN/../lib`
+    /// gives such paths) and, when it goes through symlinks, the file it resolves to.
     fn add_host_file(&mut self, p: &Path) {
-        self.hostfiles.insert(p.to_path_buf());
+        self.hostfiles.insert(lexical(p));
         if let Ok(c) = fs::canonicalize(p) {
             self.hostfiles.insert(c);
         }
