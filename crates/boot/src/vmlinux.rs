@@ -11,9 +11,14 @@
 //! the untrusted kernel is used unchecked) once and keeps it in a private per-user
 //! directory, named by the BLAKE3 hash of the bzImage, so later runs only hash 8 MB.
 //!
+//! The directory is `.kiln-vmlinux-$EUID` beside the appliance cache ([`dir_in`]).
 //! Each use sets the file's mtime, so the mtime is its last use. When a new kernel is
 //! extracted (the host's kernel changed), files not used for [`STALE_AFTER`] go: the
-//! directory holds the kernels in use, not every kernel the host ever had.
+//! directory holds the kernels in use, not every kernel the host ever had. `kiln cache
+//! ls` lists them ([`list`]) and `kiln gc` removes those whose bzImage is in no
+//! appliance left in the cache ([`remove_unused`]; a pinned appliance is never removed,
+//! so neither is the kernel a running `kiln run` boots), once unused for [`GC_GRACE`]
+//! (which covers a `kiln run` between extracting a kernel and qemu reading it).
 //!
 //! Invariants: the directory is created 0700 and used only if it is a real directory
 //! owned by the caller (never through a symlink); a file appears by rename of a complete
@@ -33,6 +38,116 @@ const MAX_VMLINUX: u64 = 1 << 30;
 
 /// How long an extracted kernel may go unused before the next extraction removes it.
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How long an extracted kernel no appliance uses survives `kiln gc` after its last use.
+pub const GC_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// The directory of the extracted kernels of the effective user, beside the appliance
+/// cache `<cache_root>/.guestfs-$EUID`.
+pub fn dir_in(cache_root: &Path) -> PathBuf {
+    cache_root.join(format!(
+        ".kiln-vmlinux-{}",
+        rustix::process::geteuid().as_raw()
+    ))
+}
+
+/// The file name of the extracted kernel of a bzImage with these bytes.
+fn name_of_bytes(bz: &[u8]) -> String {
+    format!("vmlinux-{}", &blake3::hash(bz).to_hex()[..32])
+}
+
+/// The file name the extracted kernel of `bzimage` has (or would have) in the
+/// directory: `vmlinux-` and a hash of the bzImage.
+pub fn name_for(bzimage: &Path) -> io::Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(fs::File::open(bzimage)?)?;
+    Ok(format!("vmlinux-{}", &h.finalize().to_hex()[..32]))
+}
+
+/// One extracted kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extracted {
+    /// `vmlinux-HASH` (see [`name_for`]).
+    pub name: String,
+    pub path: PathBuf,
+    /// Allocated bytes.
+    pub size: u64,
+    /// The last `kiln run` that used it (its mtime).
+    pub last_use: SystemTime,
+}
+
+/// The extracted kernels in `dir`, most recently used first; none when `dir` does not
+/// exist. An error when it is not a private directory of this user.
+pub fn list(dir: &Path) -> io::Result<Vec<Extracted>> {
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+        Ok(_) => check_private(dir)?,
+    }
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let Some(name) = e.file_name().to_str().map(String::from) else {
+            continue;
+        };
+        if !name.starts_with("vmlinux-") {
+            continue;
+        }
+        let m = e.metadata()?;
+        if !m.is_file() {
+            continue;
+        }
+        out.push(Extracted {
+            name,
+            path: e.path(),
+            size: m.blocks() * 512,
+            last_use: m.modified()?,
+        });
+    }
+    out.sort_by_key(|x| std::cmp::Reverse(x.last_use));
+    Ok(out)
+}
+
+/// Remove the extracted kernels in `dir` whose name is not in `used` and that were not
+/// used since `now - GC_GRACE`, and leftover temporary files as old; return what was
+/// removed. What cannot be removed stays.
+pub fn remove_unused(
+    dir: &Path,
+    used: &std::collections::HashSet<String>,
+    now: SystemTime,
+) -> io::Result<Vec<Extracted>> {
+    let cutoff = now.checked_sub(GC_GRACE).unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut removed = Vec::new();
+    for x in list(dir)? {
+        if used.contains(&x.name) || x.last_use >= cutoff {
+            continue;
+        }
+        if fs::remove_file(&x.path).is_ok() {
+            removed.push(x);
+        }
+    }
+    // Temporary files of an extraction that was interrupted.
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if !e.file_name().as_encoded_bytes().starts_with(b".tmp") {
+                continue;
+            }
+            if let Ok(m) = fs::symlink_metadata(e.path())
+                && m.is_file()
+                && m.modified().is_ok_and(|t| t < cutoff)
+                && fs::remove_file(e.path()).is_ok()
+            {
+                removed.push(Extracted {
+                    name: e.file_name().to_string_lossy().into_owned(),
+                    path: e.path(),
+                    size: m.blocks() * 512,
+                    last_use: m.modified()?,
+                });
+            }
+        }
+    }
+    Ok(removed)
+}
 
 /// The uncompressed PVH-bootable kernel for `bzimage`, extracted into `dir` (created
 /// if missing) the first time. `None` when it cannot be used.
@@ -55,16 +170,15 @@ fn try_uncompressed(bzimage: &Path, dir: &Path) -> io::Result<Option<PathBuf>> {
         return Ok(None);
     };
     private_dir(dir)?;
-    let hash = blake3::hash(&bz).to_hex();
-    let dest = dir.join(format!("vmlinux-{}", &hash[..32]));
+    let dest = dir.join(name_of_bytes(&bz));
     if let Ok(m) = fs::symlink_metadata(&dest)
         && m.is_file()
         && m.uid() == rustix::process::geteuid().as_raw()
+        // Gone meanwhile (a `kiln gc`): extracted again below.
+        && let Ok(f) = fs::File::open(&dest)
     {
-        // Last use, for forget_stale; failing to record it is harmless.
-        if let Ok(f) = fs::File::open(&dest) {
-            let _ = f.set_modified(SystemTime::now());
-        }
+        // Last use, for forget_stale and gc; failing to record it is harmless.
+        let _ = f.set_modified(SystemTime::now());
         return Ok(Some(dest));
     }
     let (c, r) = kiln_compress::decompress(payload)?;
@@ -133,6 +247,11 @@ fn private_dir(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
+    check_private(dir)
+}
+
+/// `dir` must be a directory (not a symlink) owned by us, not writable by others.
+fn check_private(dir: &Path) -> io::Result<()> {
     let m = fs::symlink_metadata(dir)?;
     if !m.is_dir() || m.uid() != rustix::process::geteuid().as_raw() || m.mode() & 0o022 != 0 {
         return Err(io::Error::other(format!(
@@ -162,6 +281,7 @@ fn is_pvh_elf(b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn kernels_unused_for_a_month_go_the_rest_stay() {
@@ -346,6 +466,43 @@ mod tests {
         }
     }
 
+    /// Listed with their size and last use; gc removes only the unused and old ones.
+    #[test]
+    fn unused_kernels_go_after_the_grace_the_used_and_recent_stay() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("k");
+        assert_eq!(list(&d).unwrap(), vec![], "no directory: nothing");
+        private_dir(&d).unwrap();
+        let now = SystemTime::now();
+        let make = |n: &str, age: Duration| {
+            let p = d.join(n);
+            fs::write(&p, vec![1u8; 10_000]).unwrap();
+            fs::File::open(&p).unwrap().set_modified(now - age).unwrap();
+            p
+        };
+        let hour = Duration::from_secs(3600);
+        let used = make("vmlinux-used", 100 * hour);
+        let recent = make("vmlinux-recent", GC_GRACE / 2);
+        let old = make("vmlinux-old", 2 * GC_GRACE);
+        let tmp = make(".tmpXyZ", 2 * hour);
+        let other = make("notes", 100 * hour);
+        let l = list(&d).unwrap();
+        let names: Vec<&str> = l.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names, ["vmlinux-recent", "vmlinux-old", "vmlinux-used"]);
+        assert!(l.iter().all(|x| x.size >= 10_000), "{l:?}");
+        let keep = std::collections::HashSet::from(["vmlinux-used".to_string()]);
+        let gone = remove_unused(&d, &keep, now).unwrap();
+        let gone: Vec<&str> = gone.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(gone, ["vmlinux-old", ".tmpXyZ"]);
+        assert!(used.exists() && recent.exists() && other.exists());
+        assert!(!old.exists() && !tmp.exists());
+        // Not a private directory: refused, nothing removed.
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(list(&d).is_err());
+        assert!(remove_unused(&d, &keep, now + 1000 * hour).is_err());
+        assert!(used.exists());
+    }
+
     /// The host's Debian kernel: extracted once, reused, and PVH-bootable.
     #[test]
     fn host_kernel_extracts_once() {
@@ -366,6 +523,10 @@ mod tests {
         // The same file, not extracted again; its use is recorded in its mtime.
         let again = fs::metadata(&a).unwrap();
         assert_eq!(again.ino(), first.ino());
+        assert_eq!(
+            a.file_name().unwrap().to_str().unwrap(),
+            name_for(&k).unwrap()
+        );
         assert!(again.modified().unwrap() >= first.modified().unwrap());
         assert_eq!(fs::metadata(&d).unwrap().mode() & 0o777, 0o700);
     }

@@ -185,10 +185,9 @@ fn run(args: Args) -> anyhow::Result<u8> {
         .cachedir
         .clone()
         .unwrap_or_else(kiln::cache::default_root);
-    let euid = rustix::process::geteuid().as_raw();
     let kernel = kiln_boot::vmlinux::uncompressed(
         appliance.kernel(),
-        &cache_root.join(format!(".kiln-vmlinux-{euid}")),
+        &kiln_boot::vmlinux::dir_in(&cache_root),
     )
     .unwrap_or_else(|| appliance.kernel().to_path_buf());
 

@@ -18,12 +18,17 @@ use common::{kiln, text};
 /// `kiln run --no-cwd ARGS` in `dir`, with a private cache (building an appliance
 /// takes about a second) and TMPDIR; then the checks that nothing of the run remains.
 fn run_in(dir: &Path, args: &[&std::ffi::OsStr]) -> Output {
-    let tmp = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
+    run_cached(dir, cache.path(), args)
+}
+
+/// [`run_in`] with the cache under `cache`.
+fn run_cached(dir: &Path, cache: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    let tmp = tempfile::tempdir().unwrap();
     let o = Command::new(kiln())
         .arg("run")
         .arg("--cachedir")
-        .arg(cache.path())
+        .arg(cache)
         // Booting is not what these tests are about: TCG boots everywhere.
         .args(["--accel", "tcg", "--timeout", "600", "--no-cwd", "--"])
         .args(args)
@@ -34,7 +39,7 @@ fn run_in(dir: &Path, args: &[&std::ffi::OsStr]) -> Output {
         .unwrap();
     let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "left in TMPDIR: {left:?}\n{}", text(&o));
-    nothing_left_running(cache.path());
+    nothing_left_running(cache);
     o
 }
 
@@ -173,4 +178,93 @@ fn glob_named_env_script_runs_as_a_relative_command() {
         "{}",
         text(&o)
     );
+}
+
+fn json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let o = Command::new(kiln()).args(args).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// The uncompressed kernel `kiln run` extracts beside the cache: listed by `kiln cache
+/// ls` with the appliance using it, kept by `kiln gc` while that appliance is, and
+/// removed once it is gone and the kernel unused for the grace period.
+#[test]
+fn extracted_kernels_are_listed_and_collected_with_their_appliances() {
+    let (_t, cache) = tempdir();
+    let o = run_cached(Path::new("/"), &cache, &["true".as_ref()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let c = cache.as_os_str();
+    let ls = json(&[
+        "cache".as_ref(),
+        "ls".as_ref(),
+        "--json".as_ref(),
+        "--cachedir".as_ref(),
+        c,
+    ]);
+    let entries = ls.as_array().unwrap();
+    let appliance = entries.iter().find(|e| e["kind"] == "appliance").unwrap();
+    let kernels: Vec<_> = entries.iter().filter(|e| e["kind"] == "vmlinux").collect();
+    assert_eq!(kernels.len(), 1, "{ls}");
+    assert_eq!(
+        kernels[0]["used_by"],
+        serde_json::json!([appliance["key"]]),
+        "{ls}"
+    );
+    assert!(kernels[0]["size"].as_u64().unwrap() > 10 << 20, "{ls}");
+    let name = kernels[0]["key"].as_str().unwrap();
+    let file = cache
+        .join(format!(
+            ".kiln-vmlinux-{}",
+            rustix::process::geteuid().as_raw()
+        ))
+        .join(name);
+    assert!(file.is_file());
+    let o = Command::new(kiln())
+        .args(["cache", "ls", "--cachedir"])
+        .arg(c)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(name),
+        "{}",
+        text(&o)
+    );
+
+    // Its appliance is kept: so is the kernel, however old.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(24 * 3600);
+    fs::File::open(&file).unwrap().set_modified(old).unwrap();
+    let gc = json(&["gc".as_ref(), "--json".as_ref(), "--cachedir".as_ref(), c]);
+    assert_eq!(gc["vmlinux_removed"], serde_json::json!([]), "{gc}");
+    assert!(file.is_file());
+
+    // The appliance goes; a recently used kernel stays for the grace period...
+    fs::File::open(&file)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    let gc = json(&[
+        "gc".as_ref(),
+        "--keep".as_ref(),
+        "0".as_ref(),
+        "--json".as_ref(),
+        "--cachedir".as_ref(),
+        c,
+    ]);
+    assert_eq!(gc["removed"].as_array().unwrap().len(), 1, "{gc}");
+    assert_eq!(gc["vmlinux_removed"], serde_json::json!([]), "{gc}");
+    assert!(file.is_file());
+    // ...and goes after it, its bytes counted as freed.
+    fs::File::open(&file).unwrap().set_modified(old).unwrap();
+    let gc = json(&[
+        "gc".as_ref(),
+        "--keep".as_ref(),
+        "0".as_ref(),
+        "--json".as_ref(),
+        "--cachedir".as_ref(),
+        c,
+    ]);
+    assert_eq!(gc["vmlinux_removed"], serde_json::json!([name]), "{gc}");
+    assert!(gc["freed"].as_u64().unwrap() > 10 << 20, "{gc}");
+    assert!(!file.exists());
 }
