@@ -233,8 +233,9 @@ fn forget_stale(dir: &Path, keep: &Path, now: SystemTime) {
             && fs::remove_file(&p).is_ok()
         {
             tracing::info!(
-                "removed {}, unused since before {STALE_AFTER:?}",
-                p.display()
+                "removed {}, unused for {} days",
+                p.display(),
+                STALE_AFTER.as_secs() / 86400
             );
         }
     }

@@ -120,8 +120,12 @@ pub fn supermin_d(want: &Want) -> anyhow::Result<Temp> {
         fs::write(d.join("hostfiles"), hf).with_context(|| format!("writing {}", d.display()))?;
     }
     tracing::debug!(
-        "appliance: packages {:?}, {} host files",
-        c.packages,
+        "appliance: packages {}, {} host files",
+        c.packages
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
         c.hostfiles.len()
     );
     Ok(dir)
