@@ -11,7 +11,8 @@
 //! the untrusted kernel is used unchecked) once and keeps it in a private per-user
 //! directory, named by the BLAKE3 hash of the bzImage, so later runs only hash 8 MB.
 //!
-//! The directory is `.kiln-vmlinux-$EUID` beside the appliance cache ([`dir_in`]).
+//! The directory is `.kiln-vmlinux-$EUID` beside the appliance cache
+//! ([`crate::state_dir`]).
 //! Each use sets the file's mtime, so the mtime is its last use. When a new kernel is
 //! extracted (the host's kernel changed), files not used for [`STALE_AFTER`] go: the
 //! directory holds the kernels in use, not every kernel the host ever had. `kiln cache
@@ -41,15 +42,6 @@ pub const STALE_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How long an extracted kernel no appliance uses survives `kiln gc` after its last use.
 pub const GC_GRACE: Duration = Duration::from_secs(10 * 60);
-
-/// The directory of the extracted kernels of the effective user, beside the appliance
-/// cache `<cache_root>/.guestfs-$EUID`.
-pub fn dir_in(cache_root: &Path) -> PathBuf {
-    cache_root.join(format!(
-        ".kiln-vmlinux-{}",
-        rustix::process::geteuid().as_raw()
-    ))
-}
 
 /// The file name of the extracted kernel of a bzImage with these bytes.
 fn name_of_bytes(bz: &[u8]) -> String {

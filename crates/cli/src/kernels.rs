@@ -17,7 +17,7 @@ pub fn root(cachedir: Option<&Path>) -> PathBuf {
 
 /// The extracted-kernel directory beside the cache under `root`.
 pub fn dir(root: &Path) -> PathBuf {
-    kiln_boot::vmlinux::dir_in(root)
+    kiln_boot::state_dir(root)
 }
 
 /// For the appliances in `slots`: the extracted kernel name of each one's kernel, and
