@@ -13,8 +13,8 @@
 //!   `/lib`, `/usr/lib`);
 //! - `$ORIGIN` (the directory of the asking object; for the executable its resolved
 //!   path's, as `/proc/self/exe`), `$LIB` and `$PLATFORM` are expanded; relative and
-//!   empty entries (the guest's working directory) and `LD_LIBRARY_PATH` (not passed
-//!   to the guest) are not searched;
+//!   empty entries (the guest's working directory) and `LD_LIBRARY_PATH` (the guest
+//!   has it only from `--env`) are not searched;
 //! - a file is taken only if it is an ELF64 file for the executable's machine (the
 //!   loader skips others, e.g. 32-bit libraries in `/usr/lib`); a name already loaded
 //!   (by `DT_SONAME`, the program interpreter's included) is not searched again.
