@@ -443,4 +443,117 @@ mod tests {
         fs::write(&s, "#!/bin/sh\n").unwrap();
         assert!(needs(&s, &SearchPath::default()).unwrap().is_none());
     }
+
+    /// The host's loader agrees: for host programs (trusted, so running the host's own
+    /// `ld.so --list` on them in a test is fine), the files found by reading are the
+    /// files the loader maps, by their resolved paths.
+    #[test]
+    fn agrees_with_the_host_loader_on_host_programs() {
+        let loader = Path::new("/lib64/ld-linux-x86-64.so.2");
+        let search = SearchPath::host();
+        let mut checked = 0;
+        let mut names: Vec<PathBuf> = fs::read_dir("/usr/bin")
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        names.sort();
+        for exe in names {
+            if checked == 60 {
+                break;
+            }
+            let Ok(b) = read_regular(&exe) else { continue };
+            let Ok(e) = Elf::parse(&b) else { continue };
+            if !e.interp().is_ok_and(|i| i.is_some()) {
+                continue;
+            }
+            let out = std::process::Command::new(loader)
+                .arg("--list")
+                .arg(&exe)
+                .output()
+                .unwrap();
+            if !out.status.success() {
+                continue;
+            }
+            let mut want = HashSet::new();
+            for line in out.stdout.split(|&c| c == b'\n') {
+                let line = line.trim_ascii();
+                let p = match line.windows(4).position(|w| w == b" => ") {
+                    Some(i) => &line[i + 4..],
+                    None => line,
+                };
+                if p.first() == Some(&b'/') {
+                    let end = p.iter().position(|&c| c == b' ').unwrap_or(p.len());
+                    want.insert(fs::canonicalize(OsStr::from_bytes(&p[..end])).unwrap());
+                }
+            }
+            let n = needs(&exe, &search).unwrap().unwrap();
+            let got: HashSet<PathBuf> = n
+                .libs
+                .iter()
+                .chain(n.interp.as_ref())
+                .map(|p| fs::canonicalize(p).unwrap())
+                .collect();
+            assert_eq!(got, want, "{}", exe.display());
+            checked += 1;
+        }
+        assert!(checked >= 20, "only {checked} dynamic programs in /usr/bin");
+    }
+
+    /// DT_RPATH is inherited down the loading chain, DT_RUNPATH is not (as ld.so):
+    /// libb, needed by liba, is found through the program's RPATH but not through its
+    /// RUNPATH.
+    #[test]
+    fn rpath_is_inherited_runpath_is_not() {
+        let t = tempfile::tempdir().unwrap();
+        let d = fs::canonicalize(t.path()).unwrap();
+        fs::create_dir(d.join("lib")).unwrap();
+        let cc = |args: &[&str]| {
+            let o = std::process::Command::new("cc")
+                .current_dir(&d)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        };
+        fs::write(d.join("b.c"), "int b(void) { return 1; }\n").unwrap();
+        fs::write(d.join("a.c"), "int b(void); int a(void) { return b(); }\n").unwrap();
+        fs::write(
+            d.join("m.c"),
+            "int a(void); int main(void) { return a(); }\n",
+        )
+        .unwrap();
+        cc(&["-shared", "-fPIC", "-o", "lib/libb.so", "b.c"]);
+        // liba needs libb and says nothing of where it is.
+        cc(&[
+            "-shared",
+            "-fPIC",
+            "-o",
+            "lib/liba.so",
+            "a.c",
+            "-Llib",
+            "-lb",
+        ]);
+        for (dtags, found) in [("--disable-new-dtags", true), ("--enable-new-dtags", false)] {
+            cc(&[
+                "-o",
+                "prog",
+                "m.c",
+                "-Llib",
+                "-la",
+                "-Wl,-rpath-link,lib",
+                &format!("-Wl,{dtags}"),
+                "-Wl,-rpath,$ORIGIN/lib",
+            ]);
+            let r = needs(&d.join("prog"), &SearchPath::default());
+            if found {
+                let libs = r.unwrap().unwrap().libs;
+                assert_eq!(libs.len(), 3, "{libs:?}");
+                assert!(libs.contains(&d.join("lib/libb.so")), "{libs:?}");
+            } else {
+                let e = format!("{:#}", r.unwrap_err());
+                assert!(e.contains("libb.so") && e.contains("liba.so"), "{e}");
+            }
+        }
+    }
 }
