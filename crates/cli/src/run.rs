@@ -157,6 +157,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         packages: args.packages.clone(),
         include: args.include.clone(),
         cwd: std::env::current_dir().ok(),
+        guest_path: appliance::path_of(&env),
     };
     let dir = appliance::supermin_d(&want)?;
     let mut opts = kiln::LocateOptions {

@@ -2,14 +2,17 @@
 //! temporary directory (so it goes through the same inputs, key and cache as any other
 //! supermin appliance).
 //!
-//! - The command is looked up on `PATH` (or taken as a path when it has a `/`).
+//! - The command is looked up on the `PATH` it gets in the VM, then on kiln's own (or
+//!   taken as a path when it has a `/`): the VM runs the first match of its `PATH`
+//!   among the host's files, which the appliance must hold (the host's `PATH` may put a
+//!   shim, e.g. pyenv's, before the real program).
 //! - Its owner is found in the dpkg database as `dpkg -S` would, trying the path as
 //!   given, with its directory symlinks resolved and fully resolved, each also in its
 //!   merged-`/usr` alias (`/bin/x` ↔ `/usr/bin/x`), because packages list the paths they
 //!   shipped, not the ones `PATH` finds today.
 //! - A command no package owns is copied from the host together with what it needs:
 //!   for a script its `#!` interpreter (recursively; for `#!/usr/bin/env [OPTIONS] CMD`
-//!   also CMD, found on the host's `PATH`), for a dynamic ELF file its program
+//!   also CMD, looked up as the command is), for a dynamic ELF file its program
 //!   interpreter and shared libraries, found by reading the files ([`libs`]), each
 //!   through its package when it has one. Nothing of the command, nor the loader it
 //!   names, is ever run on the host.
@@ -40,6 +43,17 @@ pub struct Want {
     pub packages: Vec<String>,
     pub include: Vec<PathBuf>,
     pub cwd: Option<PathBuf>,
+    /// The `PATH` the command gets in the VM.
+    pub guest_path: Option<OsString>,
+}
+
+/// The value of `PATH` in an environment of `NAME=VALUE` entries.
+pub fn path_of(env: &[OsString]) -> Option<OsString> {
+    env.iter().rev().find_map(|v| {
+        v.as_bytes()
+            .strip_prefix(b"PATH=")
+            .map(|p| OsStr::from_bytes(p).to_owned())
+    })
 }
 
 /// Write the supermin.d for `want` into a new private temporary directory (its
@@ -58,11 +72,12 @@ impl Temp {
 }
 
 pub fn supermin_d(want: &Want) -> anyhow::Result<Temp> {
-    let cmd = find_command(&want.cmd, want.cwd.as_deref())?;
+    let cmd = find_command(&want.cmd, want.cwd.as_deref(), want.guest_path.as_deref())?;
     let db = kiln::databases::open(&Sysroot::default()).context("reading the package database")?;
     let db = db.as_ref();
     let mut c = Contents {
         search: libs::SearchPath::host(),
+        guest_path: want.guest_path.clone(),
         ..Default::default()
     };
     c.add_executable(db, &cmd, 0)?;
@@ -155,6 +170,7 @@ struct Contents {
     packages: BTreeSet<String>,
     hostfiles: BTreeSet<PathBuf>,
     search: libs::SearchPath,
+    guest_path: Option<OsString>,
 }
 
 /// Interpreters followed from one command (a script run by a script…).
@@ -245,9 +261,10 @@ impl Contents {
             if interp.file_name() == Some(OsStr::new("env"))
                 && let Some(target) = env_command(args)
             {
-                let target = find_command(OsStr::from_bytes(target), None)
-                    .with_context(|| format!("the command {} runs", interp.display()))
-                    .with_context(|| format!("the interpreter of {}", path.display()))?;
+                let target =
+                    find_command(OsStr::from_bytes(target), None, self.guest_path.as_deref())
+                        .with_context(|| format!("the command {} runs", interp.display()))
+                        .with_context(|| format!("the interpreter of {}", path.display()))?;
                 self.add_executable(db, &target, depth + 1)
                     .with_context(|| format!("the interpreter of {}", path.display()))?;
             }
@@ -288,8 +305,13 @@ impl Contents {
     }
 }
 
-/// The command as the host's `PATH` finds it (absolute), or the path given.
-fn find_command(cmd: &OsStr, cwd: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// The command as `guest_path` (the VM's `PATH`), then the host's `PATH`, finds it
+/// among the host's files (absolute), or the path given.
+fn find_command(
+    cmd: &OsStr,
+    cwd: Option<&Path>,
+    guest_path: Option<&OsStr>,
+) -> anyhow::Result<PathBuf> {
     let shown = Path::new(cmd).display();
     if cmd.as_bytes().contains(&b'/') {
         let p = match cwd {
@@ -302,7 +324,16 @@ fn find_command(cmd: &OsStr, cwd: Option<&Path>) -> anyhow::Result<PathBuf> {
         }
         return Ok(lexical(&p));
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let host = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let path = match guest_path {
+        Some(g) => {
+            let mut p = g.to_owned();
+            p.push(":");
+            p.push(host);
+            p
+        }
+        None => host,
+    };
     for dir in path.as_bytes().split(|&b| b == b':') {
         let dir = if dir.is_empty() {
             cwd.map(Path::to_path_buf).unwrap_or_else(|| ".".into())
@@ -414,9 +445,15 @@ mod tests {
     fn host_shell_has_an_owner() {
         let db = kiln::databases::open(&Sysroot::default()).unwrap();
         let db = db.as_ref();
-        let sh = find_command(OsStr::new("sh"), None).unwrap();
+        let sh = find_command(OsStr::new("sh"), None, None).unwrap();
         assert_eq!(owner(db, &sh).unwrap().as_deref(), Some("dash"));
-        assert!(find_command(OsStr::new("kiln-no-such-command"), None).is_err());
+        assert!(find_command(OsStr::new("kiln-no-such-command"), None, None).is_err());
+        // The VM's PATH comes first: what the VM will run is what the appliance holds.
+        let t = tempfile::tempdir().unwrap();
+        let d = fs::canonicalize(t.path()).unwrap();
+        executable(&d.join("sh"), "#!/bin/sh\n");
+        let g = find_command(OsStr::new("sh"), None, Some(d.as_os_str())).unwrap();
+        assert_eq!(g, d.join("sh"));
     }
 
     #[test]
@@ -474,6 +511,7 @@ mod tests {
             packages: Vec::new(),
             include: Vec::new(),
             cwd: cwd.map(Path::to_path_buf),
+            guest_path: Some("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
         }
     }
 
