@@ -233,7 +233,7 @@ fn hash_inputs(h: &mut H, supermin_d: &Path, patterns: &mut Vec<Vec<u8>>) -> Res
 }
 
 /// The decompressed text of a hostfiles list, else `None`.
-fn hostfiles_text(data: &[u8]) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn hostfiles_text(data: &[u8]) -> io::Result<Option<Vec<u8>>> {
     let mut sample = Vec::with_capacity(512);
     kiln_compress::decompress(data)?
         .1
