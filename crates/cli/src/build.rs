@@ -116,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut opts = kiln::BuildOptions::new(args.inputs, format, output);
     opts.include_packagelist = args.include_packagelist;
     opts.resolve_only = args.resolve_only;
-    opts.set_sysroot(kiln::Sysroot::new(args.sysroot));
+    opts.set_sysroot(kiln::Sysroot::open(&args.sysroot).context("--sysroot")?);
     opts.size = args.size;
     opts.copy_kernel = args.copy_kernel;
     if let Some(cpu) = args.host_cpu {

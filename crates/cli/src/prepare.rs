@@ -36,7 +36,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut opts = kiln_prepare::PrepareOptions::default();
     if let Some(dir) = args.sysroot {
-        opts.root = dir;
+        opts.root = kiln::Sysroot::open(&dir).context("--sysroot")?.root;
     }
     let r = kiln_prepare::prepare(&args.packages, &args.output, &opts)
         .with_context(|| format!("preparing {}", args.output.display()))?;

@@ -160,9 +160,9 @@ fn run(args: Args) -> anyhow::Result<u8> {
         ..Default::default()
     };
     if args.kernel.is_some() || args.modules.is_some() {
-        opts.key.kernel.kernel = args.kernel.clone().map(Into::into);
-        opts.key.kernel.modules = args.modules.clone().map(Into::into);
-        opts.key.kernel.version = None;
+        // Errors then name --kernel / --modules, not the variables they stand for.
+        opts.key.kernel =
+            kiln::key::KernelEnv::from_options(args.kernel.clone(), args.modules.clone());
     }
     let appliance = kiln::locate(&opts).context("building the appliance")?;
     drop(dir);

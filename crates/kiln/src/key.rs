@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_cache::Key;
 use kiln_inputs::{Class, InputKind, classify};
-pub use kiln_kernel::{KernelEnv, Roots};
+pub use kiln_kernel::{Given, KernelEnv, Roots};
 pub use kiln_packages::Sysroot;
 
 /// Bump when the appliance kiln builds changes in a way old cached slots lack.
