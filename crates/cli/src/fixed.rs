@@ -21,13 +21,6 @@ pub fn run(
     // Checked before the build: a bad suffix, time or destination should not cost a
     // build, and no output may be, contain or lie inside an input (or the tarball
     // inside the directory that replaces it).
-    let tar_opts = match tar {
-        Some(t) => {
-            kiln_fixed::check_destination(t)?;
-            Some(TarOptions::for_path(t, source_date_epoch()?)?)
-        }
-        None => None,
-    };
     let mut outputs = Vec::new();
     if let Some(d) = dir {
         outputs.push(kiln::guard::Named::new(d, "the output"));
@@ -46,6 +39,13 @@ pub fn run(
             &[kiln::guard::Named::new(d, "the output directory")],
         )?;
     }
+    let tar_opts = match tar {
+        Some(t) => {
+            kiln_fixed::check_destination(t)?;
+            Some(TarOptions::for_path(t, source_date_epoch()?)?)
+        }
+        None => None,
+    };
     let mut opts = opts.clone();
     opts.format = kiln::Format::Ext2;
     opts.copy_kernel = true;

@@ -237,12 +237,12 @@ pub fn build(opts: &SuperminOptions) -> Result<Report, SuperminError> {
     }
     // Before any work: OUT must be something a build can replace, and replacing it must
     // not remove or write into an input.
-    check_output(&opts.output)?;
     crate::guard::check(
         &[crate::guard::Named::new(opts.output.clone(), "the output")],
         &crate::guard::build_inputs(&opts.inputs, &opts.key.sysroot),
     )
     .map_err(SuperminError::Overlap)?;
+    check_output(&opts.output)?;
     let keyed = opts.format == Format::Ext2
         && opts.inputs.len() == 1
         && !opts.include_packagelist
