@@ -401,6 +401,34 @@ pub(crate) mod tests {
         );
     }
 
+    /// `kiln run --kernel FILE --modules DIR`: the errors name the options the user
+    /// gave, never the variables they stand for.
+    #[test]
+    fn option_overrides_are_named_as_options() {
+        let fx = fixture();
+        let junk = fx.dir.path().join("junk");
+        fs::write(&junk, b"not a kernel").unwrap();
+        for (kernel, why) in [
+            (junk.clone(), "no kernel version found in it"),
+            (fx.dir.path().join("missing"), "cannot read it"),
+        ] {
+            let env = KernelEnv::from_options(Some(kernel.clone()), None);
+            let e = choose("x86_64", &env, &fx.roots).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("--kernel {}: {why}", kernel.display())),
+                "{e}"
+            );
+            assert!(e.contains("give --kernel"), "{e}");
+            assert!(!e.contains("SUPERMIN_"), "{e}");
+        }
+        let real = fx.dir.path().join("real");
+        fs::write(&real, fake_bzimage("6.1.0-10-amd64")).unwrap();
+        let env = KernelEnv::from_options(Some(real), Some(fx.dir.path().join("nomods")));
+        let e = choose("x86_64", &env, &fx.roots).unwrap_err().to_string();
+        assert!(e.contains("give --modules"), "{e}");
+        assert!(!e.contains("SUPERMIN_"), "{e}");
+    }
+
     /// Root reads any file, so as root the check re-runs this test binary as `nobody`
     /// (setpriv) on a fixture with a mode-0600 kernel owned by root.
     #[test]
