@@ -250,6 +250,7 @@ impl Sysroot {
     ///
     /// ```
     /// let t = tempfile::tempdir().unwrap();
+    /// std::fs::create_dir(t.path().join("sub")).unwrap();
     /// let s = kiln_packages::Sysroot::open(t.path().join("sub/..")).unwrap();
     /// assert_eq!(s.root, t.path().canonicalize().unwrap());
     /// assert!(kiln_packages::Sysroot::open("/").unwrap().is_host());
