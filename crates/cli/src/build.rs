@@ -123,6 +123,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         opts.host_cpu = cpu;
     }
     let started = std::time::Instant::now();
+    if !args.fixed && !opts.resolve_only {
+        // Before any work, and said plainly (the pipeline checks it again for library
+        // callers, inside its "building OUT" context).
+        kiln::guard::check(
+            &[kiln::guard::Named::new(&opts.output, "the output")],
+            &kiln::guard::build_inputs(&opts.inputs, &opts.sysroot),
+        )?;
+    }
     let report = if args.fixed {
         crate::fixed::run(&opts, args.output.as_deref(), args.tar.as_deref())?
     } else {

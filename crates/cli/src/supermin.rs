@@ -107,6 +107,12 @@ fn prepare(a: &Args, out: &Path) -> anyhow::Result<()> {
         root: sysroot()?.root,
         ..Default::default()
     };
+    // The supermin.d replaces OUT: it must not be, hold or lie inside the system read.
+    kiln::guard::check(
+        &[kiln::guard::Named::new(out, "the output")],
+        &[kiln::guard::Named::new(&o.root, "the sysroot")],
+    )
+    .context("prepare")?;
     let r = kiln_prepare::prepare(&names, out, &o)?;
     say(
         a,

@@ -463,3 +463,42 @@ fn an_output_beside_the_input_builds() {
         one(role, cmd, Via::Symlink, Placement::Sibling);
     }
 }
+
+/// `kiln prepare --sysroot SYS -o SYS bash` (and `-o SYS/sub`, and the front end's
+/// `KILN_SYSROOT=SYS supermin --prepare -o SYS bash`) would replace or write into the
+/// system it reads: refused, SYS unchanged.
+#[test]
+fn prepare_never_writes_over_or_into_its_sysroot() {
+    let t = tempfile::tempdir().unwrap();
+    let sys = t.path().join("sys");
+    fs::create_dir_all(sys.join("var/lib/dpkg")).unwrap();
+    fs::write(sys.join("var/lib/dpkg/status"), "").unwrap();
+    let before = snapshot(&sys);
+    for out in ["sys", "sys/sub", "."] {
+        let o = run_in(
+            t.path(),
+            os!["prepare", "--sysroot", "sys", "-o", out, "bash"],
+        );
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            stderr(&o).contains(&format!("refusing to write the output {out}: it")),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(snapshot(&sys), before);
+    }
+    let o = Command::new(kiln())
+        .current_dir(t.path())
+        .env("KILN_SYSROOT", "sys")
+        .args(["supermin", "--prepare", "-o", "sys", "bash"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr(&o)
+            .contains("supermin: prepare: refusing to write the output sys: it is the sysroot"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(snapshot(&sys), before);
+}
