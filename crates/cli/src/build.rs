@@ -116,13 +116,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut opts = kiln::BuildOptions::new(args.inputs, format, output);
     opts.include_packagelist = args.include_packagelist;
     opts.resolve_only = args.resolve_only;
-    opts.set_sysroot(kiln::Sysroot::new(args.sysroot));
+    opts.set_sysroot(kiln::Sysroot::open(&args.sysroot).context("--sysroot")?);
     opts.size = args.size;
     opts.copy_kernel = args.copy_kernel;
     if let Some(cpu) = args.host_cpu {
         opts.host_cpu = cpu;
     }
     let started = std::time::Instant::now();
+    if !args.fixed && !opts.resolve_only {
+        // Before any work, and said plainly (the pipeline checks it again for library
+        // callers, inside its "building OUT" context).
+        kiln::guard::check(
+            &[kiln::guard::Named::new(&opts.output, "the output")],
+            &kiln::guard::build_inputs(&opts.inputs, &opts.sysroot),
+        )?;
+    }
     let report = if args.fixed {
         crate::fixed::run(&opts, args.output.as_deref(), args.tar.as_deref())?
     } else {

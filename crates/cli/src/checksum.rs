@@ -41,7 +41,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ..Default::default()
     };
     if let Some(dir) = args.sysroot {
-        opts.set_sysroot(kiln::Sysroot::new(dir));
+        opts.set_sysroot(anyhow::Context::context(
+            kiln::Sysroot::open(&dir),
+            "--sysroot",
+        )?);
     }
     let key = kiln::key::appliance_key(&args.supermin_d, &opts)?;
     if args.json {

@@ -18,9 +18,32 @@ pub fn run(
     dir: Option<&Path>,
     tar: Option<&Path>,
 ) -> anyhow::Result<kiln::BuildReport> {
-    // Checked before the build: a bad suffix or time should not cost a build.
+    // Checked before the build: a bad suffix, time or destination should not cost a
+    // build, and no output may be, contain or lie inside an input (or the tarball
+    // inside the directory that replaces it).
+    let mut outputs = Vec::new();
+    if let Some(d) = dir {
+        outputs.push(kiln::guard::Named::new(d, "the output"));
+    }
+    if let Some(t) = tar {
+        outputs.push(kiln::guard::Named::new(t, "the tarball"));
+    }
+    kiln::guard::check(
+        &outputs,
+        &kiln::guard::build_inputs(&opts.inputs, &opts.sysroot),
+    )?;
+    if let (Some(d), Some(t)) = (dir, tar) {
+        // The old DIR is removed when the new one replaces it: a tarball in it would go too.
+        kiln::guard::check(
+            &[kiln::guard::Named::new(t, "the tarball")],
+            &[kiln::guard::Named::new(d, "the output directory")],
+        )?;
+    }
     let tar_opts = match tar {
-        Some(t) => Some(TarOptions::for_path(t, source_date_epoch()?)?),
+        Some(t) => {
+            kiln_fixed::check_destination(t)?;
+            Some(TarOptions::for_path(t, source_date_epoch()?)?)
+        }
         None => None,
     };
     let mut opts = opts.clone();
@@ -72,8 +95,9 @@ pub fn run(
     kiln_fixed::check_layout(&work).with_context(|| format!("building {shown}"))?;
     if let (Some(t), Some(o)) = (tar, &tar_opts) {
         tracing::info!("fixed: writing the tarball {}", t.display());
-        let r = kiln_fixed::write_tar(&work, t, o)
-            .with_context(|| format!("writing the tarball {}", t.display()))?;
+        // The error names the tarball when writing it fails (a full filesystem), the
+        // appliance file when reading one does.
+        let r = kiln_fixed::write_tar(&work, t, o).with_context(|| format!("building {shown}"))?;
         tracing::info!(
             "fixed: {} bytes, {} bytes of content stored, sparse: {}",
             r.bytes,
@@ -87,18 +111,26 @@ pub fn run(
     Ok(report)
 }
 
+/// The latest time an entry of the tarball can carry: the largest value of the 11 octal
+/// digits of a tar header's `mtime` field (2242-03-16), which every tar reader takes.
+pub const MAX_TAR_TIME: u64 = 0o777_7777_7777;
+
 /// `SOURCE_DATE_EPOCH` (the reproducible-builds convention) as the tarball's time, else 0.
 fn source_date_epoch() -> anyhow::Result<u64> {
-    match std::env::var_os("SOURCE_DATE_EPOCH") {
-        None => Ok(0),
-        Some(v) => v
-            .to_str()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .with_context(|| {
-                format!(
-                    "SOURCE_DATE_EPOCH={}: not a number of seconds since the epoch; unset it or give one",
-                    v.to_string_lossy()
-                )
-            }),
+    let Some(v) = std::env::var_os("SOURCE_DATE_EPOCH") else {
+        return Ok(0);
+    };
+    let shown = v.to_string_lossy();
+    let Some(t) = v.to_str().and_then(|s| s.trim().parse::<u64>().ok()) else {
+        anyhow::bail!(
+            "SOURCE_DATE_EPOCH={shown}: not a number of seconds since the epoch; unset it or give one"
+        );
+    };
+    if t > MAX_TAR_TIME {
+        anyhow::bail!(
+            "SOURCE_DATE_EPOCH={shown}: out of range: a tarball's times go from 0 to \
+             {MAX_TAR_TIME} (2242-03-16); unset it or give a time in that range"
+        );
     }
+    Ok(t)
 }

@@ -98,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     if let Some(dir) = args.sysroot {
-        key.set_sysroot(kiln::Sysroot::new(dir));
+        key.set_sysroot(kiln::Sysroot::open(&dir).context("--sysroot")?);
     }
     let opts = kiln::LocateOptions {
         path: args.path,

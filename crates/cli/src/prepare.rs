@@ -36,8 +36,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut opts = kiln_prepare::PrepareOptions::default();
     if let Some(dir) = args.sysroot {
-        opts.root = dir;
+        opts.root = kiln::Sysroot::open(&dir).context("--sysroot")?.root;
     }
+    // The supermin.d replaces -o: it must not be, hold or lie inside the system read.
+    kiln::guard::check(
+        &[kiln::guard::Named::new(&args.output, "the output")],
+        &[kiln::guard::Named::new(&opts.root, "the sysroot")],
+    )?;
     let r = kiln_prepare::prepare(&args.packages, &args.output, &opts)
         .with_context(|| format!("preparing {}", args.output.display()))?;
     if args.json {

@@ -9,8 +9,8 @@
 //! the appliance stays pinned until the VM is gone. The VM side is `kiln_boot::run`.
 //!
 //! Exit status: the command's (128+N when killed by signal N); 125 when kiln itself or
-//! the VM failed, 126/127 when the command could not be run or found in the appliance
-//! (the shell's and `env`'s conventions).
+//! the VM failed, 126/127 when the command could not be run or found, on the host or in
+//! the appliance (the shell's and `env`'s conventions).
 
 mod appliance;
 
@@ -123,7 +123,10 @@ pub fn main(args: Args) -> ExitCode {
                 return ExitCode::from(128u8.saturating_add(*signal as u8));
             }
             eprintln!("kiln: error: {}", crate::message(&e));
-            ExitCode::from(FAILED)
+            match e.downcast_ref::<appliance::CommandError>() {
+                Some(c) => ExitCode::from(c.code()),
+                None => ExitCode::from(FAILED),
+            }
         }
     }
 }
@@ -166,9 +169,9 @@ fn run(args: Args) -> anyhow::Result<u8> {
         ..Default::default()
     };
     if args.kernel.is_some() || args.modules.is_some() {
-        opts.key.kernel.kernel = args.kernel.clone().map(Into::into);
-        opts.key.kernel.modules = args.modules.clone().map(Into::into);
-        opts.key.kernel.version = None;
+        // Errors then name --kernel / --modules, not the variables they stand for.
+        opts.key.kernel =
+            kiln::key::KernelEnv::from_options(args.kernel.clone(), args.modules.clone());
     }
     let appliance = kiln::locate(&opts).context("building the appliance")?;
     drop(dir);

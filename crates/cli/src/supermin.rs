@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use kiln::key::KeyOptions;
 use kiln::supermin::{Outcome, SuperminOptions, lock_file};
 
@@ -62,7 +62,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
         a,
         format!(
             "package handler: {}",
-            kiln::databases::choose(&sysroot()).map_or("none", |d| d.name)
+            kiln::databases::choose(&sysroot()?).map_or("none", |d| d.name)
         ),
     );
     // Held until the process exits, as supermin's lockf.
@@ -81,9 +81,12 @@ fn run(a: &Args) -> anyhow::Result<()> {
 }
 
 /// The installed system the front end reads: `KILN_SYSROOT` (kiln's addition to
-/// supermin's interface), else `/`.
-fn sysroot() -> kiln::Sysroot {
-    kiln::Sysroot::new(std::env::var_os("KILN_SYSROOT").unwrap_or_else(|| "/".into()))
+/// supermin's interface), else `/`; checked and canonical ([`kiln::Sysroot::open`]).
+fn sysroot() -> anyhow::Result<kiln::Sysroot> {
+    match std::env::var_os("KILN_SYSROOT") {
+        Some(d) => Ok(kiln::Sysroot::open(d).context("KILN_SYSROOT")?),
+        None => Ok(kiln::Sysroot::default()),
+    }
 }
 
 fn prepare(a: &Args, out: &Path) -> anyhow::Result<()> {
@@ -101,9 +104,15 @@ fn prepare(a: &Args, out: &Path) -> anyhow::Result<()> {
         }
     }
     let o = kiln_prepare::PrepareOptions {
-        root: sysroot().root,
+        root: sysroot()?.root,
         ..Default::default()
     };
+    // The supermin.d replaces OUT: it must not be, hold or lie inside the system read.
+    kiln::guard::check(
+        &[kiln::guard::Named::new(out, "the output")],
+        &[kiln::guard::Named::new(&o.root, "the sysroot")],
+    )
+    .context("prepare")?;
     let r = kiln_prepare::prepare(&names, out, &o)?;
     say(
         a,
@@ -141,7 +150,7 @@ fn build(a: &Args, out: &Path) -> anyhow::Result<()> {
         size,
         ..KeyOptions::default()
     };
-    opts.key.set_sysroot(sysroot());
+    opts.key.set_sysroot(sysroot()?);
     let r = kiln::supermin::build(&opts)?;
     let key = r.key.as_ref().map(|k| k.as_str()).unwrap_or("");
     let uuid = r.root_uuid.as_deref().unwrap_or("unknown");

@@ -13,7 +13,8 @@
 //! 3. excludefiles: `fnmatch(FNM_NOESCAPE)` on package files only;
 //! 4. hostfiles: `glob(GLOB_NOESCAPE)`; a pattern not starting with `/` is an error
 //!    naming its input line (supermin globs it relative to the current directory and
-//!    crashes later);
+//!    crashes later); a pattern with a `.` or `..` component is left out with one
+//!    warning naming its line, on the host and below a sysroot alike;
 //! 5. existence filter (lstat of source or path), then **unreadable files are left out
 //!    with a warning naming them** (as supermin's warning) — kiln never writes an empty
 //!    stand-in for a file it cannot read, as root or not; files (and hostfiles
@@ -200,7 +201,15 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
             .find(|l| &l.value == m)
             .map(|l| l.origin.to_string())
             .unwrap_or_default();
-        tracing::warn!("{origin}: package {m:?} is not installed on this host: ignored");
+        // Name the system the database belongs to: the host, or the --sysroot.
+        if opts.sysroot.is_host() {
+            tracing::warn!("{origin}: package {m:?} is not installed on this host: ignored");
+        } else {
+            tracing::warn!(
+                "{origin}: package {m:?} is not installed in {}: ignored",
+                opts.sysroot.root.display()
+            );
+        }
     }
     let all = db.packages();
     let packages: Vec<String> = res
@@ -275,6 +284,24 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
                 origin: l.origin.clone(),
                 pattern: l.value.clone(),
             });
+        }
+        // `.` and `..` are not followed in a pattern (its matches would not be
+        // normalised paths, which the set refuses one by one, or, below a sysroot where
+        // `..` is resolved through its links, match nothing): one warning, whatever
+        // the system.
+        if l.value
+            .as_os_str()
+            .as_bytes()
+            .split(|&b| b == b'/')
+            .any(|c| c == b"." || c == b"..")
+        {
+            tracing::warn!(
+                "{}: hostfiles pattern {} has a `.` or `..` component: left out; write the \
+                 path without them",
+                l.origin,
+                l.value.display()
+            );
+            continue;
         }
         let matches = if opts.sysroot.is_host() {
             kiln_pattern::glob(l.value.as_os_str()).map_err(|source| ResolveError::Glob {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub mod tar;
 
-pub use tar::{Compression, TarOptions, TarReport, write_tar};
+pub use tar::{Compression, TarOptions, TarReport, check_destination, write_tar};
 
 /// The marker file libguestfs looks for.
 pub const README: &str = "README.fixed";
@@ -36,14 +36,32 @@ pub enum FixedError {
         #[source]
         source: io::Error,
     },
+    /// Writing the tarball (or its temporary file beside it) failed: a full
+    /// filesystem, a quota, an I/O error; `path` is the tarball.
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{path} is not a fixed appliance: {why}")]
     Layout { path: PathBuf, why: String },
     #[error(
         "{path}: unknown tarball suffix; name it .tar, .tar.gz (.tgz), .tar.xz (.txz) or .tar.zst (.tzst)"
     )]
     Suffix { path: PathBuf },
-    #[error("{path}: refusing to write the tarball over a {what}")]
+    #[error(
+        "{path}: refusing to write the tarball over a {what}; give the path of a regular file \
+         (or of none yet)"
+    )]
     Refused { path: PathBuf, what: &'static str },
+}
+
+pub(crate) fn write_err(path: &Path) -> impl FnOnce(io::Error) -> FixedError + '_ {
+    move |source| FixedError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> FixedError + '_ {

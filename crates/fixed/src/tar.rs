@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use tar::{EntryType, GnuExtSparseHeader, Header};
 
-use crate::{FILES, FixedError, check_layout, io_err};
+use crate::{FILES, FixedError, check_layout, io_err, write_err};
 
 /// Granularity of holes: a 4 KiB block that is all zeros is not stored.
 const BLOCK: u64 = 4096;
@@ -105,24 +105,25 @@ pub struct TarReport {
     pub stored_bytes: u64,
 }
 
+/// Refuse a tarball destination that is a directory or a symlink (replacing it would
+/// remove the directory, or the link instead of writing where it points). Callers run
+/// this before a build too, so a bad destination costs no build.
+pub fn check_destination(out: &Path) -> Result<(), FixedError> {
+    let what = match fs::symlink_metadata(out) {
+        Ok(md) if md.is_dir() => "directory",
+        Ok(md) if md.file_type().is_symlink() => "symlink",
+        _ => return Ok(()),
+    };
+    Err(FixedError::Refused {
+        path: out.to_path_buf(),
+        what,
+    })
+}
+
 /// Write the fixed appliance in `dir` as a tarball at `out`, replacing `out` atomically.
 pub fn write_tar(dir: &Path, out: &Path, opts: &TarOptions) -> Result<TarReport, FixedError> {
     check_layout(dir)?;
-    match fs::symlink_metadata(out) {
-        Ok(md) if md.is_dir() => {
-            return Err(FixedError::Refused {
-                path: out.to_path_buf(),
-                what: "directory",
-            });
-        }
-        Ok(md) if md.file_type().is_symlink() => {
-            return Err(FixedError::Refused {
-                path: out.to_path_buf(),
-                what: "symlink",
-            });
-        }
-        _ => {}
-    }
+    check_destination(out)?;
     let name = out
         .file_name()
         .ok_or_else(|| FixedError::Suffix {
@@ -137,10 +138,10 @@ pub fn write_tar(dir: &Path, out: &Path, opts: &TarOptions) -> Result<TarReport,
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}.kiln-"))
         .tempfile_in(parent)
-        .map_err(io_err(parent))?;
-    let file = tmp.as_file().try_clone().map_err(io_err(tmp.path()))?;
+        .map_err(write_err(out))?;
+    let file = tmp.as_file().try_clone().map_err(write_err(out))?;
     let mut sink = Sink::new(BufWriter::with_capacity(1 << 20, file), opts.compression)
-        .map_err(io_err(out))?;
+        .map_err(write_err(out))?;
 
     let mut report = TarReport {
         bytes: 0,
@@ -151,23 +152,29 @@ pub fn write_tar(dir: &Path, out: &Path, opts: &TarOptions) -> Result<TarReport,
     h.set_entry_type(EntryType::Directory);
     h.set_size(0);
     h.set_cksum();
-    sink.write_all(h.as_bytes()).map_err(io_err(out))?;
+    sink.write_all(h.as_bytes()).map_err(write_err(out))?;
     for name in FILES {
         let path = dir.join(name);
-        let stored = append_file(&mut sink, &path, &format!("{}/{name}", opts.prefix), opts)?;
+        let stored = append_file(
+            &mut sink,
+            &path,
+            &format!("{}/{name}", opts.prefix),
+            opts,
+            out,
+        )?;
         if stored.sparse {
             report.sparse_files.push(name.to_string());
         }
         report.stored_bytes += stored.bytes;
     }
     // The end-of-archive marker: two zero blocks.
-    sink.write_all(&[0u8; 1024]).map_err(io_err(out))?;
-    let file = sink.finish().map_err(io_err(out))?;
+    sink.write_all(&[0u8; 1024]).map_err(write_err(out))?;
+    let file = sink.finish().map_err(write_err(out))?;
     file.set_permissions(fs::Permissions::from_mode(0o644))
         .and_then(|()| file.sync_all())
-        .map_err(io_err(tmp.path()))?;
-    report.bytes = file.metadata().map_err(io_err(tmp.path()))?.len();
-    tmp.persist(out).map_err(|e| FixedError::Io {
+        .map_err(write_err(out))?;
+    report.bytes = file.metadata().map_err(write_err(out))?.len();
+    tmp.persist(out).map_err(|e| FixedError::Write {
         path: out.to_path_buf(),
         source: e.error,
     })?;
@@ -201,6 +208,7 @@ fn append_file(
     path: &Path,
     name: &str,
     opts: &TarOptions,
+    out: &Path,
 ) -> Result<Stored, FixedError> {
     let file = File::open(path).map_err(io_err(path))?;
     let size = file.metadata().map_err(io_err(path))?.len();
@@ -234,7 +242,7 @@ fn append_file(
         vec![(0, size)]
     };
     h.set_cksum();
-    sink.write_all(h.as_bytes()).map_err(io_err(path))?;
+    sink.write_all(h.as_bytes()).map_err(write_err(out))?;
     if sparse && map.len() > 4 {
         let rest = &map[4..];
         let chunks: Vec<_> = rest.chunks(21).collect();
@@ -245,31 +253,41 @@ fn append_file(
                 slot.set_length(n);
             }
             ext.set_is_extended(i + 1 < chunks.len());
-            sink.write_all(ext.as_bytes()).map_err(io_err(path))?;
+            sink.write_all(ext.as_bytes()).map_err(write_err(out))?;
         }
     }
     let mut written = 0u64;
     for &(off, len) in &map {
-        copy_range(&file, off, len, sink).map_err(io_err(path))?;
+        copy_range(&file, off, len, sink).map_err(|e| match e {
+            Copy::Read(e) => io_err(path)(e),
+            Copy::Write(e) => write_err(out)(e),
+        })?;
         written += len;
     }
     let pad = (512 - written % 512) % 512;
     sink.write_all(&[0u8; 512][..pad as usize])
-        .map_err(io_err(path))?;
+        .map_err(write_err(out))?;
     Ok(Stored {
         sparse,
         bytes: written,
     })
 }
 
+/// Which side of a copy failed: the message names the file read, or the tarball.
+enum Copy {
+    Read(io::Error),
+    Write(io::Error),
+}
+
 /// Copy exactly `len` bytes at `off`; a file that shrank meanwhile is an error.
-fn copy_range(file: &File, off: u64, len: u64, sink: &mut Sink) -> io::Result<()> {
+fn copy_range(file: &File, off: u64, len: u64, sink: &mut Sink) -> Result<(), Copy> {
     let mut buf = vec![0u8; CHUNK as usize];
     let mut done = 0;
     while done < len {
         let n = (len - done).min(CHUNK) as usize;
-        file.read_exact_at(&mut buf[..n], off + done)?;
-        sink.write_all(&buf[..n])?;
+        file.read_exact_at(&mut buf[..n], off + done)
+            .map_err(Copy::Read)?;
+        sink.write_all(&buf[..n]).map_err(Copy::Write)?;
         done += n as u64;
     }
     Ok(())

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::bzimage::bzimage_version_of;
 use crate::version::compare_versions;
-use crate::{Error, Kernel, KernelEnv, Result, Roots, Source};
+use crate::{Error, Given, Kernel, KernelEnv, Result, Roots, Source};
 
 /// Choose the kernel like supermin (see the crate doc), with the real roots and the
 /// process environment.
@@ -50,8 +50,12 @@ fn from_env(env: &KernelEnv, roots: &Roots) -> Result<Option<Kernel>> {
             // about SUPERMIN_KERNEL_VERSION.
             fs::File::open(&path).map_err(|e| Error::BadOverride {
                 path: path.clone(),
+                given: env.given,
                 why: "cannot open it",
-                hint: "set SUPERMIN_KERNEL to an existing, readable kernel",
+                hint: env.given.pick(
+                    "set SUPERMIN_KERNEL to an existing, readable kernel",
+                    "give --kernel an existing, readable kernel",
+                ),
                 source: Some(e),
             })?;
             v.to_string_lossy().into_owned()
@@ -61,16 +65,24 @@ fn from_env(env: &KernelEnv, roots: &Roots) -> Result<Option<Kernel>> {
             Ok(None) => {
                 return Err(Error::BadOverride {
                     path,
+                    given: env.given,
                     why: "no kernel version found in it (not an x86 bzImage)",
-                    hint: "set SUPERMIN_KERNEL to an x86 bzImage, or also set SUPERMIN_KERNEL_VERSION",
+                    hint: env.given.pick(
+                        "set SUPERMIN_KERNEL to an x86 bzImage, or also set SUPERMIN_KERNEL_VERSION",
+                        "give --kernel an x86 bzImage (a build tree's arch/x86/boot/bzImage)",
+                    ),
                     source: None,
                 });
             }
             Err(e) => {
                 return Err(Error::BadOverride {
                     path,
+                    given: env.given,
                     why: "cannot read it",
-                    hint: "set SUPERMIN_KERNEL to an existing, readable x86 bzImage",
+                    hint: env.given.pick(
+                        "set SUPERMIN_KERNEL to an existing, readable x86 bzImage",
+                        "give --kernel an existing, readable x86 bzImage",
+                    ),
                     source: Some(e),
                 });
             }
@@ -80,7 +92,7 @@ fn from_env(env: &KernelEnv, roots: &Roots) -> Result<Option<Kernel>> {
         Some(m) => PathBuf::from(m),
         None => roots.lib_modules.join(&version),
     };
-    check_modules(&modules, &path, &version)?;
+    check_modules(&modules, &path, &version, env.given)?;
     Ok(Some(Kernel {
         path,
         version,
@@ -89,7 +101,7 @@ fn from_env(env: &KernelEnv, roots: &Roots) -> Result<Option<Kernel>> {
     }))
 }
 
-fn check_modules(modules: &Path, kernel: &Path, version: &str) -> Result<()> {
+fn check_modules(modules: &Path, kernel: &Path, version: &str, given: Given) -> Result<()> {
     if is_regular(&modules.join("modules.dep")) {
         Ok(())
     } else {
@@ -97,6 +109,7 @@ fn check_modules(modules: &Path, kernel: &Path, version: &str) -> Result<()> {
             path: modules.to_path_buf(),
             kernel: kernel.to_path_buf(),
             version: version.to_string(),
+            given,
         })
     }
 }
@@ -379,12 +392,41 @@ pub(crate) mod tests {
             kernel: Some(other.clone().into()),
             version: Some("9.9".into()),
             modules: Some(fx.dir.path().join("nomods").into()),
+            ..Default::default()
         };
         let e = choose("x86_64", &env, &fx.roots).unwrap_err().to_string();
         assert!(
             e.contains("nomods") && e.contains("SUPERMIN_MODULES"),
             "{e}"
         );
+    }
+
+    /// `kiln run --kernel FILE --modules DIR`: the errors name the options the user
+    /// gave, never the variables they stand for.
+    #[test]
+    fn option_overrides_are_named_as_options() {
+        let fx = fixture();
+        let junk = fx.dir.path().join("junk");
+        fs::write(&junk, b"not a kernel").unwrap();
+        for (kernel, why) in [
+            (junk.clone(), "no kernel version found in it"),
+            (fx.dir.path().join("missing"), "cannot read it"),
+        ] {
+            let env = KernelEnv::from_options(Some(kernel.clone()), None);
+            let e = choose("x86_64", &env, &fx.roots).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("--kernel {}: {why}", kernel.display())),
+                "{e}"
+            );
+            assert!(e.contains("give --kernel"), "{e}");
+            assert!(!e.contains("SUPERMIN_"), "{e}");
+        }
+        let real = fx.dir.path().join("real");
+        fs::write(&real, fake_bzimage("6.1.0-10-amd64")).unwrap();
+        let env = KernelEnv::from_options(Some(real), Some(fx.dir.path().join("nomods")));
+        let e = choose("x86_64", &env, &fx.roots).unwrap_err().to_string();
+        assert!(e.contains("give --modules"), "{e}");
+        assert!(!e.contains("SUPERMIN_"), "{e}");
     }
 
     /// Root reads any file, so as root the check re-runs this test binary as `nobody`

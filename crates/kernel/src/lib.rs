@@ -87,10 +87,12 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// `SUPERMIN_KERNEL` names a file that cannot be used.
-    #[error("SUPERMIN_KERNEL={path}: {why}; {hint}", path = path.display())]
+    /// `SUPERMIN_KERNEL` (or `--kernel`) names a file that cannot be used.
+    #[error("{}: {why}; {hint}", given.kernel(path))]
     BadOverride {
         path: PathBuf,
+        /// Where the path came from, as the message names it.
+        given: Given,
         /// What is wrong with the file.
         why: &'static str,
         /// What to do about it.
@@ -99,7 +101,11 @@ pub enum Error {
         source: Option<io::Error>,
     },
     #[error(
-        "modules tree {path} for kernel {kernel} (version {version}) has no readable modules.dep; install the kernel's modules or set SUPERMIN_MODULES to its modules directory",
+        "modules tree {path} for kernel {kernel} (version {version}) has no readable modules.dep; install the kernel's modules or {}",
+        match given {
+            Given::Environment => "set SUPERMIN_MODULES to its modules directory",
+            Given::Options => "give --modules its modules directory",
+        },
         path = path.display(),
         kernel = kernel.display()
     )]
@@ -107,6 +113,8 @@ pub enum Error {
         path: PathBuf,
         kernel: PathBuf,
         version: String,
+        /// How the user can name another tree.
+        given: Given,
     },
     #[error("cannot list {path}", path = path.display())]
     List {
@@ -141,7 +149,7 @@ impl Default for Roots {
     }
 }
 
-/// supermin's environment overrides.
+/// supermin's environment overrides (or a command's options standing for them).
 #[derive(Debug, Clone, Default)]
 pub struct KernelEnv {
     /// `SUPERMIN_KERNEL`
@@ -150,9 +158,52 @@ pub struct KernelEnv {
     pub version: Option<OsString>,
     /// `SUPERMIN_MODULES`
     pub modules: Option<OsString>,
+    /// Who set them: the messages name the variable or the option the user wrote.
+    pub given: Given,
+}
+
+/// Where the kernel overrides came from, so an error names what the user wrote:
+/// `SUPERMIN_KERNEL=FILE` or `--kernel FILE` (`kiln run`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Given {
+    /// `SUPERMIN_KERNEL`, `SUPERMIN_KERNEL_VERSION`, `SUPERMIN_MODULES`.
+    #[default]
+    Environment,
+    /// `--kernel FILE` and `--modules DIR`.
+    Options,
+}
+
+impl Given {
+    /// The kernel override as the user wrote it.
+    pub fn kernel(self, path: &std::path::Path) -> String {
+        match self {
+            Given::Environment => format!("SUPERMIN_KERNEL={}", path.display()),
+            Given::Options => format!("--kernel {}", path.display()),
+        }
+    }
+
+    /// The advice for an unusable kernel override: `env` for the variable, `opt` for
+    /// the option.
+    pub(crate) fn pick(self, env: &'static str, opt: &'static str) -> &'static str {
+        match self {
+            Given::Environment => env,
+            Given::Options => opt,
+        }
+    }
 }
 
 impl KernelEnv {
+    /// The overrides of a command's `--kernel FILE` / `--modules DIR` (no version: it is
+    /// read from the file).
+    pub fn from_options(kernel: Option<PathBuf>, modules: Option<PathBuf>) -> Self {
+        KernelEnv {
+            kernel: kernel.map(Into::into),
+            version: None,
+            modules: modules.map(Into::into),
+            given: Given::Options,
+        }
+    }
+
     /// Read the three variables from the process environment (empty counts as unset).
     pub fn from_process() -> Self {
         let get = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
@@ -160,6 +211,7 @@ impl KernelEnv {
             kernel: get("SUPERMIN_KERNEL"),
             version: get("SUPERMIN_KERNEL_VERSION"),
             modules: get("SUPERMIN_MODULES"),
+            given: Given::Environment,
         }
     }
 }

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_cache::Key;
 use kiln_inputs::{Class, InputKind, classify};
-pub use kiln_kernel::{KernelEnv, Roots};
+pub use kiln_kernel::{Given, KernelEnv, Roots};
 pub use kiln_packages::Sysroot;
 
 /// Bump when the appliance kiln builds changes in a way old cached slots lack.
@@ -233,7 +233,7 @@ fn hash_inputs(h: &mut H, supermin_d: &Path, patterns: &mut Vec<Vec<u8>>) -> Res
 }
 
 /// The decompressed text of a hostfiles list, else `None`.
-fn hostfiles_text(data: &[u8]) -> io::Result<Option<Vec<u8>>> {
+pub(crate) fn hostfiles_text(data: &[u8]) -> io::Result<Option<Vec<u8>>> {
     let mut sample = Vec::with_capacity(512);
     kiln_compress::decompress(data)?
         .1

@@ -7,6 +7,7 @@
 //!   handle callers get ([`locate::Pinned`]).
 //! - [`supermin`]: `supermin --build`'s contract (`--if-newer`, `OUT` filled from a cache
 //!   slot or built straight into, atomically replaced), for kiln's supermin front end.
+//! - [`guard`]: an output never destroys an input (refused before any work).
 //! - [`key`]: the cache key of a supermin appliance (a checksum of everything that ends
 //!   up in it, cheap enough for every launch).
 //!
@@ -28,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod guard;
 pub mod key;
 pub mod locate;
 pub mod pipeline;

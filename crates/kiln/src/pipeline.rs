@@ -4,7 +4,8 @@
 //! read_inputs ─► resolve (packages, globs, excludes, munging, base images)
 //!             ─► [+ /packagelist] ─► finish (validated FileSet) ─► write (chroot)
 //! ```
-//! The ext2 format chooses the kernel first (so a missing kernel fails before any work),
+//! An output that is, contains or lies inside an input is refused first
+//! ([`crate::guard`]). The ext2 format chooses the kernel first (so a missing kernel fails before any work),
 //! adds its modules tree to the file set at `/lib/modules/VERSION`, then writes
 //! `OUT/root` (ext2 image), `OUT/initrd` (mini initrd) and `OUT/kernel` into a private
 //! staging directory that replaces `OUT` atomically.
@@ -142,6 +143,8 @@ pub enum BuildError {
     #[error("only the ext2 format can be built into a given directory")]
     NotInto,
     #[error(transparent)]
+    Overlap(#[from] crate::guard::OverlapError),
+    #[error(transparent)]
     Inputs(#[from] InputError),
     #[error(transparent)]
     Resolve(#[from] ResolveError),
@@ -181,6 +184,14 @@ pub fn build_into(opts: &BuildOptions, dir: &Path) -> Result<BuildReport, BuildE
 fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildError> {
     if opts.inputs.is_empty() {
         return Err(BuildError::NoInputs);
+    }
+    // Before any work: replacing the output must not remove or write into an input.
+    // (`into` is a private directory the caller made.)
+    if into.is_none() && !opts.resolve_only {
+        crate::guard::check(
+            &[crate::guard::Named::new(opts.output.clone(), "the output")],
+            &crate::guard::build_inputs(&opts.inputs, &opts.sysroot),
+        )?;
     }
     let names: Vec<String> = opts
         .inputs

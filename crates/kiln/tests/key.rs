@@ -68,6 +68,7 @@ impl Fixture {
                 kernel: Some(self.path("vmlinuz-1").into()),
                 version: Some("1.0".into()),
                 modules: Some(self.path("modules").into()),
+                ..KernelEnv::default()
             },
             roots: Roots {
                 boot: self.path("boot"),

@@ -305,6 +305,29 @@ impl Contents {
     }
 }
 
+/// CMD cannot be run from the host: kiln exits 127 (not found) or 126 (not
+/// executable), as `env`, `docker run` and the shell do.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{0}: command not found on the host (searched PATH); give its path, or install it")]
+    NotFound(String),
+    #[error("{0}: not found on the host")]
+    PathNotFound(String, #[source] std::io::Error),
+    #[error("{0}: not an executable file")]
+    NotExecutable(String),
+}
+
+impl CommandError {
+    /// The exit status for it.
+    pub fn code(&self) -> u8 {
+        match self {
+            CommandError::NotFound(_) => 127,
+            CommandError::PathNotFound(_, e) if e.kind() == std::io::ErrorKind::NotFound => 127,
+            CommandError::PathNotFound(..) | CommandError::NotExecutable(_) => 126,
+        }
+    }
+}
+
 /// The command as `guest_path` (the VM's `PATH`), then the host's `PATH`, finds it
 /// among the host's files (absolute), or the path given.
 fn find_command(
@@ -312,15 +335,15 @@ fn find_command(
     cwd: Option<&Path>,
     guest_path: Option<&OsStr>,
 ) -> anyhow::Result<PathBuf> {
-    let shown = Path::new(cmd).display();
+    let shown = Path::new(cmd).display().to_string();
     if cmd.as_bytes().contains(&b'/') {
         let p = match cwd {
             Some(c) => c.join(cmd),
             None => PathBuf::from(cmd),
         };
-        let m = fs::metadata(&p).with_context(|| format!("{shown}: not found on the host"))?;
+        let m = fs::metadata(&p).map_err(|e| CommandError::PathNotFound(shown.clone(), e))?;
         if !m.is_file() || m.permissions().mode() & 0o111 == 0 {
-            bail!("{shown}: not an executable file");
+            return Err(CommandError::NotExecutable(shown).into());
         }
         return Ok(lexical(&p));
     }
@@ -348,7 +371,7 @@ fn find_command(
             return Ok(lexical(&std::path::absolute(&p).unwrap_or(p)));
         }
     }
-    bail!("{shown}: command not found on the host (searched PATH); give its path, or install it")
+    Err(CommandError::NotFound(shown).into())
 }
 
 /// `p` with `.` and `..` removed lexically.

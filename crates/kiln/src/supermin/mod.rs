@@ -19,8 +19,9 @@
 //!   `OUT` and leaves nothing in the cache.
 //! - **Atomic output.** `OUT` is filled in a private staging directory beside it and
 //!   replaced with `RENAME_EXCHANGE` (`kiln-outdir`): there is no moment where it is
-//!   missing or half-written. `OUT` must be a directory or absent; anything else is
-//!   refused before any work.
+//!   missing or half-written. `OUT` must be a directory or absent, and must not be,
+//!   contain or lie inside an input ([`crate::guard`]); anything else is refused
+//!   before any work.
 //! - Other builds (`chroot`, several inputs, `--include-packagelist`) run the pipeline
 //!   into `OUT`; `--if-newer` then uses supermin's own mtime rule ([`up_to_date_by_mtime`]).
 //!
@@ -165,6 +166,8 @@ pub struct Report {
 pub enum SuperminError {
     #[error("build: no input supermin appliance specified")]
     NoInputs,
+    #[error("build")]
+    Overlap(#[source] crate::guard::OverlapError),
     #[error(
         "build: input {} does not exist: give a supermin.d directory or input file",
         path.display()
@@ -232,7 +235,13 @@ pub fn build(opts: &SuperminOptions) -> Result<Report, SuperminError> {
             });
         }
     }
-    // Before any work: OUT must be something a build can replace.
+    // Before any work: OUT must be something a build can replace, and replacing it must
+    // not remove or write into an input.
+    crate::guard::check(
+        &[crate::guard::Named::new(opts.output.clone(), "the output")],
+        &crate::guard::build_inputs(&opts.inputs, &opts.key.sysroot),
+    )
+    .map_err(SuperminError::Overlap)?;
     check_output(&opts.output)?;
     let keyed = opts.format == Format::Ext2
         && opts.inputs.len() == 1
