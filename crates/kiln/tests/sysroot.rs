@@ -5,6 +5,8 @@
 
 #[path = "../../pacman/tests/common/mod.rs"]
 mod pacroot;
+#[path = "common/roots.rs"]
+mod roots;
 #[path = "../../rpm/tests/common/mod.rs"]
 mod rpmroot;
 
@@ -243,43 +245,6 @@ fn sysroot_slash_is_byte_identical_to_none() {
     );
 }
 
-/// The Debian 13 root the tests share (mmdebstrap, cached between runs in
-/// `$KILN_TEST_ROOTS`, default /var/tmp/kiln-test-roots; built into a temporary
-/// directory then renamed, so an interrupted bootstrap is never taken for a root).
-/// `None` when the package sources cannot be reached.
-fn trixie_root() -> Option<PathBuf> {
-    let cache = std::env::var_os("KILN_TEST_ROOTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/kiln-test-roots"));
-    let root = cache.join("trixie");
-    if !root.join("boot").exists() {
-        fs::create_dir_all(&cache).unwrap();
-        let tmp = cache.join(format!("trixie.tmp.{}", std::process::id()));
-        let _ = fs::remove_dir_all(&tmp);
-        let st = Command::new("mmdebstrap")
-            .args([
-                "--variant=minbase",
-                "--include=linux-image-amd64,busybox",
-                "trixie",
-            ])
-            .arg(&tmp)
-            .status()
-            .expect("mmdebstrap: run scripts/setup-host");
-        if !st.success() {
-            let _ = fs::remove_dir_all(&tmp);
-            eprintln!(
-                "SKIPPED: mmdebstrap could not bootstrap trixie (package sources unreachable?)"
-            );
-            return None;
-        }
-        // Another test process may have won the race: keep its root.
-        if fs::rename(&tmp, &root).is_err() {
-            let _ = fs::remove_dir_all(&tmp);
-        }
-    }
-    Some(root)
-}
-
 /// Boot `appliance` (kernel, initrd, root) and return the console, checking that the
 /// root's `/init` ran.
 fn boot(appliance: &Path) -> String {
@@ -301,7 +266,7 @@ fn boot(appliance: &Path) -> String {
 /// the host's.
 #[test]
 fn foreign_debian_root_boots_its_own_kernel() {
-    let Some(root) = trixie_root() else { return };
+    let Some(root) = roots::trixie() else { return };
     let version = fs::read_dir(root.join("lib/modules"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -388,7 +353,7 @@ echo \"kiln-test: /bin/sh ran, /lib64 holds $(/bin/ls /lib64/)\"
 /// `kiln boot` with the root's own kernel.
 #[test]
 fn debian_13_appliance_has_the_roots_links_and_runs_bin_sh() {
-    let Some(root) = trixie_root() else { return };
+    let Some(root) = roots::trixie() else { return };
     let t = tempfile::tempdir().unwrap();
     let sd = supermin_d(t.path(), "coreutils\ndash\nbusybox\n", SH_INIT);
     let out = t.path().join("chroot");
