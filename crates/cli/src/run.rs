@@ -7,6 +7,8 @@
 //! shared-library closure). It goes through `kiln::locate`, i.e. the same per-user cache
 //! and key as `kiln locate`, so a second run of the same command line boots at once, and
 //! the appliance stays pinned until the VM is gone. The VM side is `kiln_boot::run`.
+//! With `--sysroot DIR` all of that is read below DIR (another installed system: its
+//! files, package database and kernel) instead of the host's `/`.
 //!
 //! Exit status: the command's (128+N when killed by signal N); 125 when kiln itself or
 //! the VM failed, 126/127 when the command could not be run or found, on the host or in
@@ -71,6 +73,12 @@ pub struct Args {
     /// The modules directory for --kernel (as SUPERMIN_MODULES).
     #[arg(long, value_name = "DIR")]
     modules: Option<PathBuf>,
+
+    /// Make the appliance from the system installed in DIR instead of the host: CMD,
+    /// --packages and --include are looked up in it (CMD on the standard PATH, paths
+    /// inside DIR), and its package database and kernel are used.
+    #[arg(long, value_name = "DIR")]
+    sysroot: Option<PathBuf>,
 
     /// Guest memory in MiB.
     #[arg(long, value_name = "MiB", default_value_t = 512)]
@@ -155,12 +163,17 @@ fn run(args: Args) -> anyhow::Result<u8> {
             .map(|s| s.share.guest.clone())
     };
 
+    let sysroot = args
+        .sysroot
+        .clone()
+        .map_or_else(kiln::Sysroot::default, kiln::Sysroot::new);
     let want = appliance::Want {
         cmd: args.cmd[0].clone(),
         packages: args.packages.clone(),
         include: args.include.clone(),
         cwd: std::env::current_dir().ok(),
         guest_path: appliance::path_of(&env),
+        sysroot: sysroot.clone(),
     };
     let dir = appliance::supermin_d(&want)?;
     let mut opts = kiln::LocateOptions {
@@ -168,6 +181,9 @@ fn run(args: Args) -> anyhow::Result<u8> {
         cachedir: args.cachedir.clone(),
         ..Default::default()
     };
+    if !sysroot.is_host() {
+        opts.key.set_sysroot(sysroot);
+    }
     if args.kernel.is_some() || args.modules.is_some() {
         // Errors then name --kernel / --modules, not the variables they stand for.
         opts.key.kernel =

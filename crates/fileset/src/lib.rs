@@ -6,7 +6,8 @@
 //! (chroot, ext2); [`scan`] reads host objects into entries; the package database is
 //! read through the interface of `kiln-packages` (which database: `kiln-databases`, the
 //! one place that names the implementations); pattern matching is `kiln-pattern`'s (glob(3)/fnmatch(3)); [`munge`] is
-//! supermin's parent/symlink completion, in-process; [`builder`] merges base images and
+//! supermin's parent/symlink completion, in-process; [`layout`] is the root's
+//! merged-/usr links, which come with every appliance made from it; [`builder`] merges base images and
 //! host entries into one tree, resolving paths through the set's own symlinks;
 //! [`mod@resolve`] runs the whole stage with supermin's counts.
 //!
@@ -27,6 +28,7 @@
 pub mod access;
 pub mod builder;
 pub mod entry;
+pub mod layout;
 pub mod munge;
 /// The pattern matcher, re-exported for crates that still reach it through the file
 /// set (it lives in `kiln-pattern`).

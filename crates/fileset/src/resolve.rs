@@ -20,7 +20,8 @@
 //!    stand-in for a file it cannot read, as root or not; files (and hostfiles
 //!    patterns) hidden by a directory the user cannot search are left out with one
 //!    warning per such directory ([`crate::access`]), not silently as missing ones;
-//! 6. munging ([`crate::munge`]);
+//! 6. the root's merged-/usr links ([`crate::layout`]) join the list when the closure
+//!    does not name them; then munging ([`crate::munge`]);
 //! 7. base images (in order), then the munged host entries, merged by [`SetBuilder`].
 //!    Host directories take the time of the package database (the newest of its
 //!    fingerprint files, dpkg's `status`) instead of their own, so that the image is a
@@ -374,6 +375,21 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         counts.after_unreadable
     );
 
+    // 5b. The root's layout: its merged-/usr links, whatever the closure (on Debian 13
+    // they belong to `base-files`, which no package depends on). Munging then adds
+    // their targets, and every path named through a link lands below its target.
+    // Links the closure lists already are not added twice, so supermin's counts stay.
+    let listed: HashSet<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+    let missing: Vec<HostFile> = crate::layout::usr_links(&opts.sysroot)
+        .into_iter()
+        .filter(|l| !listed.contains(l.path.as_path()))
+        .map(|l| HostFile::same(l.path))
+        .collect();
+    for l in &missing {
+        tracing::debug!("layout: {} (not in the package closure)", l.path.display());
+    }
+    files.extend(missing);
+
     // 6. Munging.
     let munged = munge(files, &mut cache);
     counts.after_munging = munged.len();
@@ -552,6 +568,150 @@ mod tests {
             Kind::File(Content::Spilled(Region::from_bytes(b"from base").unwrap()))
         );
         assert_eq!(conf.meta.perm, 0o600);
+    }
+
+    /// A merged-/usr root as Debian 13 lays it out: the top-level links belong to a
+    /// package outside the closure, libc6 and base-files register their protective
+    /// diversions, and an older package still names paths through the links.
+    #[test]
+    fn a_merged_root_brings_its_links_and_paths_land_below_them() {
+        let status = "Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2\n\n\
+                      Package: old\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n\n\
+                      Package: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 13\n";
+        let diversions = "/lib64/ld-linux-x86-64.so.2\n/lib64/ld-linux-x86-64.so.2.usr-is-merged\nlibc6\n\
+                          /lib32\n/.lib32.usr-is-merged\nbase-files\n\
+                          /libx32\n/.libx32.usr-is-merged\nbase-files\n";
+        let root = fake_root(
+            status,
+            &[
+                (
+                    "libc6",
+                    "/.\n/usr\n/usr/lib64\n/usr/lib64/ld-linux-x86-64.so.2\n",
+                ),
+                (
+                    "old",
+                    "/.\n/lib64\n/lib64/ld-linux-x86-64.so.2\n/lib\n/lib/lsb\n/lib/lsb/init-functions\n/lib32\n/lib32/x\n",
+                ),
+                ("base-files", "/.\n/bin\n/lib\n/lib64\n/sbin\n/usr\n"),
+            ],
+            diversions,
+        );
+        let r = root.path();
+        for d in [
+            "usr/bin",
+            "usr/sbin",
+            "usr/lib64",
+            "usr/lib/lsb",
+            "usr/share/empty",
+        ] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        fs::write(r.join("usr/lib64/ld-linux-x86-64.so.2"), b"loader").unwrap();
+        fs::write(r.join("usr/lib/lsb/init-functions"), b"lsb").unwrap();
+        for (l, t) in [
+            ("bin", "usr/bin"),
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+            ("sbin", "usr/sbin"),
+        ] {
+            symlink(t, r.join(l)).unwrap();
+        }
+        let line = |v: &str| Line {
+            value: v.to_string(),
+            origin: origin(),
+        };
+        let inputs = Inputs {
+            packages: vec![line("libc6"), line("old")],
+            hostfiles: vec![Line {
+                value: "/lib/lsb/*".into(),
+                origin: origin(),
+            }],
+            ..Inputs::default()
+        };
+        let res = resolve(
+            &inputs,
+            &Options {
+                sysroot: Sysroot::new(r),
+            },
+        )
+        .unwrap();
+        assert_eq!(res.packages, ["libc6_2_amd64", "old_1_amd64"]);
+        let set = res.builder.finish().unwrap();
+        let get = |p: &str| set.entries().iter().find(|e| e.path == Path::new(p));
+        for (l, t) in [
+            ("/bin", "usr/bin"),
+            ("/lib", "usr/lib"),
+            ("/lib64", "usr/lib64"),
+            ("/sbin", "usr/sbin"),
+        ] {
+            assert!(
+                matches!(get(l).map(|e| &e.kind), Some(Kind::Symlink(x)) if x == t.as_bytes()),
+                "{l}"
+            );
+            assert!(matches!(
+                get(&format!("/{t}")).map(|e| &e.kind),
+                Some(Kind::Dir)
+            ));
+        }
+        // The loader named through /lib64 by `old` is libc6's file (the protective
+        // diversion names no file that exists), once, below the link's target.
+        assert!(
+            matches!(get("/usr/lib64/ld-linux-x86-64.so.2").map(|e| &e.kind),
+            Some(Kind::File(Content::Host { path, .. })) if path == &r.join("usr/lib64/ld-linux-x86-64.so.2"))
+        );
+        assert!(get("/usr/lib/lsb/init-functions").is_some());
+        // Nothing below a link, no second real directory, no diversion target.
+        let below_links: Vec<_> = set
+            .entries()
+            .iter()
+            .filter(|e| {
+                ["/bin/", "/lib/", "/lib64/", "/sbin/", "/lib32", "/."]
+                    .iter()
+                    .any(|l| e.path.as_os_str().as_bytes().starts_with(l.as_bytes()))
+            })
+            .map(|e| e.path.display().to_string())
+            .collect();
+        assert!(below_links.is_empty(), "{below_links:?}");
+        // base-files is outside the closure: none of its other paths came along.
+        assert!(get("/usr/share/empty").is_none() && get("/usr/share").is_none());
+    }
+
+    /// A root with real top-level directories gains nothing: the layout is empty.
+    #[test]
+    fn a_classic_root_gains_no_links() {
+        let root = fake_root(
+            "Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2\n",
+            &[("libc6", "/.\n/lib64\n/lib64/ld-linux-x86-64.so.2\n")],
+            "",
+        );
+        let r = root.path();
+        for d in ["bin", "sbin", "lib", "lib64", "usr/bin", "usr/lib"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        fs::write(r.join("lib64/ld-linux-x86-64.so.2"), b"loader").unwrap();
+        let inputs = Inputs {
+            packages: vec![Line {
+                value: "libc6".to_string(),
+                origin: origin(),
+            }],
+            ..Inputs::default()
+        };
+        let res = resolve(
+            &inputs,
+            &Options {
+                sysroot: Sysroot::new(r),
+            },
+        )
+        .unwrap();
+        let paths: Vec<String> = res
+            .builder
+            .finish()
+            .unwrap()
+            .entries()
+            .iter()
+            .map(|e| e.path.display().to_string())
+            .collect();
+        assert_eq!(paths, ["/", "/lib64", "/lib64/ld-linux-x86-64.so.2"]);
     }
 
     #[test]

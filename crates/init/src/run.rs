@@ -157,6 +157,26 @@ fn module_name(path: &str) -> String {
     base.split(".ko").next().unwrap_or(base).replace('-', "_")
 }
 
+/// True when the kernel's `modules.builtin` in `dir` lists module `name`.
+fn builtin(dir: &Path, name: &str) -> bool {
+    fs::read_to_string(dir.join("modules.builtin"))
+        .is_ok_and(|t| t.lines().any(|l| module_name(l.trim()) == name))
+}
+
+/// `MODULE_INIT_COMPRESSED_FILE` for a compressed module file (`.ko.xz`, `.ko.zst`,
+/// `.ko.gz`: Debian 13 ships them so), which the kernel then decompresses itself.
+fn compressed_flag(path: &str) -> std::ffi::c_int {
+    const MODULE_INIT_COMPRESSED_FILE: std::ffi::c_int = 4;
+    if [".ko.xz", ".ko.zst", ".ko.gz"]
+        .iter()
+        .any(|s| path.ends_with(s))
+    {
+        MODULE_INIT_COMPRESSED_FILE
+    } else {
+        0
+    }
+}
+
 /// Load modules (dependencies first, in `modules.dep`'s order, which lists the deepest
 /// last). Built-in or already loaded modules are fine.
 fn load_modules(names: &[&str]) -> Result<(), String> {
@@ -166,6 +186,11 @@ fn load_modules(names: &[&str]) -> Result<(), String> {
     let dep = modules_dep(&dir);
     for name in names {
         if Path::new("/sys/module").join(name).exists() {
+            continue;
+        }
+        // Built in without parameters: no /sys/module entry, but modules.builtin names
+        // it (Debian 13's kernel builds virtio_console in).
+        if builtin(&dir, name) {
             continue;
         }
         let Some((path, deps)) = dep.get(*name) else {
@@ -182,7 +207,7 @@ fn load_modules(names: &[&str]) -> Result<(), String> {
             let res = fs::File::open(&full)
                 .map_err(|e| e.to_string())
                 .and_then(|f| {
-                    rustix::system::finit_module(&f, c"", 0).or_else(|e| {
+                    rustix::system::finit_module(&f, c"", compressed_flag(p)).or_else(|e| {
                         if e == rustix::io::Errno::EXIST {
                             Ok(())
                         } else {

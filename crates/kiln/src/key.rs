@@ -11,6 +11,8 @@
 //!   choice the build makes, `kiln-databases`) and the `lstat` metadata of the files
 //!   that date it (for dpkg `status` and `diversions`: dpkg rewrites `status` on every
 //!   install, upgrade or removal); when no database is found, that fact;
+//! - the root's layout: its merged-/usr links (`/lib64 → usr/lib64`), name, target and
+//!   `lstat` metadata, which the appliance has whatever the closure;
 //! - the kernel: the `SUPERMIN_KERNEL*` overrides and the kernel `kiln-kernel` chooses
 //!   (path, version, metadata of the file, of its modules tree and of `modules.dep`,
 //!   which depmod rewrites whenever modules change); if no kernel can be chosen, every
@@ -194,6 +196,17 @@ pub fn appliance_key(supermin_d: &Path, opts: &KeyOptions) -> Result<Key, KeyErr
             }
         }
         None => h.bytes("database", b"\0none"),
+    }
+
+    // The root's merged-/usr links come with every appliance made from it, whatever the
+    // closure (`kiln_fileset::layout`): name, target and the link's own metadata. A
+    // classic root has none and adds nothing, so its keys are what they were.
+    for l in kiln_fileset::layout::usr_links(root) {
+        h.path("usr_link", &l.path);
+        h.path("usr_link_target", &l.target);
+        if let Ok(m) = fs::symlink_metadata(root.host_path(&l.path)) {
+            h.meta_of(&m);
+        }
     }
 
     hash_kernel(&mut h, opts);

@@ -311,3 +311,26 @@ fn the_package_database_root_is_in_the_key() {
     assert_ne!(appeared, none, "a database appearing changes the key");
     assert_ne!(appeared, k);
 }
+
+/// The root's merged-/usr links come with every appliance, so they are in the key:
+/// turning a root merged changes it, other top-level links and real directories do not.
+#[test]
+fn turning_the_root_merged_changes_the_key() {
+    use std::os::unix::fs::symlink;
+    let f = Fixture::new();
+    fs::create_dir_all(f.path("usr/lib64")).unwrap();
+    fs::create_dir_all(f.path("usr/lib")).unwrap();
+    fs::create_dir_all(f.path("bin")).unwrap();
+    let classic = f.key();
+    // A link to a file and a link outside /usr are not the layout.
+    symlink("vmlinuz-1", f.path("vmlinuz")).unwrap();
+    symlink("host", f.path("data")).unwrap();
+    assert_eq!(f.key(), classic);
+    symlink("usr/lib64", f.path("lib64")).unwrap();
+    let merged = f.key();
+    assert_ne!(merged, classic, "a /lib64 link into /usr changes the key");
+    assert_eq!(f.key(), merged);
+    fs::remove_file(f.path("lib64")).unwrap();
+    symlink("usr/lib", f.path("lib64")).unwrap();
+    assert_ne!(f.key(), merged, "another target changes the key");
+}

@@ -5,6 +5,8 @@
 
 #[path = "../../pacman/tests/common/mod.rs"]
 mod pacroot;
+#[path = "common/roots.rs"]
+mod roots;
 #[path = "../../rpm/tests/common/mod.rs"]
 mod rpmroot;
 
@@ -243,62 +245,11 @@ fn sysroot_slash_is_byte_identical_to_none() {
     );
 }
 
-/// A Debian 13 root with its own kernel (mmdebstrap, cached between runs in
-/// `$KILN_TEST_ROOTS`, default /var/tmp/kiln-test-roots): the example appliance built
-/// from it boots that kernel, not the host's.
-#[test]
-fn foreign_debian_root_boots_its_own_kernel() {
-    let cache = std::env::var_os("KILN_TEST_ROOTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/kiln-test-roots"));
-    let root = cache.join("trixie");
-    if !root.join("boot").exists() {
-        fs::create_dir_all(&cache).unwrap();
-        let tmp = cache.join("trixie.tmp");
-        let _ = fs::remove_dir_all(&tmp);
-        let st = Command::new("mmdebstrap")
-            .args([
-                "--variant=minbase",
-                "--include=linux-image-amd64,busybox",
-                "trixie",
-            ])
-            .arg(&tmp)
-            .status()
-            .expect("mmdebstrap: run scripts/setup-host");
-        if !st.success() {
-            let _ = fs::remove_dir_all(&tmp);
-            eprintln!(
-                "SKIPPED: mmdebstrap could not bootstrap trixie (package sources unreachable?)"
-            );
-            return;
-        }
-        fs::rename(&tmp, &root).unwrap();
-    }
-    let version = fs::read_dir(root.join("lib/modules"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .next()
-        .unwrap();
-    let t = tempfile::tempdir().unwrap();
-    let sd = t.path().join("supermin.d");
-    fs::create_dir_all(&sd).unwrap();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/supermin.d");
-    for f in ["packages", "init.tar.gz"] {
-        fs::copy(example.join(f), sd.join(f)).unwrap();
-    }
-    // Debian 13's merged-/usr top-level links belong to no package: name them.
-    fs::write(sd.join("hostfiles"), "/bin\n/lib\n/lib64\n/sbin\n").unwrap();
-    let out = t.path().join("appliance");
-    let mut o = BuildOptions::new(vec![sd], Format::Ext2, out.clone());
-    o.set_sysroot(Sysroot::new(&root));
-    o.kernel_env = kiln::key::KernelEnv::default();
-    let r = kiln::build(&o).unwrap();
-    let a = r.appliance.unwrap();
-    assert_eq!(a.kernel_version, version);
-    assert!(a.kernel.starts_with(&root));
-    assert!(r.packages.iter().any(|p| p.starts_with("busybox_")));
+/// Boot `appliance` (kernel, initrd, root) and return the console, checking that the
+/// root's `/init` ran.
+fn boot(appliance: &Path) -> String {
     let outcome = kiln_boot::boot(
-        &out,
+        appliance,
         &kiln_boot::BootOptions {
             timeout: std::time::Duration::from_secs(300),
             echo: false,
@@ -307,12 +258,136 @@ fn foreign_debian_root_boots_its_own_kernel() {
     )
     .unwrap();
     assert!(outcome.init_ran, "console:\n{}", outcome.console);
+    outcome.console
+}
+
+/// A Debian 13 root with its own kernel: the example appliance built from it, with no
+/// hostfiles (the merged-/usr links come with the root), boots that 6.12 kernel, not
+/// the host's.
+#[test]
+fn foreign_debian_root_boots_its_own_kernel() {
+    let Some(root) = roots::trixie() else { return };
+    let version = fs::read_dir(root.join("lib/modules"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .next()
+        .unwrap();
+    assert!(version.starts_with("6.12."), "{version}");
+    let t = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/supermin.d");
+    let out = t.path().join("appliance");
+    let mut o = BuildOptions::new(vec![example], Format::Ext2, out.clone());
+    o.set_sysroot(Sysroot::new(&root));
+    o.kernel_env = kiln::key::KernelEnv::default();
+    let r = kiln::build(&o).unwrap();
+    let a = r.appliance.unwrap();
+    assert_eq!(a.kernel_version, version);
+    assert!(a.kernel.starts_with(&root));
+    assert!(r.packages.iter().any(|p| p.starts_with("busybox_")));
+    let console = boot(&out);
     assert!(
-        outcome
-            .console
-            .contains(&format!("running Linux {version}")),
-        "console:\n{}",
-        outcome.console
+        console.contains(&format!(
+            "Hello from the kiln example appliance, running Linux {version}"
+        )),
+        "console:\n{console}"
+    );
+}
+
+/// A supermin.d of `packages` whose `/init` is `init` (mode 0755).
+fn supermin_d(dir: &Path, packages: &str, init: &str) -> PathBuf {
+    let sd = dir.join("supermin.d");
+    let src = dir.join("init-src");
+    fs::create_dir_all(&sd).unwrap();
+    fs::create_dir_all(src.join("proc")).unwrap();
+    fs::write(sd.join("packages"), packages).unwrap();
+    fs::write(src.join("init"), init).unwrap();
+    fs::set_permissions(
+        src.join("init"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .args(["--owner=0", "--group=0", "-czf"])
+        .arg(sd.join("init.tar.gz"))
+        .args(["init", "proc"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    sd
+}
+
+/// The top-level links of a chroot output, as `name -> target`, and its other
+/// top-level names.
+fn top_level(out: &Path) -> (BTreeSet<String>, BTreeSet<String>) {
+    let (mut links, mut others) = (BTreeSet::new(), BTreeSet::new());
+    for e in fs::read_dir(out).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type().unwrap().is_symlink() {
+            let t = fs::read_link(e.path()).unwrap();
+            links.insert(format!("/{name} -> {}", t.display()));
+        } else {
+            others.insert(format!("/{name}"));
+        }
+    }
+    (links, others)
+}
+
+/// The links every merged-/usr test root has, as [`top_level`] prints them.
+fn links(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// An init that runs through the root's links: `/bin/sh` (its interpreter found as
+/// `/lib64/ld-linux-x86-64.so.2`), then a program of coreutils, then powers off.
+const SH_INIT: &str = "#!/bin/sh
+echo \"kiln-test: /bin/sh ran, /lib64 holds $(/bin/ls /lib64/)\"
+/bin/busybox poweroff -f
+";
+
+/// From a Debian 13 root (merged /usr, the links owned by `base-files`, which no
+/// closure reaches): the chroot of `coreutils` has the root's links and the files
+/// below their targets, and the same appliance as ext2 runs `/bin/sh` under
+/// `kiln boot` with the root's own kernel.
+#[test]
+fn debian_13_appliance_has_the_roots_links_and_runs_bin_sh() {
+    let Some(root) = roots::trixie() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let sd = supermin_d(t.path(), "coreutils\ndash\nbusybox\n", SH_INIT);
+    let out = t.path().join("chroot");
+    let r = chroot(&root, &sd, &out);
+    assert!(!r.packages.iter().any(|p| p.starts_with("base-files_")));
+    let (l, others) = top_level(&out);
+    assert_eq!(
+        l,
+        links(&[
+            "/bin -> usr/bin",
+            "/lib -> usr/lib",
+            "/lib64 -> usr/lib64",
+            "/sbin -> usr/sbin"
+        ])
+    );
+    assert_eq!(
+        others,
+        links(&["/etc", "/init", "/proc", "/usr"]),
+        "no second real directory beside a link"
+    );
+    let ld = out.join("lib64/ld-linux-x86-64.so.2");
+    assert!(fs::metadata(&ld).unwrap().is_file(), "{}", ld.display());
+    assert!(fs::metadata(out.join("bin/sh")).is_ok());
+    assert!(fs::metadata(out.join("bin/ls")).unwrap().is_file());
+
+    let ext2 = t.path().join("ext2");
+    let mut o = BuildOptions::new(vec![sd], Format::Ext2, ext2.clone());
+    o.set_sysroot(Sysroot::new(&root));
+    o.kernel_env = kiln::key::KernelEnv::default();
+    kiln::build(&o).unwrap();
+    let console = boot(&ext2);
+    assert!(
+        console.contains("kiln-test: /bin/sh ran, /lib64 holds ld-linux-x86-64.so.2"),
+        "console:\n{console}"
     );
 }
 
@@ -454,5 +529,182 @@ fn pacman_root_appliance_boots() {
             .contains("Hello from the kiln example appliance"),
         "console:\n{}",
         outcome.console
+    );
+}
+
+/// A merged-/usr rpm root as Fedora lays it out: `kiln-filesystem` (which nothing
+/// requires, like Fedora's `filesystem`) owns `/bin`, `/sbin`, `/lib` and `/lib64` as
+/// links into `/usr`; the C library and busybox are installed below `/usr` only.
+const MERGED_RPMS: &[(&str, &str)] = &[
+    (
+        "kiln-filesystem",
+        "%define __os_install_post %{nil}
+%install
+mkdir -p %{buildroot}/usr/bin %{buildroot}/usr/sbin %{buildroot}/usr/lib %{buildroot}/usr/lib64
+ln -s usr/bin %{buildroot}/bin
+ln -s usr/sbin %{buildroot}/sbin
+ln -s usr/lib %{buildroot}/lib
+ln -s usr/lib64 %{buildroot}/lib64
+%files
+%dir /usr/bin
+%dir /usr/sbin
+%dir /usr/lib
+%dir /usr/lib64
+/bin
+/sbin
+/lib
+/lib64
+",
+    ),
+    (
+        "kiln-glibc",
+        "BuildArch: x86_64
+Provides: libc.so.6()(64bit)
+%define __os_install_post %{nil}
+%define _build_id_links none
+%install
+mkdir -p %{buildroot}/usr/lib64 %{buildroot}/usr/lib/x86_64-linux-gnu
+cp -L /lib64/ld-linux-x86-64.so.2 %{buildroot}/usr/lib64/
+cp -L /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_64-linux-gnu/libresolv.so.2 %{buildroot}/usr/lib/x86_64-linux-gnu/
+%files
+/usr/lib64/ld-linux-x86-64.so.2
+/usr/lib/x86_64-linux-gnu/libc.so.6
+/usr/lib/x86_64-linux-gnu/libresolv.so.2
+",
+    ),
+    (
+        "kiln-busybox",
+        "BuildArch: x86_64
+Requires: libc.so.6()(64bit)
+%define __os_install_post %{nil}
+%define _build_id_links none
+%install
+mkdir -p %{buildroot}/usr/bin
+cp -L /bin/busybox %{buildroot}/usr/bin/busybox
+%files
+/usr/bin/busybox
+",
+    ),
+];
+
+/// The example's `/init` (`#!/bin/busybox sh`) with `packages`: a supermin.d.
+fn example_init_with(dir: &Path, packages: &str) -> PathBuf {
+    let sd = dir.join("supermin.d");
+    fs::create_dir_all(&sd).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello/supermin.d");
+    fs::copy(example.join("init.tar.gz"), sd.join("init.tar.gz")).unwrap();
+    fs::write(sd.join("packages"), packages).unwrap();
+    sd
+}
+
+/// From a merged root whose links belong to a package outside the closure: the chroot
+/// has `links` (and no real directory beside them), and the ext2 appliance boots the
+/// example's `#!/bin/busybox sh` init (with the host's kernel: the root has none).
+fn merged_root_boots(root: &Path, work: &Path, links_expected: &[&str], closure: &[&str]) {
+    let sd = example_init_with(work, "kiln-busybox\n");
+    let out = work.join("chroot");
+    let r = chroot(root, &sd, &out);
+    assert_eq!(r.packages, closure);
+    let (l, others) = top_level(&out);
+    assert_eq!(l, links(links_expected));
+    assert_eq!(others, links(&["/init", "/proc", "/usr"]));
+    assert!(
+        fs::metadata(out.join("lib64/ld-linux-x86-64.so.2"))
+            .unwrap()
+            .is_file()
+    );
+    let ext2 = work.join("ext2");
+    let mut o = BuildOptions::new(vec![sd], Format::Ext2, ext2.clone());
+    o.set_sysroot(Sysroot::new(root));
+    o.kernel_roots = kiln::key::Roots::default();
+    kiln::build(&o).unwrap();
+    let console = boot(&ext2);
+    assert!(
+        console.contains("Hello from the kiln example appliance"),
+        "console:\n{console}"
+    );
+}
+
+#[test]
+fn merged_rpm_root_brings_its_links_and_boots() {
+    assert!(
+        rpmroot::tools_present(),
+        "rpm and rpmbuild: run scripts/setup-host"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let root = rpmroot::make_root_of(t.path(), MERGED_RPMS);
+    assert!(
+        fs::symlink_metadata(root.join("lib64"))
+            .unwrap()
+            .is_symlink()
+    );
+    merged_root_boots(
+        &root,
+        t.path(),
+        &[
+            "/bin -> usr/bin",
+            "/lib -> usr/lib",
+            "/lib64 -> usr/lib64",
+            "/sbin -> usr/sbin",
+        ],
+        &["kiln-busybox-1.0-1.x86_64", "kiln-glibc-1.0-1.x86_64"],
+    );
+}
+
+/// Arch's layout: `/lib64 → usr/lib` and `/sbin → usr/bin`, owned by `filesystem`.
+const MERGED_PKGBUILD: &str = r#"pkgbase=kiln-merged
+pkgname=(kiln-filesystem kiln-glibc kiln-busybox)
+pkgver=1.0
+pkgrel=1
+arch=(x86_64)
+license=(MIT)
+options=(!strip !debug)
+
+package_kiln-filesystem() {
+  mkdir -p "$pkgdir/usr/bin" "$pkgdir/usr/lib"
+  ln -s usr/bin "$pkgdir/bin"
+  ln -s usr/bin "$pkgdir/sbin"
+  ln -s usr/lib "$pkgdir/lib"
+  ln -s usr/lib "$pkgdir/lib64"
+}
+
+package_kiln-glibc() {
+  provides=('libc.so=6-64')
+  mkdir -p "$pkgdir/usr/lib/x86_64-linux-gnu"
+  cp -L /lib64/ld-linux-x86-64.so.2 "$pkgdir/usr/lib/"
+  cp -L /lib/x86_64-linux-gnu/libc.so.6 /lib/x86_64-linux-gnu/libresolv.so.2 \
+    "$pkgdir/usr/lib/x86_64-linux-gnu/"
+}
+
+package_kiln-busybox() {
+  depends=('libc.so=6-64')
+  mkdir -p "$pkgdir/usr/bin"
+  cp -L /bin/busybox "$pkgdir/usr/bin/busybox"
+}
+"#;
+
+#[test]
+fn merged_pacman_root_brings_its_links_and_boots() {
+    assert!(
+        pacroot::tools_present(),
+        "makepkg, pacman, bsdtar, fakeroot: run scripts/setup-host"
+    );
+    let t = tempfile::tempdir().unwrap();
+    let root = pacroot::make_root_of(t.path(), MERGED_PKGBUILD);
+    assert!(
+        fs::symlink_metadata(root.join("lib64"))
+            .unwrap()
+            .is_symlink()
+    );
+    merged_root_boots(
+        &root,
+        t.path(),
+        &[
+            "/bin -> usr/bin",
+            "/lib -> usr/lib",
+            "/lib64 -> usr/lib",
+            "/sbin -> usr/bin",
+        ],
+        &["kiln-busybox-1.0-1.x86_64", "kiln-glibc-1.0-1.x86_64"],
     );
 }

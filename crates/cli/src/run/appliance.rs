@@ -23,6 +23,11 @@
 //! - The `hostfiles` list holds glob(3) patterns (matched with `GLOB_NOESCAPE`, where a
 //!   backslash is literal): `*`, `?` and `[` in a name are written as bracket
 //!   expressions (`[*]`), so every name matches exactly itself.
+//! - With a sysroot (`--sysroot DIR`, another installed system) all of this is looked
+//!   up below DIR: CMD on the standard `PATH` (the host's names host directories), its
+//!   owner in DIR's database, paths resolved inside DIR. An unowned dynamic program is
+//!   refused there: its libraries would be looked up with the host's loader
+//!   configuration, not DIR's.
 
 mod libs;
 
@@ -45,6 +50,8 @@ pub struct Want {
     pub cwd: Option<PathBuf>,
     /// The `PATH` the command gets in the VM.
     pub guest_path: Option<OsString>,
+    /// The installed system everything is looked up in (the host's `/` by default).
+    pub sysroot: Sysroot,
 }
 
 /// The value of `PATH` in an environment of `NAME=VALUE` entries.
@@ -72,12 +79,21 @@ impl Temp {
 }
 
 pub fn supermin_d(want: &Want) -> anyhow::Result<Temp> {
-    let cmd = find_command(&want.cmd, want.cwd.as_deref(), want.guest_path.as_deref())?;
-    let db = kiln::databases::open(&Sysroot::default()).context("reading the package database")?;
+    let root = &want.sysroot;
+    let cmd = if root.is_host() {
+        find_command(&want.cmd, want.cwd.as_deref(), want.guest_path.as_deref())?
+    } else {
+        if !root.root.is_dir() {
+            bail!("--sysroot {}: not a directory", root.root.display());
+        }
+        find_command_in(root, &want.cmd)?
+    };
+    let db = kiln::databases::open(root).context("reading the package database")?;
     let db = db.as_ref();
     let mut c = Contents {
         search: libs::SearchPath::host(),
         guest_path: want.guest_path.clone(),
+        root: root.clone(),
         ..Default::default()
     };
     c.add_executable(db, &cmd, 0)?;
@@ -93,12 +109,32 @@ pub fn supermin_d(want: &Want) -> anyhow::Result<Temp> {
     let res = db.resolve(&names)?;
     if !res.missing.is_empty() {
         bail!(
-            "--packages: not installed on this host: {}",
+            "--packages: not installed {}: {}",
+            if root.is_host() {
+                "on this host".to_owned()
+            } else {
+                format!("in {}", root.root.display())
+            },
             res.missing.join(", ")
         );
     }
     c.packages.extend(want.packages.iter().cloned());
     for p in &want.include {
+        if !root.is_host() {
+            // A path of the installed system: its files are read below the root.
+            let inside = lexical(&Path::new("/").join(p));
+            let on_disk = root_path(root, &inside);
+            let mut found = BTreeSet::new();
+            walk(&on_disk, &mut found).with_context(|| {
+                format!("--include {} (in {})", p.display(), root.root.display())
+            })?;
+            c.hostfiles.extend(
+                found
+                    .into_iter()
+                    .filter_map(|f| Some(inside.join(f.strip_prefix(&on_disk).ok()?))),
+            );
+            continue;
+        }
         let abs = std::path::absolute(p).with_context(|| format!("--include {}", p.display()))?;
         fs::symlink_metadata(&abs).with_context(|| format!("--include {}", p.display()))?;
         walk(&abs, &mut c.hostfiles).with_context(|| format!("--include {}", p.display()))?;
@@ -171,6 +207,8 @@ struct Contents {
     hostfiles: BTreeSet<PathBuf>,
     search: libs::SearchPath,
     guest_path: Option<OsString>,
+    /// Where paths are looked up (paths in `hostfiles` are the installed system's).
+    root: Sysroot,
 }
 
 /// Interpreters followed from one command (a script run by a script…).
@@ -229,7 +267,7 @@ fn env_command(args: &[u8]) -> Option<&[u8]> {
 
 impl Contents {
     fn add_executable(&mut self, db: &dyn Database, path: &Path, depth: u32) -> anyhow::Result<()> {
-        if let Some(pkg) = owner(db, path)? {
+        if let Some(pkg) = owner_in(db, &self.root, path)? {
             tracing::info!("{}: from package {pkg}", path.display());
             self.packages.insert(pkg);
             return Ok(());
@@ -239,8 +277,9 @@ impl Contents {
             path.display()
         );
         self.add_host_file(path);
+        let on_disk = root_path(&self.root, path);
         let mut head = [0u8; 256];
-        let n = libs::open_regular(path)
+        let n = libs::open_regular(&on_disk)
             .and_then(|mut f| f.read(&mut head))
             .with_context(|| format!("reading {}", path.display()))?;
         let head = &head[..n];
@@ -268,6 +307,16 @@ impl Contents {
                 self.add_executable(db, &target, depth + 1)
                     .with_context(|| format!("the interpreter of {}", path.display()))?;
             }
+        } else if !self.root.is_host()
+            && kiln_elf::has_interp(&fs::read(&on_disk).unwrap_or_default()).unwrap_or(false)
+        {
+            bail!(
+                "{}: a dynamic program no package of {} owns; kiln cannot find its \
+                 libraries in that system: add the package that owns it with --packages, \
+                 or its libraries with --include",
+                path.display(),
+                self.root.root.display()
+            );
         } else if let Some(needs) = libs::needs(path, &self.search)? {
             if let Some(interp) = needs.interp
                 && depth < MAX_INTERPRETERS
@@ -299,7 +348,7 @@ impl Contents {
     /// gives such paths) and, when it goes through symlinks, the file it resolves to.
     fn add_host_file(&mut self, p: &Path) {
         self.hostfiles.insert(lexical(p));
-        if let Ok(c) = fs::canonicalize(p) {
+        if let Some(c) = canonical_in(&self.root, p) {
             self.hostfiles.insert(c);
         }
     }
@@ -374,6 +423,69 @@ fn find_command(
     Err(CommandError::NotFound(shown).into())
 }
 
+/// The command as the standard `PATH` finds it in `root` (the host's `PATH` names
+/// directories of the host), or the path given, inside the root.
+fn find_command_in(root: &Sysroot, cmd: &OsStr) -> anyhow::Result<PathBuf> {
+    let shown = Path::new(cmd).display();
+    let exec = |p: &Path| {
+        kiln_pattern_stat(root, p)
+            .is_some_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if cmd.as_bytes().contains(&b'/') {
+        let p = lexical(&Path::new("/").join(cmd));
+        if !exec(&p) {
+            bail!("{shown}: not an executable file in {}", root.root.display());
+        }
+        return Ok(p);
+    }
+    for dir in GUEST_PATH.split(':') {
+        let p = Path::new(dir).join(cmd);
+        if exec(&p) {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "{shown}: command not found in {} (searched {GUEST_PATH}); give its path, or install it there",
+        root.root.display()
+    )
+}
+
+/// The `PATH` searched in another installed system (the guest command's own `PATH`).
+const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// `stat` of `p` inside `root` (symlinks followed inside it).
+fn kiln_pattern_stat(root: &Sysroot, p: &Path) -> Option<fs::Metadata> {
+    if root.is_host() {
+        fs::metadata(p).ok()
+    } else {
+        kiln_pattern::stat_in(&root.root, p).ok()
+    }
+}
+
+/// `realpath(p)` inside `root`.
+fn canonical_in(root: &Sysroot, p: &Path) -> Option<PathBuf> {
+    if root.is_host() {
+        fs::canonicalize(p).ok()
+    } else {
+        kiln_pattern::resolve_in(&root.root, p).ok()
+    }
+}
+
+/// Where `p` (a path of the installed system) is on this machine, symlinks followed
+/// inside the root.
+fn root_path(root: &Sysroot, p: &Path) -> PathBuf {
+    if root.is_host() {
+        return p.to_path_buf();
+    }
+    match (p.parent(), p.file_name()) {
+        (Some(d), Some(n)) => match canonical_in(root, d) {
+            Some(d) => root.host_path(&d.join(n)),
+            None => root.host_path(p),
+        },
+        _ => root.host_path(p),
+    }
+}
+
 /// `p` with `.` and `..` removed lexically.
 fn lexical(p: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");
@@ -389,15 +501,16 @@ fn lexical(p: &Path) -> PathBuf {
     out
 }
 
-/// The paths dpkg may list `p` under.
-fn candidates(p: &Path) -> Vec<PathBuf> {
+/// The paths the database of `root` may list `p` under (for the host: the paths dpkg
+/// may list it under).
+fn candidates_in(root: &Sysroot, p: &Path) -> Vec<PathBuf> {
     let mut v = vec![p.to_path_buf()];
     if let (Some(parent), Some(name)) = (p.parent(), p.file_name())
-        && let Ok(d) = fs::canonicalize(parent)
+        && let Some(d) = canonical_in(root, parent)
     {
         v.push(d.join(name));
     }
-    if let Ok(c) = fs::canonicalize(p) {
+    if let Some(c) = canonical_in(root, p) {
         v.push(c);
     }
     let mut out = Vec::new();
@@ -415,9 +528,14 @@ fn candidates(p: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The package owning `p` (under any of its [`candidates`]), as `dpkg -S` finds it.
+/// The package owning `p` (under any of its [`candidates_in`]), as `dpkg -S` finds it.
 fn owner(db: &dyn Database, p: &Path) -> anyhow::Result<Option<String>> {
-    let cands = candidates(p);
+    owner_in(db, &Sysroot::default(), p)
+}
+
+/// [`owner`] in the database of `root`, `p` resolved inside it.
+fn owner_in(db: &dyn Database, root: &Sysroot, p: &Path) -> anyhow::Result<Option<String>> {
+    let cands = candidates_in(root, p);
     let mut best: Option<(usize, String)> = None;
     for (i, pkg) in db.packages().iter().enumerate() {
         let files = match db.files(i) {
@@ -453,9 +571,9 @@ mod tests {
 
     #[test]
     fn usr_aliases() {
-        let c = candidates(Path::new("/nonexistent-kiln/bin/x"));
+        let c = candidates_in(&Sysroot::default(), Path::new("/nonexistent-kiln/bin/x"));
         assert!(c.contains(&PathBuf::from("/usr/nonexistent-kiln/bin/x")));
-        let c = candidates(Path::new("/usr/nonexistent-kiln/x"));
+        let c = candidates_in(&Sysroot::default(), Path::new("/usr/nonexistent-kiln/x"));
         assert!(c.contains(&PathBuf::from("/nonexistent-kiln/x")));
     }
 

@@ -78,11 +78,17 @@ fn run(cmd: &mut Command) -> String {
 /// Build the packages (plus `extra_names` defined by `extra_functions`) as `nobody`
 /// and install them all into a fresh root `work/root`; returns the root.
 pub fn make_root(work: &Path, extra_names: &[&str], extra_functions: &str) -> PathBuf {
+    let pkgbuild = PKGBUILD.replace("@EXTRA_NAMES@", &extra_names.join(" ")) + extra_functions;
+    make_root_of(work, &pkgbuild)
+}
+
+/// Build every package of `pkgbuild` (a whole PKGBUILD) and install them into a fresh
+/// root `work/root`; returns the root.
+pub fn make_root_of(work: &Path, pkgbuild: &str) -> PathBuf {
     let build = work.join("build");
     fs::create_dir_all(&build).unwrap();
     // makepkg refuses to run as root: the build directory belongs to `nobody`.
     fs::set_permissions(work, fs::Permissions::from_mode(0o755)).unwrap();
-    let pkgbuild = PKGBUILD.replace("@EXTRA_NAMES@", &extra_names.join(" ")) + extra_functions;
     fs::write(build.join("PKGBUILD"), pkgbuild).unwrap();
     run(Command::new("chown").arg("-R").arg("nobody").arg(&build));
     let mut makepkg = if rustix::process::geteuid().is_root() {

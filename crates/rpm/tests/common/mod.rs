@@ -94,9 +94,16 @@ fn run(cmd: &mut Command) -> String {
 /// Build the test packages (plus `extra`) into `work/rpms` and install them into a
 /// fresh root `work/root`; returns the root.
 pub fn make_root(work: &Path, extra: &[(&str, &str)]) -> PathBuf {
+    let specs: Vec<(&str, &str)> = SPECS.iter().chain(extra).copied().collect();
+    make_root_of(work, &specs)
+}
+
+/// Build exactly `specs` into `work/rpms` and install them into a fresh root
+/// `work/root`; returns the root.
+pub fn make_root_of(work: &Path, specs: &[(&str, &str)]) -> PathBuf {
     let top = work.join("rpmbuild");
     let mut rpms = Vec::new();
-    for (name, body) in SPECS.iter().chain(extra) {
+    for (name, body) in specs {
         let spec = work.join(format!("{name}.spec"));
         let arch = if body.contains("BuildArch:") {
             ""
