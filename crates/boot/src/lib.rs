@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod limits;
 pub mod run;
 pub mod vmlinux;
 

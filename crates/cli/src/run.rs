@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -129,13 +128,10 @@ pub fn main(args: Args) -> ExitCode {
 fn run(args: Args) -> anyhow::Result<u8> {
     // First, before any thread exists: every later thread inherits the blocked mask.
     let signals = forward_signals();
-    let timeout = match args.timeout {
-        Some(t) if !(t.is_finite() && t > 0.0) => {
-            bail!("--timeout {t}: give a positive number of seconds")
-        }
-        Some(t) => Some(Duration::from_secs_f64(t)),
-        None => None,
-    };
+    // Before anything is built: a value out of range fails at once, saying the range.
+    let timeout = args.timeout.map(kiln_boot::limits::timeout).transpose()?;
+    kiln_boot::limits::memory(args.memory)?;
+    kiln_boot::limits::cpus(args.cpus)?;
     let env = guest_env(&args.env)?;
     let shares = shares(&args)?;
     let cwd = if args.no_cwd {
