@@ -4,9 +4,10 @@
 //! The root is attached as a virtio-blk disk with `snapshot=on` (the guest never writes
 //! the cached image, as with libguestfs), the serial console goes to our stdout, and the
 //! kernel gets `root=UUID=…` read from `DIR/root` at 0x468 (after checking the ext magic
-//! at 0x438). KVM is used when `/dev/kvm` can be opened; if qemu then dies before the
-//! guest printed anything (e.g. the `MSR 0x10a` abort of nested VMs) the boot is retried
-//! once with TCG.
+//! at 0x438). The accelerator is chosen by [`accel`]: KVM when it runs guests, else TCG,
+//! detected within a bounded time (a KVM qemu that aborts, prints nothing or stalls is
+//! killed and the boot retried once with TCG) and remembered for the host's boot.
+//! qemu is `qemu-system-x86_64` as `PATH` finds it, or `KILN_QEMU`.
 //!
 //! "The appliance's /init ran" means kiln's init printed its marker line
 //! (`kiln-init: exec /init`) and did not report an exec failure after it.
@@ -27,14 +28,18 @@
 //! # Ok(()) }
 //! ```
 
+pub mod accel;
 pub mod limits;
 pub mod run;
 pub mod vmlinux;
+
+pub use accel::{Memo, kvm_usable};
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,6 +96,24 @@ pub struct BootOptions {
     pub echo: bool,
     /// Leave out the root disk and `root=` (to test the init's timeout path).
     pub no_root_disk: bool,
+    /// Where [`Accel::Auto`] remembers that KVM does not run guests on this host.
+    pub memo: Option<Memo>,
+}
+
+/// The qemu kiln runs: `KILN_QEMU` when set, else `qemu-system-x86_64` on `PATH`.
+pub fn default_qemu() -> PathBuf {
+    std::env::var_os("KILN_QEMU")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
+}
+
+/// The per-user directory beside the appliance cache (`CACHE_ROOT/.kiln-vmlinux-$EUID`)
+/// where kiln keeps what it derives for booting: extracted kernels
+/// ([`vmlinux::uncompressed`]) and the KVM verdict ([`Memo`]).
+pub fn state_dir(cache_root: &Path) -> PathBuf {
+    let euid = rustix::process::geteuid().as_raw();
+    cache_root.join(format!(".kiln-vmlinux-{euid}"))
 }
 
 impl Default for BootOptions {
@@ -100,10 +123,11 @@ impl Default for BootOptions {
             timeout: Duration::from_secs(600),
             memory_mib: 512,
             accel: Accel::Auto,
-            qemu: PathBuf::from("qemu-system-x86_64"),
+            qemu: default_qemu(),
             extra_disks: Vec::new(),
             echo: true,
             no_root_disk: false,
+            memo: Some(Memo::new(state_dir(&kiln_cache::default_root()))),
         }
     }
 }
@@ -118,6 +142,8 @@ pub struct BootOutcome {
     pub qemu_status: Option<i32>,
     /// "kvm" or "tcg".
     pub accel: &'static str,
+    /// Why KVM was given up for TCG in this boot, when it was.
+    pub kvm_fallback: Option<String>,
     /// The whole console output.
     pub console: String,
     /// qemu's own stderr.
@@ -157,15 +183,6 @@ pub fn is_shutdown_line(line: &str) -> bool {
             msg.trim(),
             "reboot: Power down" | "reboot: Restarting system" | "reboot: System halted"
         )
-}
-
-/// Is `/dev/kvm` there and openable read-write by us?
-pub fn kvm_usable() -> bool {
-    fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
 }
 
 /// The kernel command line kiln boots with (before `--append` words).
@@ -208,47 +225,54 @@ pub fn boot(dir: &Path, opts: &BootOptions) -> Result<BootOutcome> {
     let mut cmdline = base_cmdline(uuid.as_ref());
     cmdline.extend(opts.append.iter().cloned());
 
-    let first = match opts.accel {
-        Accel::Tcg => "tcg",
-        Accel::Kvm => "kvm",
-        Accel::Auto if kvm_usable() => "kvm",
-        Accel::Auto => "tcg",
+    let root = (!opts.no_root_disk).then_some(&root);
+    let plan = accel::plan(opts.accel, &opts.qemu, opts.memo.as_ref());
+    if let accel::Plan::Tcg { why: Some(why) } = &plan {
+        tracing::info!("using TCG: {why}");
+    }
+    let watchdog = match plan {
+        accel::Plan::Kvm { watchdog } => watchdog,
+        accel::Plan::Tcg { .. } => None,
     };
     let out = run_qemu(
         &kernel,
         &initrd,
-        (!opts.no_root_disk).then_some(&root),
+        root,
         &cmdline,
-        first,
+        plan.accel(),
+        watchdog,
         opts,
     )?;
-    if first == "kvm"
-        && opts.accel == Accel::Auto
-        && out.qemu_status != Some(0)
-        && !out.timed_out
-        && out.console.trim().is_empty()
-    {
-        tracing::info!("KVM failed ({}); retrying with TCG", out.qemu_stderr.trim());
-        if opts.echo {
-            let _ = writeln!(
-                io::stderr(),
-                "kiln: qemu failed with KVM ({}); retrying with TCG",
-                out.qemu_stderr
-                    .lines()
-                    .next()
-                    .unwrap_or("no message")
-                    .trim()
-            );
-        }
-        return run_qemu(
-            &kernel,
-            &initrd,
-            (!opts.no_root_disk).then_some(&root),
-            &cmdline,
-            "tcg",
-            opts,
-        );
+    if out.accel != "kvm" || opts.accel != Accel::Auto || out.timed_out {
+        return Ok(out);
     }
+    // With KVM under auto: a guest that was never heard from means KVM does not run
+    // guests here, whether qemu aborted, stayed silent or stalled (the watchdog).
+    let why = if out.kvm_fallback.is_some() {
+        out.kvm_fallback.clone()
+    } else if out.qemu_status != Some(0) && out.console.trim().is_empty() {
+        // qemu ended by itself before the guest printed anything at all (a kernel that
+        // ran and died, e.g. a panic, printed something: that is not KVM's fault).
+        let said = out.qemu_stderr.lines().find(|l| !l.trim().is_empty());
+        Some(match said {
+            Some(l) => format!("qemu failed with KVM ({})", l.trim()),
+            None => "qemu failed with KVM before the guest said anything".to_string(),
+        })
+    } else {
+        None
+    };
+    let Some(why) = why else {
+        return Ok(out);
+    };
+    if let Some(m) = &opts.memo {
+        m.remember(&opts.qemu, &why);
+    }
+    tracing::info!("{why}; retrying with TCG");
+    if opts.echo {
+        let _ = writeln!(io::stderr(), "{}", accel::fallback_line(&why));
+    }
+    let mut out = run_qemu(&kernel, &initrd, root, &cmdline, "tcg", None, opts)?;
+    out.kvm_fallback = Some(why);
     Ok(out)
 }
 
@@ -280,6 +304,7 @@ fn run_qemu(
     root: Option<&PathBuf>,
     cmdline: &[String],
     accel: &'static str,
+    watchdog: Option<Duration>,
     opts: &BootOptions,
 ) -> Result<BootOutcome> {
     let mut cmd = qemu_base(&opts.qemu, accel, opts.memory_mib);
@@ -309,9 +334,11 @@ fn run_qemu(
         source: e,
     })?;
     let console = Arc::new(Mutex::new(String::new()));
+    let heard = Arc::new(AtomicBool::new(false));
     let stdout = child.stdout.take();
     let echo = opts.echo;
     let c2 = Arc::clone(&console);
+    let h2 = Arc::clone(&heard);
     let reader = std::thread::spawn(move || {
         let Some(out) = stdout else { return };
         let mut r = BufReader::new(out);
@@ -320,6 +347,9 @@ fn run_qemu(
         while let Ok(n) = r.read_until(b'\n', &mut line) {
             if n == 0 {
                 break;
+            }
+            if !h2.load(Ordering::Relaxed) && accel::alive(&line) {
+                h2.store(true, Ordering::Relaxed);
             }
             let s = String::from_utf8_lossy(&line).replace('\r', "");
             if echo && !is_shutdown_line(&s) {
@@ -342,6 +372,7 @@ fn run_qemu(
         s
     });
     let mut timed_out = false;
+    let mut stalled = None;
     let status = loop {
         let polled = match child.try_wait() {
             Ok(_) if try_wait_fault(start) => Err(io::Error::other("injected try_wait failure")),
@@ -351,6 +382,14 @@ fn run_qemu(
             Ok(Some(st)) => break st,
             Ok(None) if start.elapsed() >= opts.timeout => {
                 timed_out = true;
+                let _ = child.kill();
+                break child.wait().map_err(Error::Wait)?;
+            }
+            Ok(None)
+                if watchdog.is_some_and(|w| start.elapsed() >= w)
+                    && !heard.load(Ordering::Relaxed) =>
+            {
+                stalled = watchdog.map(accel::stalled);
                 let _ = child.kill();
                 break child.wait().map_err(Error::Wait)?;
             }
@@ -375,6 +414,7 @@ fn run_qemu(
         timed_out,
         qemu_status: status.code(),
         accel,
+        kvm_fallback: stalled,
         console,
         qemu_stderr,
         elapsed: start.elapsed(),

@@ -31,7 +31,8 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use crate::{Accel, base_cmdline, kvm_usable, root_uuid};
+use crate::accel::{self, Memo, Plan};
+use crate::{Accel, base_cmdline, root_uuid};
 
 mod relay;
 mod wire;
@@ -75,6 +76,8 @@ pub struct RunOptions {
     pub cpus: u32,
     pub accel: Accel,
     pub qemu: PathBuf,
+    /// Where [`Accel::Auto`] remembers that KVM does not run guests on this host.
+    pub memo: Option<Memo>,
     /// Stop the VM after this long.
     pub timeout: Option<Duration>,
     /// Extra kernel command-line words.
@@ -140,6 +143,10 @@ pub enum RunError {
         "the VM did not finish within {secs} s and was stopped; its console ended with:\n{tail}"
     )]
     Timeout { secs: f64, tail: String },
+    #[error(
+        "the VM did not start the command within {secs} s and was stopped (the boot stalled){tail}"
+    )]
+    BootTimeout { secs: u64, tail: String },
     #[error("the guest kernel panicked:\n{panic}")]
     Panic { panic: String },
     #[error(
@@ -159,6 +166,12 @@ pub enum RunError {
         sent: u64,
     },
 }
+
+/// How long the boot may take, from qemu's start to the guest's word that the command
+/// started (or could not be), whatever `--timeout` says: a boot that stalls (a kernel
+/// that hangs, a root that never comes) ends with an error instead of a silent wait.
+/// TCG on a loaded two-core machine boots in under a minute.
+pub const BOOT_LIMIT: Duration = Duration::from_secs(300);
 
 enum Event {
     Ready,
@@ -188,17 +201,24 @@ pub fn run(opts: &RunOptions, spec: &RunSpec) -> Result<RunOutcome, RunError> {
     cmdline.extend(["quiet".to_string(), "kiln.run".to_string()]);
     cmdline.extend(opts.append.iter().cloned());
     let start = Instant::now();
-    let first = match opts.accel {
-        Accel::Tcg => "tcg",
-        Accel::Kvm => "kvm",
-        Accel::Auto if kvm_usable() => "kvm",
-        Accel::Auto => "tcg",
+    let plan = accel::plan(opts.accel, &opts.qemu, opts.memo.as_ref());
+    let watchdog = match &plan {
+        Plan::Kvm { watchdog } => *watchdog,
+        Plan::Tcg { why } => {
+            if let Some(why) = why {
+                tracing::info!("using TCG: {why}");
+            }
+            None
+        }
     };
-    match attempt(opts, spec, &cmdline, first, start)? {
+    match attempt(opts, spec, &cmdline, plan.accel(), watchdog, start)? {
         Attempt::Done(o) => Ok(o),
         Attempt::KvmFailed(why) if opts.accel == Accel::Auto => {
-            tracing::info!("qemu failed with KVM ({why}); retrying with TCG");
-            match attempt(opts, spec, &cmdline, "tcg", start)? {
+            if let Some(m) = &opts.memo {
+                m.remember(&opts.qemu, &why);
+            }
+            tracing::warn!("{}", accel::fallback_line(&why));
+            match attempt(opts, spec, &cmdline, "tcg", None, start)? {
                 Attempt::Done(o) => Ok(o),
                 Attempt::KvmFailed(why) => Err(RunError::Stopped {
                     status: "exited at start".into(),
@@ -217,7 +237,8 @@ pub fn run(opts: &RunOptions, spec: &RunSpec) -> Result<RunOutcome, RunError> {
 
 enum Attempt {
     Done(RunOutcome),
-    /// qemu exited before the guest said anything (KVM unusable in practice).
+    /// qemu exited before the guest said anything, or the watchdog stopped it (KVM
+    /// does not run guests here): why.
     KvmFailed(String),
 }
 
@@ -274,6 +295,7 @@ fn attempt(
     spec: &RunSpec,
     cmdline: &[String],
     accel: &'static str,
+    watchdog: Option<Duration>,
     start: Instant,
 ) -> Result<Attempt, RunError> {
     let pair = || UnixStream::pair().map_err(RunError::Io);
@@ -319,9 +341,11 @@ fn attempt(
     })?;
     drop(guest);
 
+    let alive = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let console_rd = {
         let out = child.stdout.take();
         let echo = opts.echo_console;
+        let alive = Arc::clone(&alive);
         std::thread::spawn(move || {
             let mut all = Vec::new();
             if let Some(mut o) = out {
@@ -334,6 +358,11 @@ fn attempt(
                         let _ = io::stderr().write_all(&buf[..n]);
                     }
                     all.extend_from_slice(&buf[..n]);
+                    if !alive.load(Ordering::Relaxed)
+                        && accel::alive(&all[all.len().saturating_sub(n + accel::ALIVE.len())..])
+                    {
+                        alive.store(true, Ordering::Relaxed);
+                    }
                 }
             }
             String::from_utf8_lossy(&all).replace('\r', "")
@@ -444,6 +473,31 @@ fn attempt(
                 let _ = ctl_w.write_all(&frame(b'K', &(sig as u32).to_le_bytes()));
             }
         }
+        if let Some(w) = watchdog
+            && !heard
+            && t0.elapsed() >= w
+            && !alive.load(Ordering::Relaxed)
+        {
+            // KVM did not run the guest: nothing of the user's was consumed yet (stdin
+            // is read only after `R`), so TCG can start over.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(Attempt::KvmFailed(accel::stalled(w)));
+        }
+        if !heard && t0.elapsed() >= BOOT_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            let console = console_rd.join().unwrap_or_default();
+            let t = tail(&console, 15);
+            return Err(RunError::BootTimeout {
+                secs: BOOT_LIMIT.as_secs(),
+                tail: if t.trim().is_empty() {
+                    "; the guest printed nothing".to_string()
+                } else {
+                    format!("; its console ended with:\n{t}")
+                },
+            });
+        }
         if let Some(d) = deadline
             && Instant::now() >= d
         {
@@ -473,9 +527,14 @@ fn attempt(
         let st = child.wait().map_err(RunError::Io)?;
         let console = console_rd.join().unwrap_or_default();
         let qemu_said = qemu_err.join().unwrap_or_default();
+        // qemu ended by itself before the guest printed anything at all: KVM could not
+        // start it (a kernel that ran and then died, e.g. a panic, printed something).
         if accel == "kvm" && !heard && console.trim().is_empty() {
-            let first = qemu_said.lines().next().unwrap_or("no message").trim();
-            return Ok(Attempt::KvmFailed(first.to_string()));
+            let said = qemu_said.lines().find(|l| !l.trim().is_empty());
+            return Ok(Attempt::KvmFailed(match said {
+                Some(l) => format!("qemu failed with KVM ({})", l.trim()),
+                None => "qemu failed with KVM before the guest said anything".to_string(),
+            }));
         }
         if let Some(panic) = panic_text(&console) {
             return Err(RunError::Panic { panic });

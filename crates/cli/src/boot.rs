@@ -8,7 +8,9 @@ use clap::ValueEnum;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AccelArg {
-    /// KVM when /dev/kvm works, else TCG (also when qemu fails to start with KVM).
+    /// KVM when it runs guests, else TCG: a KVM guest that aborts, stays silent or
+    /// stalls before kiln's init speaks (10 s, KILN_KVM_WAIT) is given up for TCG, and
+    /// the verdict is remembered until the host reboots.
     Auto,
     Kvm,
     Tcg,
@@ -41,9 +43,9 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     accel: AccelArg,
 
-    /// The qemu binary.
-    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
-    qemu: PathBuf,
+    /// The qemu binary (default: KILN_QEMU, else qemu-system-x86_64 on PATH).
+    #[arg(long, value_name = "PATH")]
+    qemu: Option<PathBuf>,
 
     /// The appliance directory.
     #[arg(value_name = "DIR")]
@@ -66,7 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             AccelArg::Kvm => kiln_boot::Accel::Kvm,
             AccelArg::Tcg => kiln_boot::Accel::Tcg,
         },
-        qemu: args.qemu,
+        qemu: args.qemu.unwrap_or_else(kiln_boot::default_qemu),
         echo: true,
         ..Default::default()
     };

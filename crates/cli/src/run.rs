@@ -85,9 +85,9 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     accel: AccelArg,
 
-    /// The qemu binary.
-    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
-    qemu: PathBuf,
+    /// The qemu binary (default: KILN_QEMU, else qemu-system-x86_64 on PATH).
+    #[arg(long, value_name = "PATH")]
+    qemu: Option<PathBuf>,
 
     /// The cache root (default: LIBGUESTFS_CACHEDIR, TMPDIR, /var/tmp).
     #[arg(long, value_name = "DIR")]
@@ -177,12 +177,9 @@ fn run(args: Args) -> anyhow::Result<u8> {
         .cachedir
         .clone()
         .unwrap_or_else(kiln::cache::default_root);
-    let euid = rustix::process::geteuid().as_raw();
-    let kernel = kiln_boot::vmlinux::uncompressed(
-        appliance.kernel(),
-        &cache_root.join(format!(".kiln-vmlinux-{euid}")),
-    )
-    .unwrap_or_else(|| appliance.kernel().to_path_buf());
+    let state = kiln_boot::state_dir(&cache_root);
+    let kernel = kiln_boot::vmlinux::uncompressed(appliance.kernel(), &state)
+        .unwrap_or_else(|| appliance.kernel().to_path_buf());
 
     let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let spec = kiln_boot::run::RunSpec {
@@ -205,7 +202,8 @@ fn run(args: Args) -> anyhow::Result<u8> {
             AccelArg::Kvm => kiln_boot::Accel::Kvm,
             AccelArg::Tcg => kiln_boot::Accel::Tcg,
         },
-        qemu: args.qemu.clone(),
+        qemu: args.qemu.clone().unwrap_or_else(kiln_boot::default_qemu),
+        memo: Some(kiln_boot::Memo::new(state)),
         timeout,
         append: args
             .append

@@ -18,8 +18,10 @@
 //!
 //! Invariants: built statically (glibc `crt-static`, checked by kiln-initrd's builder);
 //! the kernel command line is parsed by words, never by substrings; every wait is
-//! bounded; the line `kiln-init: exec /init` is printed (even with `quiet`) right before
-//! the exec so that `kiln boot` can tell the appliance's `/init` was reached.
+//! bounded; a first `kiln-init:` line is printed as it starts (even with `quiet`: the
+//! host's KVM watchdog waits for it), and the line `kiln-init: exec /init` (even with
+//! `quiet`) right before the exec so that `kiln boot` can tell the appliance's `/init`
+//! was reached.
 
 use std::fs;
 use std::io::{self, Write};
@@ -189,11 +191,17 @@ fn run() -> ! {
         quiet: c.quiet,
         debug: c.debug,
     };
-    log.info(&format!(
-        "kiln {} mini initrd starting; cmdline: {}",
-        env!("CARGO_PKG_VERSION"),
-        cmdline.trim()
-    ));
+    // The first word, printed even with `quiet`: the host's proof that the accelerator
+    // runs this guest (kiln-boot's `accel` watchdog waits for a `kiln-init:` line).
+    if log.quiet {
+        let _ = writeln!(io::stderr(), "kiln-init: started");
+    } else {
+        log.info(&format!(
+            "kiln {} mini initrd starting; cmdline: {}",
+            env!("CARGO_PKG_VERSION"),
+            cmdline.trim()
+        ));
+    }
     mount_fs(&log, "sysfs", "/sys");
     mount_fs(&log, "devtmpfs", "/dev");
 
