@@ -283,7 +283,7 @@ fn try_wait_fault(start: Instant) -> bool {
         && std::env::var_os("KILN_BOOT_FAULT").is_some_and(|v| v == "try-wait")
 }
 
-fn drive_arg(path: &Path, id: &str) -> std::ffi::OsString {
+pub(crate) fn drive_arg(path: &Path, id: &str) -> std::ffi::OsString {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     // qemu's -drive syntax doubles commas in file names; the name stays bytes (a path
     // that is not UTF-8 must reach qemu as it is).

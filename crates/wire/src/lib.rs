@@ -251,6 +251,26 @@ pub fn read_frame(r: &mut impl Read) -> Result<(u8, Vec<u8>), RecvError> {
     Ok((kind, p))
 }
 
+/// A frame found at the front of a buffer: kind, payload, bytes it took.
+pub type Split<'a> = (u8, &'a [u8], usize);
+
+/// The first whole frame at the start of `buf`, for a reader that gathers bytes as
+/// they come (a poll loop), or None while more bytes are needed. An oversize header is
+/// an error as soon as the header is there.
+pub fn split_frame(buf: &[u8]) -> Result<Option<Split<'_>>, RecvError> {
+    let Some((h, rest)) = buf.split_first_chunk::<HEADER>() else {
+        return Ok(None);
+    };
+    let kind = h[0];
+    let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]);
+    if len as usize > MAX_PAYLOAD {
+        return Err(RecvError::Oversize { kind, len });
+    }
+    Ok(rest
+        .get(..len as usize)
+        .map(|p| (kind, p, HEADER + len as usize)))
+}
+
 fn field(out: &mut Vec<u8>, tag: u8, v: &[u8]) -> Result<(), EncodeError> {
     let len = u32::try_from(v.len())
         .ok()

@@ -235,6 +235,27 @@ proptest! {
         prop_assert_eq!(recv_to_host(&mut &f[..]).unwrap(), m);
     }
 
+    /// Gathering bytes in any chunks and splitting frames off the front gives what
+    /// reading them from a stream gives.
+    #[test]
+    fn split_agrees_with_read(input in bytes(200), msgs in proptest::collection::vec(any_to_host(), 0..4)) {
+        let mut all: Vec<u8> = msgs.iter().flat_map(|m| m.encode()).collect();
+        all.extend_from_slice(&input);
+        let mut r = &all[..];
+        let mut buf = &all[..];
+        loop {
+            match (read_frame(&mut r), split_frame(buf)) {
+                (Ok((k, p)), Ok(Some((k2, p2, used)))) => {
+                    prop_assert_eq!((k, &p[..]), (k2, p2));
+                    buf = &buf[used..];
+                }
+                (Err(RecvError::Oversize { .. }), Err(RecvError::Oversize { .. })) => break,
+                (Err(_), Ok(None)) => break,
+                (a, b) => prop_assert!(false, "{:?} vs {:?}", a, b),
+            }
+        }
+    }
+
     /// A message cut anywhere is an error, never a different message.
     #[test]
     fn cut_frames_are_errors(m in any_to_guest(), cut in any::<prop::sample::Index>()) {
