@@ -155,6 +155,8 @@ pub enum RunError {
     },
     #[error("setting up the VM's channels")]
     Io(#[source] io::Error),
+    #[error("watching the VM")]
+    Watch(#[source] io::Error),
     #[error(transparent)]
     Limit(#[from] crate::limits::LimitError),
     #[error("the command cannot be sent to the guest")]
@@ -527,13 +529,13 @@ impl Attempt<'_> {
                 });
                 match rustix::event::poll(&mut fds, wait.as_ref()) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => return Err(RunError::Io(e.into())),
+                    Err(e) => return Err(RunError::Watch(e.into())),
                 }
             }
             waker.drain();
 
             if ctl_open {
-                ctl_open = read_ctl(&ctl, &mut ctl_buf).map_err(RunError::Io)?;
+                ctl_open = read_ctl(&ctl, &mut ctl_buf).map_err(RunError::Watch)?;
                 while let Some(m) = next_message(&mut ctl_buf).map_err(RunError::Protocol)? {
                     match m {
                         ToHost::Ready => {
@@ -582,9 +584,9 @@ impl Attempt<'_> {
                 acked = Some(Instant::now());
             }
 
-            if let Some(st) = qemu.try_wait().map_err(RunError::Io)? {
+            if let Some(st) = qemu.try_wait().map_err(RunError::Watch)? {
                 // Its last frames are in the socket: read them to the end.
-                while read_ctl(&ctl, &mut ctl_buf).map_err(RunError::Io)? {}
+                while read_ctl(&ctl, &mut ctl_buf).map_err(RunError::Watch)? {}
                 while let Ok(Some(m)) = next_message(&mut ctl_buf) {
                     match m {
                         ToHost::Fail(m) => {
@@ -736,6 +738,10 @@ fn read_ctl(ctl: &UnixStream, buf: &mut Vec<u8>) -> io::Result<bool> {
             Ok((n, _)) => buf.extend_from_slice(&b[..n]),
             Err(rustix::io::Errno::AGAIN) => return Ok(true),
             Err(rustix::io::Errno::INTR) => {}
+            // qemu closed its end with our spec unread (it never got to the guest).
+            Err(rustix::io::Errno::CONNRESET) | Err(rustix::io::Errno::PIPE) => {
+                return Ok(false);
+            }
             Err(e) => return Err(e.into()),
         }
     }
