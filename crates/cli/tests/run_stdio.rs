@@ -422,3 +422,43 @@ fn nonblocking_stdout_with_a_lagging_reader() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(got.len(), 20_000_000);
 }
+
+/// A truncated bzImage (as `--memory 32` did) made qemu exit 0 with an empty console,
+/// reported as "qemu exit status: 0; its console ended with:" and nothing: the error
+/// now says the guest printed nothing.
+#[test]
+fn a_truncated_kernel_is_described() {
+    let release = std::fs::read_dir("/boot")
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().into_string().ok()?;
+            n.strip_prefix("vmlinuz-").map(String::from)
+        })
+        .max()
+        .expect("a kernel in /boot");
+    let whole = fs::read(format!("/boot/vmlinuz-{release}")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = dir.path().join("vmlinuz-truncated");
+    fs::write(&kernel, &whole[..whole.len() / 2]).unwrap();
+    let modules = format!("/lib/modules/{release}");
+    let k = kernel.to_str().unwrap();
+    let o = kiln_run(&[
+        "--accel",
+        "tcg",
+        "--kernel",
+        k,
+        "--modules",
+        &modules,
+        "--",
+        "true",
+    ])
+    .output();
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("(qemu exited with status 0); the guest printed nothing on its console"),
+        "{}",
+        text(&o)
+    );
+    assert!(!err.contains("console ended with"), "{}", text(&o));
+}
