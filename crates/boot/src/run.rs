@@ -463,8 +463,15 @@ impl Attempt<'_> {
         ];
 
         let (to_guest, rx) = mpsc::channel::<ToGuest>();
+        if fault("oversize-frame") {
+            // A header announcing 4 GiB where the spec belongs: the init must refuse
+            // it without allocating, say so and end cleanly. The socket is empty, so
+            // these five bytes never block.
+            let _ = (&ctl_w).write_all(b"S\xff\xff\xff\xff");
+        } else {
+            let _ = to_guest.send(self.spec_msg.clone());
+        }
         spawn_ctl_writer(ctl_w, rx);
-        let _ = to_guest.send(self.spec_msg.clone());
         let out_n = Arc::new(AtomicU64::new(0));
         let err_n = Arc::new(AtomicU64::new(0));
         let pumps = [
@@ -708,6 +715,12 @@ impl Attempt<'_> {
             console: lock(&console, Console::text),
         }))
     }
+}
+
+/// Fault injection for the tests: `KILN_RUN_FAULT=oversize-frame` sends the guest a
+/// corrupt frame instead of the spec.
+fn fault(what: &str) -> bool {
+    std::env::var_os("KILN_RUN_FAULT").is_some_and(|v| v == what)
 }
 
 fn status_words(st: Option<ExitStatus>) -> String {

@@ -462,3 +462,28 @@ fn a_truncated_kernel_is_described() {
     );
     assert!(!err.contains("console ended with"), "{}", text(&o));
 }
+
+/// A corrupt control frame (a header announcing 4 GiB, injected with
+/// `KILN_RUN_FAULT=oversize-frame`) no longer makes PID 1 allocate it (a kernel
+/// panic): the init says so on the console, reports it to the host, and the VM powers
+/// off; kiln fails with the init's words.
+#[test]
+fn the_init_refuses_an_oversize_frame_cleanly() {
+    let mut r = kiln_run(&["--console", "--", "true"]);
+    r.cmd.env("KILN_RUN_FAULT", "oversize-frame");
+    let o = r.output();
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let said = "reading the command spec: oversize 'S' frame: 4294967295 bytes announced, at most 4194304 allowed";
+    assert!(
+        err.contains(&format!("kiln-init: run: {said}")),
+        "not on the console: {}",
+        text(&o)
+    );
+    assert!(
+        err.contains(&format!("kiln: error: {said}")),
+        "{}",
+        text(&o)
+    );
+    assert!(!err.contains("Kernel panic"), "{}", text(&o));
+}
