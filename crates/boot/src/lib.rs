@@ -69,6 +69,8 @@ pub enum Error {
     },
     #[error("waiting for qemu")]
     Wait(#[source] io::Error),
+    #[error(transparent)]
+    Limit(#[from] limits::LimitError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -214,6 +216,8 @@ pub fn base_cmdline(uuid: Option<&[u8; 16]>) -> Vec<String> {
 
 /// Boot the appliance in `dir` and report what happened.
 pub fn boot(dir: &Path, opts: &BootOptions) -> Result<BootOutcome> {
+    limits::memory(opts.memory_mib)?;
+    limits::timeout_duration(opts.timeout)?;
     let kernel = dir.join("kernel");
     let initrd = dir.join("initrd");
     let root = dir.join("root");
