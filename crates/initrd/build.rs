@@ -38,6 +38,8 @@ fn run() -> Result<(), String> {
             "Cargo.toml",
             "../pattern/src",
             "../pattern/Cargo.toml",
+            "../wire/src",
+            "../wire/Cargo.toml",
         ] {
             println!("cargo:rerun-if-changed={}", init_dir.join(f).display());
         }

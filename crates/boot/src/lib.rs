@@ -31,6 +31,7 @@
 //! ```
 
 pub mod accel;
+pub mod limits;
 pub mod run;
 pub mod vmlinux;
 
@@ -68,6 +69,8 @@ pub enum Error {
     },
     #[error("waiting for qemu")]
     Wait(#[source] io::Error),
+    #[error(transparent)]
+    Limit(#[from] limits::LimitError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -213,6 +216,8 @@ pub fn base_cmdline(uuid: Option<&[u8; 16]>) -> Vec<String> {
 
 /// Boot the appliance in `dir` and report what happened.
 pub fn boot(dir: &Path, opts: &BootOptions) -> Result<BootOutcome> {
+    limits::memory(opts.memory_mib)?;
+    limits::timeout_duration(opts.timeout)?;
     let kernel = dir.join("kernel");
     let initrd = dir.join("initrd");
     let root = dir.join("root");
@@ -293,7 +298,7 @@ fn try_wait_fault(start: Instant) -> bool {
         && std::env::var_os("KILN_BOOT_FAULT").is_some_and(|v| v == "try-wait")
 }
 
-fn drive_arg(path: &Path, id: &str) -> std::ffi::OsString {
+pub(crate) fn drive_arg(path: &Path, id: &str) -> std::ffi::OsString {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     // qemu's -drive syntax doubles commas in file names; the name stays bytes (a path
     // that is not UTF-8 must reach qemu as it is).

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::ValueEnum;
@@ -54,19 +53,15 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        anyhow::bail!(
-            "--timeout {}: give a positive number of seconds",
-            args.timeout
-        );
-    }
+    let timeout = kiln_boot::limits::timeout(args.timeout)?;
+    kiln_boot::limits::memory(args.memory)?;
     let opts = kiln_boot::BootOptions {
         append: args
             .append
             .iter()
             .flat_map(|a| a.split_whitespace().map(String::from))
             .collect(),
-        timeout: Duration::from_secs_f64(args.timeout),
+        timeout,
         memory_mib: args.memory,
         accel: match args.accel {
             AccelArg::Auto => kiln_boot::Accel::Auto,
@@ -95,14 +90,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(2))
         }
         (false, timed_out) => {
-            let why = if timed_out {
-                format!("qemu was stopped after {} s", args.timeout)
+            let why = match (timed_out, out.qemu_status) {
+                (true, _) => format!("qemu was stopped after {} s", args.timeout),
+                (false, Some(c)) => format!("qemu exited with status {c}"),
+                (false, None) => "qemu was killed by a signal".to_string(),
+            };
+            // "See above" only when something is above.
+            let console = if out.console.trim().is_empty() {
+                "the guest printed nothing on its console"
             } else {
-                format!("qemu exited with status {:?}", out.qemu_status)
+                "see the console above"
             };
             let stderr = out.qemu_stderr.trim();
             eprintln!(
-                "kiln: error: the appliance's /init did not run ({why}); see the console above{}{}",
+                "kiln: error: the appliance's /init did not run ({why}); {console}{}{}",
                 if stderr.is_empty() {
                     ""
                 } else {

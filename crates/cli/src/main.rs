@@ -66,14 +66,19 @@ enum Command {
 /// (tracing filter syntax) overrides the level chosen by -v. The cache's notices
 /// ("building …", "waiting for PID N building …") are shown by default.
 pub(crate) fn init_logging(verbose: u8) {
-    init_logging_with(verbose, false);
+    init_logging_with(verbose, false, false);
 }
 
 /// As [`init_logging`]; with `progress`, also the terminal progress line
-/// ([`progress`]), when stderr is a terminal and `verbose` is 0.
-fn init_logging_with(verbose: u8, progress: bool) {
+/// ([`progress`]), when stderr is a terminal and `verbose` is 0. With `own_stderr_only`
+/// (`kiln run`, whose stderr is the command's) the cache's notices are shown only with
+/// -v or on a terminal, so a redirected stderr holds what the command wrote (and
+/// kiln's warnings and errors).
+fn init_logging_with(verbose: u8, progress: bool, own_stderr_only: bool) {
     use tracing_subscriber::prelude::*;
+    let terminal = std::io::stderr().is_terminal();
     let level = match verbose {
+        0 if own_stderr_only && !terminal => "warn",
         0 => "warn,kiln_cache=info",
         1 => "info",
         2 => "debug",
@@ -83,11 +88,11 @@ fn init_logging_with(verbose: u8, progress: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(terminal)
         .with_timer(tracing_subscriber::fmt::time::uptime())
         .with_target(false)
         .with_filter(filter);
-    let bar = (progress && verbose == 0 && std::io::stderr().is_terminal())
+    let bar = (progress && verbose == 0 && terminal)
         .then(|| progress::layer().with_filter(tracing_subscriber::filter::LevelFilter::INFO));
     tracing_subscriber::registry().with(fmt).with(bar).init();
 }
@@ -111,7 +116,8 @@ fn main() -> ExitCode {
         Command::Prepare(_) => true,
         _ => false,
     };
-    init_logging_with(cli.verbose, progress);
+    let own_stderr_only = matches!(cli.command, Command::Run(_));
+    init_logging_with(cli.verbose, progress, own_stderr_only);
     let result = match cli.command {
         Command::Build(args) => build::run(args),
         Command::Boot(args) => match boot::run(args) {

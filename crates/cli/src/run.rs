@@ -22,8 +22,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 
@@ -142,13 +141,10 @@ pub fn main(args: Args) -> ExitCode {
 fn run(args: Args) -> anyhow::Result<u8> {
     // First, before any thread exists: every later thread inherits the blocked mask.
     let signals = forward_signals();
-    let timeout = match args.timeout {
-        Some(t) if !(t.is_finite() && t > 0.0) => {
-            bail!("--timeout {t}: give a positive number of seconds")
-        }
-        Some(t) => Some(Duration::from_secs_f64(t)),
-        None => None,
-    };
+    // Before anything is built: a value out of range fails at once, saying the range.
+    let timeout = args.timeout.map(kiln_boot::limits::timeout).transpose()?;
+    kiln_boot::limits::memory(args.memory)?;
+    kiln_boot::limits::cpus(args.cpus)?;
     let env = guest_env(&args.env)?;
     let shares = shares(&args)?;
     let cwd = if args.no_cwd {
@@ -240,7 +236,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
             .flat_map(|a| a.split_whitespace().map(String::from))
             .collect(),
         echo_console: args.console,
-        interrupt: signals.as_ref().map(|(flag, _)| Arc::clone(flag)),
+        interrupt: signals.as_ref().map(|(i, _)| Arc::clone(i)),
     };
     if let Some((_, armed)) = &signals {
         armed.store(true, Ordering::SeqCst);
@@ -380,11 +376,12 @@ fn shares(args: &Args) -> anyhow::Result<Vec<ShareArg>> {
 /// other thread is started; later threads inherit the mask, qemu's is reset by
 /// `std::process::Command`) and taken by a sigwait(3) thread. Until the returned flag
 /// is armed (the VM starts) a signal ends kiln at once with 128+N; afterwards its number
-/// is stored for `kiln_boot::run` to forward to the guest command. Either way what
+/// is raised for `kiln_boot::run` to forward to the guest command. Either way what
 /// kiln registered for removal (the private supermin.d, a half-built cache entry) is
 /// removed first. `None` if that cannot
 /// be set up (the signals keep their default action; qemu still dies with kiln).
-fn forward_signals() -> Option<(Arc<AtomicI32>, Arc<AtomicBool>)> {
+fn forward_signals() -> Option<(Arc<kiln_boot::run::Interrupt>, Arc<AtomicBool>)> {
+    let interrupt = Arc::new(kiln_boot::run::Interrupt::new().ok()?);
     // SAFETY: the set is initialised by sigemptyset before use and lives on this stack;
     // pthread_sigmask only changes this thread's mask.
     let set = unsafe {
@@ -398,9 +395,8 @@ fn forward_signals() -> Option<(Arc<AtomicI32>, Arc<AtomicBool>)> {
         }
         set
     };
-    let flag = Arc::new(AtomicI32::new(0));
     let armed = Arc::new(AtomicBool::new(false));
-    let (f, a) = (Arc::clone(&flag), Arc::clone(&armed));
+    let (f, a) = (Arc::clone(&interrupt), Arc::clone(&armed));
     std::thread::spawn(move || {
         loop {
             let mut sig = 0;
@@ -409,14 +405,14 @@ fn forward_signals() -> Option<(Arc<AtomicI32>, Arc<AtomicBool>)> {
                 continue;
             }
             if a.load(Ordering::SeqCst) {
-                f.store(sig, Ordering::SeqCst);
+                f.raise(sig);
             } else {
                 eprintln!("kiln: interrupted by signal {sig}");
                 kiln_cleanup::clean_up_and_die(sig);
             }
         }
     });
-    Some((flag, armed))
+    Some((interrupt, armed))
 }
 
 /// The host terminal in raw mode for the life of the value: keys (Ctrl-C included) go

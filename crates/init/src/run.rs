@@ -11,21 +11,23 @@
 //! - `kiln.stdin`, `kiln.stdout`, `kiln.stderr`: raw bytes, copied unchanged between the
 //!   ports and the command's pipes (or its pty in terminal mode).
 //!
-//! Frames are `[kind: u8][len: u32 LE][payload]`. Host → guest: `S` spec (a sequence
-//! of fields `[tag: u8][len: u32 LE][bytes]`: `a` one argv word, `e` one `NAME=VALUE`,
-//! `c` the working directory, `m` a 9p mount `TAG\0GUEST_PATH`, `t` terminal mode with
-//! `rows: u16, cols: u16`, `2` stderr goes to the terminal too), `W` window size
-//! (`rows: u16, cols: u16`), `K` signal (`u32`) for the command's process group, `A`
-//! the host has every byte: power off. Guest → host: `R` the command started, `F` a
-//! message (what failed), `X` exit (`kind: u8` 0 exited / 1 killed by signal, `code:
-//! u32`, stdout bytes `u64`, stderr bytes `u64`). The host side is
-//! `kiln_boot::run`; the two are kept in step by the run tests, which boot real VMs.
+//! The frames and messages are defined once, in the `kiln-wire` crate, for both ends;
+//! a frame longer than its cap is refused before anything is allocated, and a
+//! malformed or oversize frame is reported on the console and ends the run cleanly
+//! (status 125 to the host, or the command killed), never a panic of PID 1.
+//!
+//! Output streams have pipeline semantics: when the host says a stream's consumer is
+//! gone (`P`), the command's end of that pipe is closed, so its next write gets
+//! SIGPIPE/EPIPE as it would locally (in terminal mode its process group gets SIGHUP,
+//! as when a terminal hangs up).
 //!
 //! Invariants: the command is PID 1's only direct child besides reparented orphans,
 //! which are reaped; once the command exits every remaining process is killed, the
 //! output pipes are drained, the byte counts are sent with the status, and the VM powers
-//! off only after the host acknowledged (or after a bounded wait), so no output is lost
-//! in qemu's buffers; every wait is bounded.
+//! off only after the host acknowledged that it has every byte, however long a slow
+//! consumer on the host takes (the host bounds the whole run: it stops qemu at its
+//! timeout, and qemu dies with it), or once the control channel is lost. Every other
+//! wait is bounded.
 
 use std::collections::HashMap;
 use std::fs;
@@ -36,10 +38,11 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use kiln_wire::{Exit, RecvError, Spec, Stream, ToGuest, ToHost, recv_to_guest};
 use rustix::fs::{CWD, FileType, Mode};
 use rustix::mount::MountFlags;
 use rustix::process::{Pid, Signal, WaitOptions};
@@ -47,75 +50,13 @@ use rustix::process::{Pid, Signal, WaitOptions};
 /// The kernel command-line word that selects run mode.
 const WORD: &str = "kiln.run";
 const PORTS: [&str; 4] = ["kiln.ctl", "kiln.stdin", "kiln.stdout", "kiln.stderr"];
-/// How long to wait for the host's acknowledgement before powering off anyway.
+/// How long to wait for the host's acknowledgement of a failure (no output is owed
+/// then) before powering off anyway.
 const ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// Is run mode asked for on this kernel command line?
 pub fn wanted(cmdline: &str) -> bool {
     cmdline.split_whitespace().any(|w| w == WORD)
-}
-
-#[derive(Debug, Default)]
-struct Spec {
-    argv: Vec<Vec<u8>>,
-    env: Vec<Vec<u8>>,
-    cwd: Option<Vec<u8>>,
-    mounts: Vec<(Vec<u8>, Vec<u8>)>,
-    tty: Option<(u16, u16)>,
-    stderr_tty: bool,
-}
-
-fn u16le(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn parse_spec(mut p: &[u8]) -> Result<Spec, String> {
-    let mut s = Spec::default();
-    while !p.is_empty() {
-        if p.len() < 5 {
-            return Err("truncated spec field".into());
-        }
-        let tag = p[0];
-        let len = u32::from_le_bytes([p[1], p[2], p[3], p[4]]) as usize;
-        let v = p
-            .get(5..5 + len)
-            .ok_or("spec field longer than the spec")?
-            .to_vec();
-        p = &p[5 + len..];
-        match tag {
-            b'a' => s.argv.push(v),
-            b'e' => s.env.push(v),
-            b'c' => s.cwd = Some(v),
-            b'm' => {
-                let i = v.iter().position(|&b| b == 0).ok_or("mount without NUL")?;
-                s.mounts.push((v[..i].to_vec(), v[i + 1..].to_vec()));
-            }
-            b't' if v.len() == 4 => s.tty = Some((u16le(&v, 0), u16le(&v, 2))),
-            b'2' => s.stderr_tty = true,
-            _ => return Err(format!("unknown spec field {tag}")),
-        }
-    }
-    if s.argv.is_empty() {
-        return Err("empty command".into());
-    }
-    Ok(s)
-}
-
-fn read_frame(r: &mut impl Read) -> io::Result<(u8, Vec<u8>)> {
-    let mut h = [0u8; 5];
-    r.read_exact(&mut h)?;
-    let len = u32::from_le_bytes([h[1], h[2], h[3], h[4]]) as usize;
-    let mut p = vec![0u8; len];
-    r.read_exact(&mut p)?;
-    Ok((h[0], p))
-}
-
-fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(5 + payload.len());
-    v.push(kind);
-    v.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    v.extend_from_slice(payload);
-    v
 }
 
 fn say(msg: &str) {
@@ -283,9 +224,9 @@ fn mount_shares(spec: &Spec) -> Result<(), String> {
         return Ok(());
     }
     load_modules(&["9pnet_virtio", "9p"])?;
-    for (tag, guest) in &spec.mounts {
-        let guest = PathBuf::from(std::ffi::OsStr::from_bytes(guest));
-        let tag = String::from_utf8_lossy(tag).into_owned();
+    for m in &spec.mounts {
+        let guest = PathBuf::from(std::ffi::OsStr::from_bytes(&m.guest));
+        let tag = String::from_utf8_lossy(&m.tag).into_owned();
         fs::create_dir_all(&guest).map_err(|e| format!("mkdir {}: {e}", guest.display()))?;
         let data = std::ffi::CString::new("trans=virtio,version=9p2000.L,msize=262144")
             .map_err(|e| e.to_string())?;
@@ -301,8 +242,23 @@ fn mount_shares(spec: &Spec) -> Result<(), String> {
     Ok(())
 }
 
-/// Copy `from` to `to` until EOF (or EIO: a pty whose slaves are all closed), counting.
-fn pump(mut from: fs::File, mut to: fs::File, count: Arc<AtomicU64>) {
+/// What a pump does once the host said the stream's consumer is gone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnClose {
+    /// Close the command's end of the pipe (its next write gets SIGPIPE/EPIPE).
+    Close,
+    /// Keep reading and drop what comes (a pty master: the process group got SIGHUP).
+    Discard,
+}
+
+/// Copy `from` to `to` until EOF (or EIO: a pty whose slaves are all closed), counting
+/// what reached `to`; once `closed` is set, stop writing (see [`OnClose`]).
+fn pump(
+    mut from: fs::File,
+    mut to: fs::File,
+    count: Arc<AtomicU64>,
+    closed: Option<(Arc<AtomicBool>, OnClose)>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match from.read(&mut buf) {
@@ -311,6 +267,14 @@ fn pump(mut from: fs::File, mut to: fs::File, count: Arc<AtomicU64>) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
+        if let Some((flag, how)) = &closed
+            && flag.load(Ordering::SeqCst)
+        {
+            match how {
+                OnClose::Close => return,
+                OnClose::Discard => continue,
+            }
+        }
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
@@ -349,20 +313,28 @@ fn setup_and_run() -> Result<(), String> {
     else {
         return Err("ports missing".into());
     };
-    let (kind, payload) = read_frame(&mut ctl).map_err(|e| format!("reading the spec: {e}"))?;
-    if kind != b'S' {
-        return Err(format!("expected a spec frame, got {kind}"));
-    }
     let mut ctl_w = ctl.try_clone().map_err(|e| e.to_string())?;
+    let first = recv_to_guest(&mut ctl);
     let mut fail = |ctl_w: &mut fs::File, msg: String, code: u32| -> Result<(), String> {
-        let _ = ctl_w.write_all(&frame(b'F', msg.as_bytes()));
-        send_exit(ctl_w, 0, code, 0, 0);
+        let _ = ctl_w.write_all(&ToHost::Fail(msg.into_bytes()).encode());
+        send_exit(ctl_w, false, code, 0, 0);
         wait_ack(&mut ctl);
         Ok(())
     };
-    let spec = match parse_spec(&payload) {
-        Ok(s) => s,
-        Err(e) => return fail(&mut ctl_w, format!("bad spec: {e}"), 125),
+    let spec = match first {
+        Ok(ToGuest::Spec(s)) => s,
+        // A broken spec is said on the console too: the host may not be listening.
+        Ok(_) => {
+            let m = "the host's first message was not the command spec".to_string();
+            say(&m);
+            return fail(&mut ctl_w, m, 125);
+        }
+        Err(RecvError::Closed) => return Err("the host closed the control channel".into()),
+        Err(e) => {
+            let m = format!("reading the command spec: {e}");
+            say(&m);
+            return fail(&mut ctl_w, m, 125);
+        }
     };
     if let Err(e) = mount_shares(&spec) {
         return fail(&mut ctl_w, e, 125);
@@ -439,7 +411,7 @@ fn setup_and_run() -> Result<(), String> {
     };
     drop(cmd);
     let pid = child.id() as i32;
-    let _ = ctl_w.write_all(&frame(b'R', &[]));
+    let _ = ctl_w.write_all(&ToHost::Ready.encode());
 
     let out_n = Arc::new(AtomicU64::new(0));
     let err_n = Arc::new(AtomicU64::new(0));
@@ -458,42 +430,72 @@ fn setup_and_run() -> Result<(), String> {
             child.stdin.take().map(|i| file(OwnedFd::from(i))),
         ),
     };
+    let out_closed = Arc::new(AtomicBool::new(false));
+    let err_closed = Arc::new(AtomicBool::new(false));
     {
         let n = Arc::clone(&out_n);
-        pumps.push(std::thread::spawn(move || pump(out_src, stdout, n)));
+        let how = if master.is_some() {
+            OnClose::Discard
+        } else {
+            OnClose::Close
+        };
+        let c = Some((Arc::clone(&out_closed), how));
+        pumps.push(std::thread::spawn(move || pump(out_src, stdout, n, c)));
     }
     if let Some(e) = child.stderr.take() {
         let n = Arc::clone(&err_n);
         let src = file(OwnedFd::from(e));
-        pumps.push(std::thread::spawn(move || pump(src, stderr, n)));
+        let c = Some((Arc::clone(&err_closed), OnClose::Close));
+        pumps.push(std::thread::spawn(move || pump(src, stderr, n, c)));
     }
     if let Some(dst) = in_dst {
         // Not joined: it may be blocked on a host that never closes stdin.
-        std::thread::spawn(move || pump(stdin, dst, Arc::new(AtomicU64::new(0))));
+        std::thread::spawn(move || pump(stdin, dst, Arc::new(AtomicU64::new(0)), None));
     }
     let (ack_tx, ack_rx) = mpsc::channel::<()>();
     let master_ctl = master.as_ref().and_then(|m| m.try_clone().ok());
     std::thread::spawn(move || {
-        while let Ok((kind, p)) = read_frame(&mut ctl) {
-            match kind {
-                b'W' if p.len() == 4 => {
+        let group = Pid::from_raw(pid);
+        let signal = |s: Signal| {
+            if let Some(pg) = group {
+                let _ = rustix::process::kill_process_group(pg, s);
+            }
+        };
+        loop {
+            match recv_to_guest(&mut ctl) {
+                Ok(ToGuest::Winsize { rows, cols }) => {
                     if let Some(m) = &master_ctl {
-                        let _ = rustix::termios::tcsetwinsize(
-                            m.as_fd(),
-                            winsize(u16le(&p, 0), u16le(&p, 2)),
-                        );
+                        let _ = rustix::termios::tcsetwinsize(m.as_fd(), winsize(rows, cols));
                     }
                 }
-                b'K' if p.len() == 4 => {
-                    let sig = i32::from_le_bytes([p[0], p[1], p[2], p[3]]);
-                    if let (Some(s), Some(pg)) = (Signal::from_named_raw(sig), Pid::from_raw(pid)) {
-                        let _ = rustix::process::kill_process_group(pg, s);
+                Ok(ToGuest::Signal(sig)) => {
+                    if let Some(s) = i32::try_from(sig).ok().and_then(Signal::from_named_raw) {
+                        signal(s);
                     }
                 }
-                b'A' => {
+                Ok(ToGuest::Closed(Stream::Stdout)) => {
+                    out_closed.store(true, Ordering::SeqCst);
+                    // A terminal that went away hangs up its session.
+                    if master_ctl.is_some() {
+                        signal(Signal::HUP);
+                    }
+                }
+                Ok(ToGuest::Closed(Stream::Stderr)) => err_closed.store(true, Ordering::SeqCst),
+                Ok(ToGuest::Ack) => {
                     let _ = ack_tx.send(());
                 }
-                _ => {}
+                Ok(ToGuest::Spec(_)) => say("a second command spec from the host was ignored"),
+                // The frame was read whole: the channel is still in step.
+                Err(RecvError::Malformed(m)) => say(&format!("{m} from the host, ignored")),
+                Err(RecvError::Closed) => return,
+                // Out of step or broken: nothing more can be understood. The command
+                // is stopped (its status goes to the host if it still listens) and the
+                // VM powers off without waiting for an acknowledgement.
+                Err(e) => {
+                    say(&format!("{e}; stopping the command"));
+                    signal(Signal::KILL);
+                    return;
+                }
             }
         }
     });
@@ -522,19 +524,22 @@ fn setup_and_run() -> Result<(), String> {
     for p in pumps {
         let _ = p.join();
     }
-    let (kind, code) = match (status.exit_status(), status.terminating_signal()) {
-        (Some(c), _) => (0u8, c as u32),
-        (None, Some(s)) => (1u8, s as u32),
-        _ => (0u8, 125),
+    let (signaled, code) = match (status.exit_status(), status.terminating_signal()) {
+        (Some(c), _) => (false, c as u32),
+        (None, Some(s)) => (true, s as u32),
+        _ => (false, 125),
     };
     send_exit(
         &mut ctl_w,
-        kind,
+        signaled,
         code,
         out_n.load(Ordering::SeqCst),
         err_n.load(Ordering::SeqCst),
     );
-    let _ = ack_rx.recv_timeout(ACK_WAIT);
+    // Unbounded on purpose: a slow consumer on the host (a pager, `| (sleep 60; wc)`)
+    // is still owed the output qemu buffers. The host bounds the run; the reader thread
+    // ending (channel lost) ends this wait too.
+    let _ = ack_rx.recv();
     Ok(())
 }
 
@@ -557,12 +562,14 @@ fn kill_all_but_init() {
     }
 }
 
-fn send_exit(ctl: &mut fs::File, kind: u8, code: u32, out: u64, err: u64) {
-    let mut p = vec![kind];
-    p.extend_from_slice(&code.to_le_bytes());
-    p.extend_from_slice(&out.to_le_bytes());
-    p.extend_from_slice(&err.to_le_bytes());
-    let _ = ctl.write_all(&frame(b'X', &p));
+fn send_exit(ctl: &mut fs::File, signaled: bool, code: u32, out: u64, err: u64) {
+    let x = Exit {
+        signaled,
+        code,
+        out,
+        err,
+    };
+    let _ = ctl.write_all(&ToHost::Exit(x).encode());
 }
 
 fn wait_ack(ctl: &mut fs::File) {
@@ -570,8 +577,8 @@ fn wait_ack(ctl: &mut fs::File) {
     // Before the command ran the ctl port has no reader thread: read inline (the host
     // sends nothing but the ack at this point).
     while Instant::now() < deadline {
-        match read_frame(ctl) {
-            Ok((b'A', _)) | Err(_) => return,
+        match recv_to_guest(ctl) {
+            Ok(ToGuest::Ack) | Err(_) => return,
             Ok(_) => continue,
         }
     }
