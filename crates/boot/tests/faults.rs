@@ -22,9 +22,17 @@ fn a_failed_poll_kills_and_reaps_qemu() {
                 "--nocapture",
             ])
             .env("KILN_BOOT_FAULT", "try-wait")
-            .status()
+            .output()
             .unwrap();
-        assert!(st.success(), "child test failed: {st}");
+        let out = String::from_utf8_lossy(&st.stdout);
+        assert!(
+            st.status.success(),
+            "child test failed: {}\n{out}{}",
+            st.status,
+            String::from_utf8_lossy(&st.stderr)
+        );
+        // An --exact filter that matches nothing passes too: the test must have run.
+        assert!(out.contains("1 passed"), "the child ran no test:\n{out}");
         return;
     }
     let t = tempfile::tempdir().unwrap();

@@ -101,7 +101,9 @@ pub struct Cache {
 }
 
 /// Kill this process with SIGKILL when `KILN_CACHE_CRASH_AT` names `point`: fault
-/// injection for the crash tests (a real crash at exactly that step).
+/// injection for the crash tests (a real crash at exactly that step). Only in builds
+/// with the `test-hooks` feature, which the tests enable; a shipped kiln has none.
+#[cfg(feature = "test-hooks")]
 pub(crate) fn fault(point: &str) {
     static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     let at = AT.get_or_init(|| std::env::var("KILN_CACHE_CRASH_AT").ok());
@@ -110,6 +112,11 @@ pub(crate) fn fault(point: &str) {
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     }
 }
+
+/// Without the `test-hooks` feature the crash points do nothing.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub(crate) fn fault(_point: &str) {}
 
 impl Cache {
     /// Open the cache under [`default_root`].

@@ -14,20 +14,6 @@ use crate::gc::parse_pin;
 use crate::proc::{ProcessId, parse_stat};
 use crate::slot::{SlotMeta, read_meta};
 
-fn config() -> ProptestConfig {
-    config_with(4096)
-}
-
-/// `cases` unless `PROPTEST_CASES` says otherwise.
-fn config_with(cases: u32) -> ProptestConfig {
-    let mut c = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        c.cases = cases;
-    }
-    c.failure_persistence = None;
-    c
-}
-
 fn key() -> impl Strategy<Value = Key> {
     "[0-9a-f]{1,64}".prop_map(|s| Key::new(&s).unwrap())
 }
@@ -46,7 +32,7 @@ fn meta_of(text: &[u8], key: &Key) -> std::io::Result<SlotMeta> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(ProptestConfig::with_cases(4096))]
 
     /// Pin names of any text: an owner and key, or `None`.
     #[test]
@@ -93,7 +79,7 @@ proptest! {
 
 proptest! {
     // A file written and read per case: disk-bound, fewer cases.
-    #![proptest_config(config_with(1024))]
+    #![proptest_config(ProptestConfig::with_cases(1024))]
 
     /// Slot records of any bytes: a record or an error, never a panic.
     #[test]

@@ -13,11 +13,6 @@ use std::time::Duration;
 use common::*;
 use kiln_cache::{Cache, CacheError, GcPolicy, GetOptions};
 
-#[test]
-fn helper() {
-    helper_main();
-}
-
 fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
 }

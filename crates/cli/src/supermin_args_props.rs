@@ -11,15 +11,6 @@ use proptest::prelude::*;
 
 use crate::supermin_args::{Args, Format, Mode, Parsed, parse};
 
-fn config() -> ProptestConfig {
-    let mut c = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        c.cases = 4096;
-    }
-    c.failure_persistence = None;
-    c
-}
-
 /// supermin's options, `--list-drivers` left out: it probes the host's package
 /// databases, which is not the parser's business and slow in a loop.
 const OPTIONS: &[&str] = &[
@@ -170,7 +161,7 @@ fn command() -> impl Strategy<Value = (Vec<OsString>, Args)> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(ProptestConfig::with_cases(4096))]
 
     /// Arbitrary argv of arbitrary bytes: no panic, exit code 0, 1 or 2.
     #[test]

@@ -194,7 +194,8 @@ fn errors_name_what_failed() {
 
 #[test]
 fn timeout_and_guest_panic_are_reported() {
-    let o = run(&["--timeout", "2", "--", "true"], b"");
+    // A command that cannot finish in time however fast the guest boots.
+    let o = run(&["--timeout", "2", "--", "sleep", "600"], b"");
     assert_eq!(o.status.code(), Some(125), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("did not finish within 2 s"),
@@ -306,13 +307,30 @@ fn interactive_shell_on_a_pty() {
         ws_ypixel: 0,
     };
     rustix::termios::tcsetwinsize(m.as_fd(), ws).unwrap();
-    std::thread::sleep(Duration::from_millis(600));
-    m.write_all(b"stty size\n").unwrap();
-    expect(&mut m, &mut seen, "40 100", short);
+    // kiln passes the change on when it notices it: ask until the guest answers with
+    // the new size (each answer is awaited, so nothing depends on how soon that is).
+    let start = Instant::now();
+    let mut asked = 0;
+    loop {
+        asked += 1;
+        m.write_all(format!("stty size; echo asked-$(({asked}+1000))\n").as_bytes())
+            .unwrap();
+        expect(&mut m, &mut seen, &format!("asked-{}", asked + 1000), short);
+        if String::from_utf8_lossy(&seen).contains("40 100") {
+            break;
+        }
+        assert!(
+            start.elapsed() < short,
+            "the new size never reached the guest; the terminal showed:\n{}",
+            String::from_utf8_lossy(&seen)
+        );
+    }
 
-    // Ctrl-C stops the guest's foreground process, not the VM.
-    m.write_all(b"sleep 100\n").unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // Ctrl-C stops the guest's foreground process, not the VM. The process says when
+    // it runs (it becomes the sleep), so the Ctrl-C cannot arrive before it started.
+    m.write_all(b"sh -c 'echo sleeping-$((5*5)); exec sleep 100'\n")
+        .unwrap();
+    expect(&mut m, &mut seen, "sleeping-25", short);
     m.write_all(b"\x03").unwrap();
     m.write_all(b"echo after-$((1+1))\n").unwrap();
     expect(&mut m, &mut seen, "after-2", short);

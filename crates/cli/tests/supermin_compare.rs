@@ -11,26 +11,144 @@ use std::process::Command;
 
 const SUPERMIN_D: &str = "/usr/lib/x86_64-linux-gnu/guestfs/supermin.d";
 
-/// Packages kiln includes and supermin 5.2.2 drops, each with the reason.
-const EXTRA_PACKAGES: &[(&str, &str)] = &[
-    (
-        "perl",
-        "`perl:any` (sleuthkit, libdate-manip-perl): supermin drops :any names",
-    ),
-    ("perl-base", "dependency of perl"),
-    ("libperl5.36", "dependency of perl"),
-    ("perl-modules-5.36", "dependency of perl"),
-    ("libgdbm6", "dependency of libperl5.36"),
-    ("libgdbm-compat4", "dependency of libperl5.36"),
-    (
-        "usr-is-merged",
-        "`usrmerge | usr-is-merged` (init-system-helpers): supermin only tries the first alternative",
-    ),
-    (
-        "sysvinit-utils",
-        "provides the virtual `lsb-base` (lvm2, mdadm...): supermin never resolves Provides",
-    ),
-];
+/// One alternative of a dependency: a package name, and whether it carried an
+/// architecture qualifier (`perl:any`).
+struct Alt {
+    name: String,
+    qualified: bool,
+}
+
+/// The host's installed packages as the dependency rules see them (read from the dpkg
+/// status file, all architectures of a name together).
+struct Host {
+    /// Installed name → its Depends and Pre-Depends, as groups of alternatives.
+    depends: BTreeMap<String, Vec<Vec<Alt>>>,
+    /// Virtual name → installed packages that provide it.
+    providers: BTreeMap<String, BTreeSet<String>>,
+}
+
+fn parse_groups(field: &str) -> Vec<Vec<Alt>> {
+    field
+        .split(',')
+        .filter(|g| !g.trim().is_empty())
+        .map(|g| {
+            g.split('|')
+                .map(|a| {
+                    let a = a.trim();
+                    let token = a.split([' ', '(', '[', '<']).next().unwrap();
+                    let (name, qualified) = match token.split_once(':') {
+                        Some((n, _)) => (n, true),
+                        None => (token, false),
+                    };
+                    Alt {
+                        name: name.to_owned(),
+                        qualified,
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn host() -> Host {
+    let status = fs::read_to_string("/var/lib/dpkg/status").unwrap();
+    let mut h = Host {
+        depends: BTreeMap::new(),
+        providers: BTreeMap::new(),
+    };
+    for para in status.split("\n\n") {
+        let mut fields: BTreeMap<&str, String> = BTreeMap::new();
+        let mut last = "";
+        for line in para.lines() {
+            if line.starts_with([' ', '\t']) {
+                if let Some(v) = fields.get_mut(last) {
+                    v.push(' ');
+                    v.push_str(line.trim());
+                }
+            } else if let Some((k, v)) = line.split_once(':') {
+                last = k;
+                fields.insert(k, v.trim().to_owned());
+            }
+        }
+        let installed = fields.get("Status").is_some_and(|s| {
+            matches!(
+                s.split_whitespace().nth(2),
+                Some("installed" | "triggers-pending" | "triggers-awaited")
+            )
+        });
+        let Some(name) = fields.get("Package").filter(|_| installed) else {
+            continue;
+        };
+        let deps = h.depends.entry(name.clone()).or_default();
+        for f in ["Depends", "Pre-Depends"] {
+            deps.extend(parse_groups(fields.get(f).map_or("", String::as_str)));
+        }
+        for p in parse_groups(fields.get("Provides").map_or("", String::as_str)) {
+            for a in p {
+                h.providers.entry(a.name).or_default().insert(name.clone());
+            }
+        }
+    }
+    h
+}
+
+impl Host {
+    /// kiln's rule (the dpkg crate's documentation): a group is satisfied by its first
+    /// alternative that is installed, as a real package or else through `Provides`,
+    /// qualifiers honoured. The alternative taken and the packages that can stand for
+    /// it; none if nothing of the group is installed.
+    fn kiln_choice<'a>(&self, group: &'a [Alt]) -> Option<(usize, &'a Alt, BTreeSet<String>)> {
+        group.iter().enumerate().find_map(|(i, a)| {
+            if self.depends.contains_key(&a.name) {
+                Some((i, a, BTreeSet::from([a.name.clone()])))
+            } else {
+                let p = self.providers.get(&a.name).filter(|p| !p.is_empty())?;
+                Some((i, a, p.clone()))
+            }
+        })
+    }
+
+    /// Why kiln includes `pkg` where supermin does not, by kiln's rule against
+    /// supermin's (supermin reads only a group's first alternative, drops qualified
+    /// names and never resolves `Provides`); None if no rule explains it.
+    fn why_extra(
+        &self,
+        pkg: &str,
+        kiln: &BTreeSet<String>,
+        supermin: &BTreeSet<String>,
+    ) -> Option<String> {
+        for q in kiln {
+            for group in self.depends.get(q).into_iter().flatten() {
+                let Some((i, alt, takes)) = self.kiln_choice(group) else {
+                    continue;
+                };
+                if !takes.contains(pkg) {
+                    continue;
+                }
+                let why = if !supermin.contains(q) {
+                    format!("dependency of {q}, itself added")
+                } else if alt.qualified {
+                    format!("`{}:…` of {q}: supermin drops qualified names", alt.name)
+                } else if alt.name != pkg {
+                    format!(
+                        "provides `{}` for {q}: supermin never resolves Provides",
+                        alt.name
+                    )
+                } else if i > 0 {
+                    format!(
+                        "alternative {} of {q}: supermin tries only the first",
+                        i + 1
+                    )
+                } else {
+                    // supermin reads this dependency the same way.
+                    continue;
+                };
+                return Some(why);
+            }
+        }
+        None
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Info {
@@ -181,7 +299,7 @@ fn chroot_matches_supermin_except_listed_improvements() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Package sets: kiln's is supermin's plus exactly the listed improvements.
+    // Package sets: kiln's is supermin's plus what its better dependency rule adds.
     let pkgs = |dir: &Path| -> BTreeSet<String> {
         fs::read_to_string(dir.join("packagelist"))
             .unwrap()
@@ -195,12 +313,34 @@ fn chroot_matches_supermin_except_listed_improvements() {
         missing.is_empty(),
         "packages supermin has and kiln lacks: {missing:?}"
     );
-    let extra: BTreeSet<&str> = pb.difference(&pa).map(String::as_str).collect();
-    let listed: BTreeSet<&str> = EXTRA_PACKAGES.iter().map(|(p, _)| *p).collect();
-    assert_eq!(
-        extra, listed,
-        "kiln's extra packages differ from EXTRA_PACKAGES (with reasons)"
+    // The packages kiln adds are those its dependency rule reaches and supermin's does
+    // not: derived from this host's dpkg database, not listed for one host.
+    let host = host();
+    let extra: BTreeSet<&String> = pb.difference(&pa).collect();
+    let mut unexplained = Vec::new();
+    for p in &extra {
+        match host.why_extra(p, &pb, &pa) {
+            Some(why) => eprintln!("kiln adds {p}: {why}"),
+            None => unexplained.push(p),
+        }
+    }
+    assert!(
+        unexplained.is_empty(),
+        "packages kiln adds that no rule explains: {unexplained:?}"
     );
+    // And kiln's set is closed under its rule: every dependency of every package in
+    // it that the host can satisfy is satisfied inside it.
+    let mut unmet = Vec::new();
+    for q in &pb {
+        for group in host.depends.get(q).into_iter().flatten() {
+            if let Some((_, alt, takes)) = host.kiln_choice(group)
+                && takes.is_disjoint(&pb)
+            {
+                unmet.push(format!("{q} → {}", alt.name));
+            }
+        }
+    }
+    assert!(unmet.is_empty(), "dependencies kiln left out: {unmet:?}");
 
     let mut a = walk(&sm);
     let mut b = walk(&kn);
@@ -216,7 +356,7 @@ fn chroot_matches_supermin_except_listed_improvements() {
 
     // Paths only in kiln: all from the extra packages (or their directories).
     let mut allowed = BTreeSet::new();
-    for (pkg, _why) in EXTRA_PACKAGES {
+    for pkg in &extra {
         allowed.extend(package_paths(pkg));
     }
     let only_kiln: Vec<&PathBuf> = b.keys().filter(|p| !a.contains_key(*p)).collect();

@@ -295,7 +295,21 @@ fn lock_excludes_a_concurrent_builder() {
         .env("LIBGUESTFS_CACHEDIR", &cache)
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Wait until the kernel lists kiln as blocked on our lock (a `->` line of
+    // /proc/locks with its PID): then it is waiting, however slow its start was.
+    let pid = child.id();
+    let start = std::time::Instant::now();
+    while !blocked_in_proc_locks(pid) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "kiln did not wait for the lock"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "kiln (PID {pid}) never blocked on the lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     assert!(
         child.try_wait().unwrap().is_none(),
         "kiln did not wait for the lock"
@@ -308,4 +322,14 @@ fn lock_excludes_a_concurrent_builder() {
     // And with the lock free, a second build goes straight through.
     let o = front(&cache, &build_args(&lock, &input, &out2, true));
     assert!(o.status.success(), "{}", text(&o));
+}
+
+/// Whether /proc/locks shows `pid` waiting for a POSIX record lock (a `->` entry).
+fn blocked_in_proc_locks(pid: u32) -> bool {
+    fs::read_to_string("/proc/locks").unwrap().lines().any(|l| {
+        let mut w = l.split_whitespace().skip(1);
+        w.next() == Some("->")
+            && w.next() == Some("POSIX")
+            && w.nth(2) == Some(pid.to_string().as_str())
+    })
 }

@@ -9,15 +9,6 @@ use std::io::{Read, Write};
 use kiln_compress::{Compression, decompress, detect};
 use proptest::prelude::*;
 
-fn config() -> ProptestConfig {
-    let mut c = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        c.cases = 4096;
-    }
-    c.failure_persistence = None;
-    c
-}
-
 /// Decompressed output is read at most this far: a few hundred input bytes cannot
 /// legitimately expand beyond it here, and a decoder that loops is cut short.
 const LIMIT: u64 = 64 << 20;
@@ -97,7 +88,7 @@ fn read_all(bytes: &[u8], n: usize) -> std::io::Result<(Compression, Vec<u8>)> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(ProptestConfig::with_cases(4096))]
 
     /// Arbitrary bytes behind each magic number: detected as that format, and an
     /// error or some bytes, never a panic.

@@ -472,17 +472,6 @@ mod tests {
         assert!(e.contains("bad.ko.xz"), "{e}");
     }
 
-    /// Property-test configuration: a few thousand cases in the test suite,
-    /// `PROPTEST_CASES=N` for a longer run.
-    pub(crate) fn proptest_config() -> proptest::test_runner::Config {
-        let mut c = proptest::test_runner::Config::default();
-        if std::env::var_os("PROPTEST_CASES").is_none() {
-            c.cases = 4096;
-        }
-        c.failure_persistence = None;
-        c
-    }
-
     /// An ELF64 header with the right identification and arbitrary program-header
     /// fields, followed by arbitrary bytes: reaches the program-header walk.
     fn elf_like() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
@@ -506,7 +495,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest_config())]
+        #![proptest_config(proptest::test_runner::Config::with_cases(4096))]
 
         #[test]
         fn elf_check_never_panics_on_arbitrary_bytes(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {

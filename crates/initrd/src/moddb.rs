@@ -280,7 +280,7 @@ broken line without colon
     }
 
     proptest::proptest! {
-        #![proptest_config(crate::tests::proptest_config())]
+        #![proptest_config(proptest::test_runner::Config::with_cases(4096))]
 
         /// Any modules.dep / softdep / alias text parses, and the closure of any name
         /// terminates (cycles included) with every key at most once.

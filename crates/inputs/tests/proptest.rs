@@ -11,15 +11,6 @@ use std::path::{Path, PathBuf};
 use kiln_inputs::{Class, InputKind, MemberKind, classify, read_inputs, read_tar};
 use proptest::prelude::*;
 
-fn config() -> ProptestConfig {
-    let mut c = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        c.cases = 4096;
-    }
-    c.failure_persistence = None;
-    c
-}
-
 /// File data with runs of zeros (whole blocks become holes in the spill file) and
 /// runs of other bytes.
 fn data() -> impl Strategy<Value = Vec<u8>> {
@@ -122,7 +113,7 @@ fn input(name: &str, bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(ProptestConfig::with_cases(4096))]
 
     /// Sniffing decides by the first bytes only, as supermin: never panics, and the
     /// classes it gives follow the documented rules.

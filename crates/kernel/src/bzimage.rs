@@ -272,17 +272,8 @@ mod tests {
         assert_eq!(bzimage_version(&img[..100], |_| None), None);
     }
 
-    fn proptest_config() -> proptest::test_runner::Config {
-        let mut c = proptest::test_runner::Config::default();
-        if std::env::var_os("PROPTEST_CASES").is_none() {
-            c.cases = 4096;
-        }
-        c.failure_persistence = None;
-        c
-    }
-
     proptest::proptest! {
-        #![proptest_config(proptest_config())]
+        #![proptest_config(proptest::test_runner::Config::with_cases(4096))]
 
         /// Arbitrary headers (with the magic, so the pointer is followed) and arbitrary
         /// version bytes: an answer or `None`, never a panic.

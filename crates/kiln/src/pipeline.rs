@@ -338,7 +338,9 @@ fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildErr
 
 /// Fault injection for the interrupt tests: with `KILN_STALL_AT=POINT` the build stops at
 /// that point (`resolve`, `image`, `initrd`, `publish`), says so on stderr and waits for
-/// a signal, so a test interrupts it exactly there however fast the machine is.
+/// a signal, so a test interrupts it exactly there however fast the machine is. Only in
+/// builds with the `test-hooks` feature, which the tests enable; a shipped kiln has none.
+#[cfg(feature = "test-hooks")]
 fn stall(point: &str) {
     if std::env::var_os("KILN_STALL_AT").is_some_and(|v| v == point) {
         eprintln!("kiln: stalled at {point} (KILN_STALL_AT)");
@@ -347,3 +349,8 @@ fn stall(point: &str) {
         }
     }
 }
+
+/// Without the `test-hooks` feature the stall points do nothing.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+fn stall(_point: &str) {}

@@ -67,9 +67,17 @@ fn publish_without_rename_flags() {
         let st = Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "publish_without_rename_flags", "--nocapture"])
             .env("KILN_OUTDIR_NO_RENAME_FLAGS", "1")
-            .status()
+            .output()
             .unwrap();
-        assert!(st.success(), "child test failed: {st}");
+        let out = String::from_utf8_lossy(&st.stdout);
+        assert!(
+            st.status.success(),
+            "child test failed: {}\n{out}{}",
+            st.status,
+            String::from_utf8_lossy(&st.stderr)
+        );
+        // An --exact filter that matches nothing passes too: the test must have run.
+        assert!(out.contains("1 passed"), "the child ran no test:\n{out}");
         return;
     }
     let t = tempfile::tempdir().unwrap();

@@ -12,20 +12,6 @@ use kiln_packages::Database;
 use kiln_pacman::{PacmanDb, PacmanError};
 use proptest::prelude::*;
 
-fn config() -> ProptestConfig {
-    config_with(1024)
-}
-
-/// `cases` unless `PROPTEST_CASES` says otherwise.
-fn config_with(cases: u32) -> ProptestConfig {
-    let mut c = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        c.cases = cases;
-    }
-    c.failure_persistence = None;
-    c
-}
-
 /// A root with an empty local database: one directory per test thread, emptied for each case (a fresh
 /// directory per case is most of the time of a case on a busy disk).
 fn fresh_root() -> PathBuf {
@@ -63,7 +49,8 @@ fn name() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    // A database written per case: disk-bound, fewer cases.
+    #![proptest_config(ProptestConfig::with_cases(1024))]
 
     /// Arbitrary `desc` and `files`: a database or an error naming the `desc`; then
     /// resolving any names and listing every package's files never panic, and every
@@ -101,7 +88,7 @@ proptest! {
 
 proptest! {
     // Up to six package directories of files per case: disk-bound, fewer cases.
-    #![proptest_config(config_with(512))]
+    #![proptest_config(ProptestConfig::with_cases(512))]
 
     /// Well-formed packages read back: name, version, architecture and provides as
     /// written (version constraints dropped), files absolute without a trailing `/`,

@@ -10,15 +10,6 @@ use proptest::prelude::*;
 
 use super::*;
 
-fn config() -> ProptestConfig {
-    let mut c = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        c.cases = 4096;
-    }
-    c.failure_persistence = None;
-    c
-}
-
 /// A line of query output: a tag with plausible or arbitrary fields, or any bytes.
 fn line() -> impl Strategy<Value = Vec<u8>> {
     let field = prop_oneof![
@@ -51,7 +42,7 @@ fn version() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(ProptestConfig::with_cases(4096))]
 
     /// Any output: packages, or an error naming a line that is there and its text;
     /// packages read give a database that resolves and lists without a panic.

@@ -6,15 +6,6 @@
 
 use proptest::prelude::*;
 
-fn config() -> ProptestConfig {
-    let mut c = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        c.cases = 4096;
-    }
-    c.failure_persistence = None;
-    c
-}
-
 /// Text made mostly of the grammar's own characters, so that near-misses are common.
 fn sizeish() -> impl Strategy<Value = String> {
     "[ \t\n0-9.bBkKmMgGtTiIx-]{0,24}"
@@ -47,7 +38,7 @@ fn check_error(s: &str, e: &kiln_size::SizeError) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(ProptestConfig::with_cases(4096))]
 
     /// Arbitrary text: a size, or an error that quotes the text.
     #[test]

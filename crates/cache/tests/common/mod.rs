@@ -70,6 +70,17 @@ pub fn key(s: &str) -> Key {
     Key::new(s).unwrap()
 }
 
+/// Mark the slot of `key` as last used `n` seconds after a fixed moment in the past (a
+/// slot's last use is its directory's mtime): tests set the order of use explicitly
+/// instead of sleeping between uses and hoping the clock moved.
+pub fn set_last_use(cache: &Cache, key: &str, n: u64) {
+    let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000 + n);
+    fs::File::open(cache.path().join(format!("slot-{key}")))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
 /// The names in the per-user directory, sorted.
 pub fn names(cache: &Cache) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(cache.path())
@@ -80,14 +91,45 @@ pub fn names(cache: &Cache) -> Vec<String> {
     v
 }
 
-/// Start this test binary as a helper process running `mode` (see `helper_main`).
+/// The name of the running test: libtest runs each test on a thread named after it.
+pub fn this_test() -> String {
+    std::thread::current()
+        .name()
+        .expect("called from a test's own thread")
+        .to_owned()
+}
+
+/// The arguments that make this test binary run only the calling test, in this thread,
+/// ignored or not: with `KILN_CACHE_HELPER` set, that test acts as the helper process
+/// (see `helper_main`).
+pub fn helper_args() -> Vec<String> {
+    assert!(
+        std::env::var_os("KILN_CACHE_HELPER").is_none(),
+        "a helper process must not start helpers: begin the test with `if helper_main() {{ return; }}`"
+    );
+    let name = this_test();
+    [
+        "--exact",
+        &name,
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Start this test binary as a helper process running `mode` (see `helper_main`): it
+/// re-runs the calling test, which must begin with `if helper_main() { return; }`.
 pub fn spawn_helper(mode: &str, root: &Path, key: &str, envs: &[(&str, String)]) -> Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "helper", "--nocapture", "--test-threads=1", "-q"])
+    cmd.args(helper_args())
         .env("KILN_CACHE_HELPER", mode)
         .env("KILN_T_ROOT", root)
         .env("KILN_T_KEY", key)
         .env_remove("KILN_CACHE_CRASH_AT")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     for (k, v) in envs {
@@ -145,10 +187,16 @@ pub fn get(r: &[(String, String)], k: &str) -> String {
 }
 
 /// The helper process: `get` locates/builds and prints the triple's id, then holds the
-/// pin for `KILN_T_HOLD_MS`; `gc` runs a gc that would remove every unpinned slot.
-pub fn helper_main() {
+/// pin for `KILN_T_HOLD_MS` (and, with `KILN_T_HOLD_TO_EOF`, until its stdin is
+/// closed); `gc` runs a gc that would remove every unpinned slot.
+///
+/// A test that starts helpers begins with `if helper_main() { return; }`: in the
+/// helper (this binary re-run on that one test with `KILN_CACHE_HELPER` set) it does
+/// the helper's work and returns true; in the test itself it returns false at once.
+/// There is no pseudo-test named `helper` that passes without testing anything.
+pub fn helper_main() -> bool {
     let Ok(mode) = std::env::var("KILN_CACHE_HELPER") else {
-        return;
+        return false;
     };
     let root = PathBuf::from(std::env::var("KILN_T_ROOT").unwrap());
     let key = key(&std::env::var("KILN_T_KEY").unwrap());
@@ -183,6 +231,10 @@ pub fn helper_main() {
             );
             std::io::stdout().flush().unwrap();
             std::thread::sleep(Duration::from_millis(ms("KILN_T_HOLD_MS")));
+            if std::env::var_os("KILN_T_HOLD_TO_EOF").is_some() {
+                // Hold the pin until the test closes our stdin: as long as it needs.
+                std::io::copy(&mut std::io::stdin(), &mut std::io::sink()).unwrap();
+            }
             drop(p);
         }
         "gc" => {
@@ -195,6 +247,7 @@ pub fn helper_main() {
         }
         other => panic!("unknown helper mode {other}"),
     }
+    true
 }
 
 /// A small xorshift generator, seeded from the clock (the seed is printed so a failing

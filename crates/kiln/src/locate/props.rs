@@ -7,17 +7,8 @@ use proptest::prelude::*;
 
 use super::stat_state_and_ppid;
 
-fn config() -> ProptestConfig {
-    let mut c = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        c.cases = 4096;
-    }
-    c.failure_persistence = None;
-    c
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(ProptestConfig::with_cases(4096))]
 
     #[test]
     fn arbitrary_stat_text_never_panics(text in prop_oneof![any::<String>(), "[0-9 ()SZRX]{0,40}"]) {
