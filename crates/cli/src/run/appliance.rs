@@ -653,6 +653,7 @@ mod tests {
             include: Vec::new(),
             cwd: cwd.map(Path::to_path_buf),
             guest_path: Some("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            sysroot: Sysroot::default(),
         }
     }
 
