@@ -52,7 +52,8 @@ pub struct Args {
     #[arg(long, value_name = "HOST[:GUEST]", action = clap::ArgAction::Append)]
     share: Vec<OsString>,
 
-    /// Do not share the current directory (CMD then starts in /).
+    /// Do not share the current directory (CMD then starts in /, or for a relative CMD
+    /// such as ./prog in the directory it is relative to, which holds only its copy).
     #[arg(long)]
     no_cwd: bool,
 
@@ -136,7 +137,10 @@ fn run(args: Args) -> anyhow::Result<u8> {
     let env = guest_env(&args.env)?;
     let shares = shares(&args)?;
     let cwd = if args.no_cwd {
-        None
+        // A relative CMD (./prog) was copied with the directory it is relative to.
+        appliance::is_relative_path(&args.cmd[0])
+            .then(|| std::env::current_dir().ok())
+            .flatten()
     } else {
         shares
             .iter()
@@ -149,6 +153,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         packages: args.packages.clone(),
         include: args.include.clone(),
         cwd: std::env::current_dir().ok(),
+        guest_path: appliance::path_of(&env),
     };
     let dir = appliance::supermin_d(&want)?;
     let mut opts = kiln::LocateOptions {
