@@ -487,3 +487,39 @@ fn the_init_refuses_an_oversize_frame_cleanly() {
     );
     assert!(!err.contains("Kernel panic"), "{}", text(&o));
 }
+
+/// `kiln boot` said "see the console above" with nothing above (and "status Some(0)"):
+/// with a qemu that exits 0 without a word it now says the guest printed nothing.
+#[test]
+fn kiln_boot_says_when_the_guest_printed_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("kernel"), b"not a kernel").unwrap();
+    fs::write(d.path().join("initrd"), b"not an initrd").unwrap();
+    let mut root = vec![0u8; 4096];
+    root[0x438] = 0x53;
+    root[0x439] = 0xef;
+    fs::write(d.path().join("root"), root).unwrap();
+    let q = d.path().join("qemu");
+    fs::write(&q, "#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(&q, fs::Permissions::from_mode(0o755)).unwrap();
+    let o = Command::new(kiln())
+        .args(["boot", "--accel", "tcg", "--timeout", "60", "--qemu"])
+        .arg(&q)
+        .arg(d.path())
+        .env("TMPDIR", d.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("(qemu exited with status 0); the guest printed nothing on its console"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !err.contains("see the console above") && !err.contains("Some("),
+        "{}",
+        text(&o)
+    );
+}
