@@ -15,10 +15,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-// The library's ELF check, one source for both (a build script cannot use its own crate).
-#[path = "src/elf.rs"]
-mod elf;
-
 fn main() {
     if let Err(e) = run() {
         eprintln!("kiln-initrd build script: {e}");
@@ -86,8 +82,8 @@ fn run() -> Result<(), String> {
         target_dir.join(&target).join("release").join("kiln-init")
     };
     let bytes = fs::read(&built).map_err(|e| format!("{}: {e}", built.display()))?;
-    let interp =
-        elf::has_interp(&bytes).map_err(|why| format!("the init {}: {why}", built.display()))?;
+    let interp = kiln_elf::has_interp(&bytes)
+        .map_err(|why| format!("the init {}: {why}", built.display()))?;
     if interp {
         return Err(format!(
             "{} is dynamically linked (has PT_INTERP); the initrd needs a static init",

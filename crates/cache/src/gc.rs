@@ -311,6 +311,15 @@ impl Cache {
             .collect()
     }
 
+    /// The kernel file of the slot of `key`, by path: for reading its bytes (e.g. to
+    /// tell which extracted kernel belongs to it), knowing that a concurrent gc may
+    /// remove it at any time. Use a pin ([`Cache::lookup`]) to boot it.
+    pub fn slot_kernel(&self, key: &Key) -> std::path::PathBuf {
+        self.path
+            .join(format!("{SLOT}{}", key.as_str()))
+            .join(crate::cache::FILES[0])
+    }
+
     /// The slots in the cache, most recently used first.
     pub fn list(&self) -> Result<Vec<SlotInfo>, CacheError> {
         let names = fsx::list(self.fd()).map_err(|e| CacheError::io(&self.path, "readdir", e))?;

@@ -1,4 +1,5 @@
-//! `kiln cache ls`: the appliances in the per-user cache.
+//! `kiln cache ls`: the appliances in the per-user cache, and the uncompressed kernels
+//! `kiln run` extracted beside it ([`crate::kernels`]).
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -6,6 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use kiln::cache::Cache;
 
 use kiln_size::human;
+
+use crate::kernels;
 
 /// Inspect the per-user appliance cache.
 #[derive(Debug, clap::Args)]
@@ -16,13 +19,16 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Sub {
-    /// List cached appliances: key, size, last use and the processes pinning them.
+    /// List cached appliances (key, size, last use, the processes pinning them) and
+    /// the uncompressed kernels `kiln run` extracted beside them (name, size, last use,
+    /// the appliances using them).
     Ls {
         /// Cache root; the cache is DIR/.guestfs-$EUID.
         #[arg(long, value_name = "DIR")]
         cachedir: Option<PathBuf>,
-        /// Print JSON (one array of {key, size, last_use, pinned_by}; last_use in
-        /// seconds since the epoch).
+        /// Print JSON: one array of {kind, key, size, last_use, pinned_by}, kind
+        /// "appliance" (first) or "vmlinux" (an extracted kernel, key its file name,
+        /// with used_by: appliance keys); last_use in seconds since the epoch.
         #[arg(long)]
         json: bool,
     },
@@ -35,16 +41,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => Cache::open_default()?,
     };
     let slots = cache.list()?;
+    let kdir = kernels::dir(&kernels::root(cachedir.as_deref()));
+    let extracted = match kiln_boot::vmlinux::list(&kdir) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!(
+                "kiln: warning: {}: {e}; its kernels are not listed",
+                kdir.display()
+            );
+            Vec::new()
+        }
+    };
+    let users = if extracted.is_empty() {
+        Default::default()
+    } else {
+        kernels::users(&cache, &slots)
+    };
+    let used_by = |name: &str| users.get(name).cloned().unwrap_or_default();
     let secs = |t: SystemTime| {
         t.duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0)
     };
     if json {
-        let v: Vec<_> = slots
+        let mut v: Vec<_> = slots
             .iter()
             .map(|s| {
                 serde_json::json!({
+                    "kind": "appliance",
                     "key": s.key.as_str(),
                     "size": s.size,
                     "last_use": secs(s.last_use),
@@ -52,6 +76,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 })
             })
             .collect();
+        v.extend(extracted.iter().map(|x| {
+            serde_json::json!({
+                "kind": "vmlinux",
+                "key": x.name,
+                "size": x.size,
+                "last_use": secs(x.last_use),
+                "pinned_by": [],
+                "used_by": used_by(&x.name),
+            })
+        }));
         println!("{}", serde_json::Value::Array(v));
         return Ok(());
     }
@@ -59,26 +93,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "{:<32}  {:>10}  {:>12}  PINNED BY",
         "KEY", "SIZE", "LAST USE"
     );
-    let now = SystemTime::now();
     for s in slots {
-        let ago = now
-            .duration_since(s.last_use)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let ago = match ago {
-            0..=119 => format!("{ago}s ago"),
-            120..=7199 => format!("{}m ago", ago / 60),
-            7200..=172_799 => format!("{}h ago", ago / 3600),
-            _ => format!("{}d ago", ago / 86400),
-        };
         let pins: Vec<String> = s.pinned_by.iter().map(|p| p.to_string()).collect();
         println!(
             "{:<32}  {:>10}  {:>12}  {}",
             s.key,
             human(s.size),
-            ago,
+            kernels::ago(s.last_use),
             pins.join(",")
         );
+    }
+    if !extracted.is_empty() {
+        println!();
+        println!(
+            "{:<40}  {:>10}  {:>12}  USED BY (appliances)",
+            format!("EXTRACTED KERNEL (in {})", kdir.display()),
+            "SIZE",
+            "LAST USE"
+        );
+        for x in &extracted {
+            println!(
+                "{:<40}  {:>10}  {:>12}  {}",
+                x.name,
+                human(x.size),
+                kernels::ago(x.last_use),
+                used_by(&x.name).join(",")
+            );
+        }
     }
     Ok(())
 }

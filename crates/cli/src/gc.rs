@@ -1,14 +1,20 @@
-//! `kiln gc`: clean the per-user appliance cache.
+//! `kiln gc`: clean the per-user appliance cache, and the uncompressed kernels `kiln
+//! run` extracted beside it ([`crate::kernels`]).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use kiln::cache::{Cache, DEFAULT_KEEP, GcPolicy};
 
 use kiln_size::{human, parse as parse_size};
 
+use crate::kernels;
+
 /// Remove pins of exited processes, leftovers of interrupted builds, and the least
 /// recently used appliances beyond --keep / --max-size. An appliance pinned by a
-/// running process is never removed.
+/// running process is never removed. Then the uncompressed kernels `kiln run`
+/// extracted whose kernel is in no appliance left, once unused for 10 minutes.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Cache root; the cache is DIR/.guestfs-$EUID.
@@ -44,23 +50,46 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_size: args.max_size,
     };
     let r = cache.gc(&policy)?;
+
+    // Extracted kernels follow their appliances: kept while one that is left (pinned or
+    // within the bounds) has that kernel.
+    let kdir = kernels::dir(&kernels::root(args.cachedir.as_deref()));
+    let used: HashSet<String> = if kdir.exists() {
+        kernels::users(&cache, &cache.list()?).into_keys().collect()
+    } else {
+        HashSet::new()
+    };
+    let k = match kiln_boot::vmlinux::remove_unused(&kdir, &used, SystemTime::now()) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!(
+                "kiln: warning: {}: {e}; its kernels were not collected",
+                kdir.display()
+            );
+            Vec::new()
+        }
+    };
+    let kfreed: u64 = k.iter().map(|x| x.size).sum();
+    let freed = r.freed + kfreed;
     if args.json {
         let v = serde_json::json!({
             "dead_pins": r.dead_pins,
             "debris": r.debris,
             "removed": r.removed.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
-            "freed": r.freed,
+            "vmlinux_removed": k.iter().map(|x| x.name.as_str()).collect::<Vec<_>>(),
+            "freed": freed,
             "slots": r.slots,
             "bytes": r.bytes,
         });
         println!("{v}");
     } else {
         println!(
-            "removed {} dead pins, {} leftovers, {} appliances ({} freed); {} appliances kept",
+            "removed {} dead pins, {} leftovers, {} appliances, {} extracted kernels ({} freed); {} appliances kept",
             r.dead_pins,
             r.debris,
             r.removed.len(),
-            human(r.freed),
+            k.len(),
+            human(freed),
             r.slots
         );
     }

@@ -15,6 +15,7 @@ mod checksum;
 mod docs;
 mod fixed;
 mod gc;
+mod kernels;
 mod locate;
 mod prepare;
 mod progress;

@@ -55,12 +55,14 @@ pub struct Args {
     #[arg(long, value_name = "HOST[:GUEST]", action = clap::ArgAction::Append)]
     share: Vec<OsString>,
 
-    /// Do not share the current directory (CMD then starts in /).
+    /// Do not share the current directory (CMD then starts in /, or for a relative CMD
+    /// such as ./prog in the directory it is relative to, which holds only its copy).
     #[arg(long)]
     no_cwd: bool,
 
-    /// Set a variable in CMD's environment.
-    #[arg(long, value_name = "NAME=VALUE", action = clap::ArgAction::Append)]
+    /// Set a variable in CMD's environment (NAME alone: the host's value). The host's
+    /// CARGO_* and RUST_* variables are passed through.
+    #[arg(long, value_name = "NAME[=VALUE]", action = clap::ArgAction::Append)]
     env: Vec<OsString>,
 
     /// Boot this kernel (e.g. a build tree's arch/x86/boot/bzImage) instead of the
@@ -147,7 +149,10 @@ fn run(args: Args) -> anyhow::Result<u8> {
     let env = guest_env(&args.env)?;
     let shares = shares(&args)?;
     let cwd = if args.no_cwd {
-        None
+        // A relative CMD (./prog) was copied with the directory it is relative to.
+        appliance::is_relative_path(&args.cmd[0])
+            .then(|| std::env::current_dir().ok())
+            .flatten()
     } else {
         shares
             .iter()
@@ -164,6 +169,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         packages: args.packages.clone(),
         include: args.include.clone(),
         cwd: std::env::current_dir().ok(),
+        guest_path: appliance::path_of(&env),
         sysroot: sysroot.clone(),
     };
     let dir = appliance::supermin_d(&want)?;
@@ -254,30 +260,65 @@ fn run(args: Args) -> anyhow::Result<u8> {
     Ok(out.status.code())
 }
 
-/// CMD's environment: a fixed base, the host's TERM, then `--env` (later wins).
+/// CMD's environment: a fixed base, the host's TERM, the host's `CARGO_*` and `RUST_*`
+/// variables (what cargo gives a target runner and the test harness reads:
+/// `CARGO_MANIFEST_DIR`, `RUST_BACKTRACE`, `RUST_TEST_THREADS`, …), then `--env` in order
+/// (later wins): `NAME=VALUE`, or `NAME` alone for the host's value of NAME (left unset
+/// when the host has none), as `docker run -e NAME` does.
 fn guest_env(extra: &[OsString]) -> anyhow::Result<Vec<OsString>> {
+    guest_env_from(extra, std::env::vars_os())
+}
+
+fn guest_env_from(
+    extra: &[OsString],
+    host: impl Iterator<Item = (OsString, OsString)>,
+) -> anyhow::Result<Vec<OsString>> {
+    let host: Vec<(OsString, OsString)> = host.collect();
+    let pair = |n: &[u8], v: &OsString| {
+        let mut e = OsString::from_vec(n.to_vec());
+        e.push("=");
+        e.push(v);
+        e
+    };
     let mut env: Vec<OsString> = vec![
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         "HOME=/root".into(),
         "USER=root".into(),
         "LOGNAME=root".into(),
     ];
-    if let Some(t) = std::env::var_os("TERM") {
-        let mut v = OsString::from("TERM=");
-        v.push(t);
-        env.push(v);
+    let mut passed: Vec<&(OsString, OsString)> = host
+        .iter()
+        .filter(|(n, _)| {
+            let n = n.as_bytes();
+            n == b"TERM"
+                || ((n.starts_with(b"CARGO_") || n.starts_with(b"RUST_")) && !n.contains(&b'='))
+        })
+        .collect();
+    passed.sort();
+    for (n, v) in passed {
+        env.push(pair(n.as_bytes(), v));
     }
     for e in extra {
         let b = e.as_bytes();
-        let Some(i) = b.iter().position(|&c| c == b'=') else {
-            bail!("--env {}: expected NAME=VALUE", Path::new(e).display());
+        let (name, value) = match b.iter().position(|&c| c == b'=') {
+            Some(i) => (&b[..i], Some(e.clone())),
+            None => (
+                b,
+                host.iter()
+                    .find(|(n, _)| n.as_bytes() == b)
+                    .map(|(n, v)| pair(n.as_bytes(), v)),
+            ),
         };
-        if i == 0 {
-            bail!("--env {}: the name is empty", Path::new(e).display());
+        if name.is_empty() {
+            bail!(
+                "--env {}: the name is empty; give NAME=VALUE or NAME",
+                Path::new(e).display()
+            );
         }
-        let name = &b[..=i];
-        env.retain(|v| !v.as_bytes().starts_with(name));
-        env.push(e.clone());
+        let mut prefix = name.to_vec();
+        prefix.push(b'=');
+        env.retain(|v| !v.as_bytes().starts_with(&prefix));
+        env.extend(value);
     }
     Ok(env)
 }
@@ -399,5 +440,65 @@ impl Drop for RawTerminal {
             rustix::termios::OptionalActions::Now,
             &self.saved,
         );
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    fn host(vars: &[(&str, &str)]) -> impl Iterator<Item = (OsString, OsString)> {
+        vars.iter()
+            .map(|(n, v)| (OsString::from(n), OsString::from(v)))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    fn strings(v: Vec<OsString>) -> Vec<String> {
+        v.into_iter().map(|s| s.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn cargo_and_rust_variables_pass_through_and_env_names_take_host_values() {
+        let h = [
+            ("HOME", "/home/u"),
+            ("PATH", "/home/u/bin"),
+            ("CARGO_MANIFEST_DIR", "/src/x"),
+            ("RUST_BACKTRACE", "1"),
+            ("RUSTFLAGS", "-O"),
+            ("MY_VAR", "hello"),
+            ("TERM", "xterm"),
+        ];
+        let env = guest_env_from(
+            &[
+                "MY_VAR".into(),
+                "NOT_SET".into(),
+                "RUST_BACKTRACE=full".into(),
+            ],
+            host(&h),
+        )
+        .unwrap();
+        let env = strings(env);
+        assert_eq!(
+            env,
+            [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME=/root",
+                "USER=root",
+                "LOGNAME=root",
+                "CARGO_MANIFEST_DIR=/src/x",
+                "TERM=xterm",
+                "MY_VAR=hello",
+                "RUST_BACKTRACE=full",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_env_without_a_name_is_refused() {
+        for bad in ["=x", ""] {
+            let e = guest_env_from(&[bad.into()], host(&[])).unwrap_err();
+            assert!(e.to_string().contains("the name is empty"), "{e}");
+        }
     }
 }

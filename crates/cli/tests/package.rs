@@ -101,6 +101,15 @@ fn packages_are_reproducible_complete_and_lintian_clean() {
     );
     let list = ok(Command::new("dpkg-deb").arg("-c").arg(&sm_a));
     assert!(list.contains("./usr/bin/supermin -> kiln"), "{list}");
+    // Debian's libguestfs depends on supermin: kiln-supermin provides the supermin
+    // version kiln's front end speaks (while diverting Debian's, so both coexist).
+    let provides = ok(Command::new("dpkg-deb")
+        .args(["-f"])
+        .arg(&sm_a)
+        .arg("Provides"));
+    assert_eq!(provides.trim(), "supermin (= 5.2.2)");
+    let speaks = ok(Command::new(kiln()).args(["supermin", "--version"]));
+    assert!(speaks.starts_with("supermin 5.2.2 "), "{speaks}");
 
     let o = run(Command::new("lintian")
         .arg("--pedantic")

@@ -25,7 +25,6 @@
 //! |---|---|
 //! | `moddb` | modules.dep / softdep / alias and the dependency closure ([`ModuleDb`]) |
 //! | `select` | the selection rules and load order ([`select`]) |
-//! | `elf` | the static-ELF check of the init, shared with the build script |
 //! | `cpio` | the newc writer ([`CpioWriter`]) |
 //! | this file | [`build`]: reading (decompressing) modules, `/modules`, the archive |
 //!
@@ -61,14 +60,10 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 mod cpio;
-mod elf;
 mod moddb;
 mod select;
 
 pub use cpio::CpioWriter;
-/// The program interpreter an ELF file asks for, read with the same bounds-checked code
-/// as the init's check (`kiln run` uses it for a command no package owns).
-pub use elf::interp as elf_interp;
 pub use moddb::{
     ModuleDb, module_name, parse_aliases, parse_module_aliases, parse_modules_dep, parse_softdeps,
 };
@@ -168,15 +163,16 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Refuse an init that is not a static 64-bit ELF executable (one with PT_INTERP would
-/// fail as PID 1 with a kernel panic far from the cause).
+/// fail as PID 1 with a kernel panic far from the cause), read by kiln-elf (as the
+/// build script checks the init it embeds).
 pub fn check_static_init(b: &[u8]) -> Result<()> {
-    match elf::has_interp(b) {
+    match kiln_elf::has_interp(b) {
         Ok(false) => Ok(()),
         Ok(true) => Err(Error::BadInit(
             "it is dynamically linked (has PT_INTERP); build it with -Ctarget-feature=+crt-static"
                 .into(),
         )),
-        Err(why) => Err(Error::BadInit(why.into())),
+        Err(why) => Err(Error::BadInit(why.to_string())),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The x86 bzImage setup header, as far as kiln reads it: the magic, the boot protocol
-//! version and the pointer to the kernel version string (Documentation/arch/x86/boot.rst
-//! in the Linux tree). Fields are named as in the kernel's `struct setup_header`, and
+//! version, the pointer to the kernel version string and the compressed payload
+//! (Documentation/arch/x86/boot.rst in the Linux tree); kiln's one bzImage reader. Fields are named as in the kernel's `struct setup_header`, and
 //! read from their documented offsets, never from magic numbers scattered in code.
 //!
 //! Invariants: the bytes are untrusted (any file a user names in `SUPERMIN_KERNEL`);
@@ -23,6 +23,16 @@ pub const KERNEL_VERSION_OFFSET: usize = 0x20e;
 pub const KERNEL_VERSION_BASE: u64 = 0x200;
 /// Bytes of the file needed to read the fields above.
 pub const HEADER_LEN: usize = KERNEL_VERSION_OFFSET + 2;
+/// Offset of `setup_sects`: 512-byte sectors of real-mode setup after the boot sector
+/// (0 means 4).
+pub const SETUP_SECTS_OFFSET: usize = 0x1f1;
+/// Offset of `payload_offset` (u32): where the compressed kernel starts, relative to the
+/// end of the real-mode setup (protocol 2.08+).
+pub const PAYLOAD_OFFSET_OFFSET: usize = 0x248;
+/// Offset of `payload_length` (u32): the compressed kernel's length.
+pub const PAYLOAD_LENGTH_OFFSET: usize = 0x24c;
+/// The first protocol with `payload_offset`/`payload_length`.
+pub const MIN_PAYLOAD_PROTOCOL: u16 = 0x0208;
 /// The oldest protocol whose `kernel_version` supermin 5 trusts.
 pub const MIN_PROTOCOL: u16 = 0x01ff;
 /// How much of the version string is read; supermin reads 132 bytes.
@@ -35,6 +45,13 @@ pub struct SetupHeader {
     pub version: u16,
     /// Pointer to the version string, relative to [`KERNEL_VERSION_BASE`].
     pub kernel_version: u16,
+    /// Sectors of real-mode setup, as stored (0 means 4).
+    pub setup_sects: u8,
+}
+
+fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+    let s = b.get(off..off.checked_add(4)?)?;
+    Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
@@ -53,7 +70,30 @@ impl SetupHeader {
         Some(SetupHeader {
             version: u16_at(start, VERSION_OFFSET)?,
             kernel_version: u16_at(start, KERNEL_VERSION_OFFSET)?,
+            setup_sects: *start.get(SETUP_SECTS_OFFSET)?,
         })
+    }
+
+    /// File offset of the protected-mode kernel: the boot sector and the setup sectors.
+    pub fn setup_len(&self) -> usize {
+        let sects = match self.setup_sects {
+            0 => 4,
+            n => usize::from(n),
+        };
+        (sects + 1) * 512
+    }
+
+    /// The compressed kernel inside `bz` (the whole file this header was parsed from),
+    /// as `payload_offset` and `payload_length` say; `None` before protocol 2.08 or
+    /// when the fields point outside the file.
+    pub fn payload<'a>(&self, bz: &'a [u8]) -> Option<&'a [u8]> {
+        if self.version < MIN_PAYLOAD_PROTOCOL {
+            return None;
+        }
+        let off = usize::try_from(u32_at(bz, PAYLOAD_OFFSET_OFFSET)?).ok()?;
+        let len = usize::try_from(u32_at(bz, PAYLOAD_LENGTH_OFFSET)?).ok()?;
+        let start = self.setup_len().checked_add(off)?;
+        bz.get(start..start.checked_add(len)?)
     }
 
     /// File offset of the version string.
@@ -85,6 +125,12 @@ pub fn bzimage_version(
         return None;
     }
     String::from_utf8(buf[..end].to_vec()).ok()
+}
+
+/// The compressed kernel of a bzImage (see [`SetupHeader::payload`]); `None` when `bz`
+/// is not a bzImage of protocol 2.08 or later with a payload inside the file.
+pub fn payload(bz: &[u8]) -> Option<&[u8]> {
+    SetupHeader::parse(bz)?.payload(bz)
 }
 
 /// [`bzimage_version`] of a file. I/O errors are returned (so that "unreadable" can be
@@ -158,6 +204,38 @@ mod tests {
         let h = SetupHeader::parse(&img).unwrap();
         assert_eq!(h.version, 0x020f);
         assert_eq!(h.version_string_offset(), 0x1200);
+        // boot.rst: setup_sects at 0x1F1, payload_offset at 0x248, payload_length at 0x24C.
+        assert_eq!(
+            (
+                SETUP_SECTS_OFFSET,
+                PAYLOAD_OFFSET_OFFSET,
+                PAYLOAD_LENGTH_OFFSET
+            ),
+            (497, 584, 588)
+        );
+        assert_eq!(h.setup_len(), 5 * 512, "setup_sects 0 means 4");
+    }
+
+    #[test]
+    fn payload_is_where_the_header_says_or_none() {
+        let mut img = fake_bzimage("6.1.0-56-amd64");
+        img[SETUP_SECTS_OFFSET] = 2;
+        img[PAYLOAD_OFFSET_OFFSET..PAYLOAD_OFFSET_OFFSET + 4]
+            .copy_from_slice(&0x10u32.to_le_bytes());
+        img[PAYLOAD_LENGTH_OFFSET..PAYLOAD_LENGTH_OFFSET + 4]
+            .copy_from_slice(&0x20u32.to_le_bytes());
+        let start = 3 * 512 + 0x10;
+        assert_eq!(payload(&img), Some(&img[start..start + 0x20]));
+        // Past the end, wrapping, or too old a protocol: no payload.
+        let mut far = img.clone();
+        far[PAYLOAD_LENGTH_OFFSET..PAYLOAD_LENGTH_OFFSET + 4]
+            .copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(payload(&far), None);
+        let mut old = img.clone();
+        old[VERSION_OFFSET..VERSION_OFFSET + 2].copy_from_slice(&0x0207u16.to_le_bytes());
+        assert_eq!(payload(&old), None);
+        assert_eq!(payload(&img[..0x24e]), None, "the length field is cut");
+        assert_eq!(payload(b"not a kernel"), None);
     }
 
     #[test]
@@ -217,6 +295,7 @@ mod tests {
             if magic && start.len() >= HEADER_OFFSET + 4 {
                 start[HEADER_OFFSET..HEADER_OFFSET + 4].copy_from_slice(&HEADER_MAGIC);
             }
+            let _ = payload(&start);
             let v = bzimage_version(&start, |_| Some(rest.clone()));
             if let Some(v) = v {
                 proptest::prop_assert!(!v.is_empty() && !v.contains([' ', '\0', '\t', '\n']));
