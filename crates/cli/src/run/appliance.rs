@@ -124,11 +124,13 @@ pub fn supermin_d(want: &Want) -> anyhow::Result<Temp> {
             walk(&on_disk, &mut found).with_context(|| {
                 format!("--include {} (in {})", p.display(), root.root.display())
             })?;
-            c.hostfiles.extend(
-                found
-                    .into_iter()
-                    .filter_map(|f| Some(inside.join(f.strip_prefix(&on_disk).ok()?))),
-            );
+            for f in found {
+                match f.strip_prefix(&on_disk) {
+                    Ok(rel) if rel.as_os_str().is_empty() => c.hostfiles.insert(inside.clone()),
+                    Ok(rel) => c.hostfiles.insert(inside.join(rel)),
+                    Err(_) => continue,
+                };
+            }
             continue;
         }
         let abs = std::path::absolute(p).with_context(|| format!("--include {}", p.display()))?;
@@ -772,5 +774,75 @@ mod tests {
         executable(&s, "#!/usr/bin/env kiln-no-such-command\n");
         let e = supermin_d(&want(s.as_os_str(), None)).err().unwrap();
         assert!(format!("{e:#}").contains("kiln-no-such-command"), "{e:#}");
+    }
+
+    /// Another installed system (merged /usr, a dpkg database): the command is found
+    /// on the VM's PATH inside it, a script no package owns brings its interpreter's
+    /// package, `--include` names the root's files, and an unowned dynamic program is
+    /// refused with a message saying what to add.
+    #[test]
+    fn a_sysroot_is_searched_inside() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let r = fs::canonicalize(t.path()).unwrap();
+        fs::create_dir_all(r.join("var/lib/dpkg/info")).unwrap();
+        fs::write(
+            r.join("var/lib/dpkg/status"),
+            "Package: dash\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n",
+        )
+        .unwrap();
+        fs::write(
+            r.join("var/lib/dpkg/info/dash.list"),
+            "/.\n/usr\n/usr/bin\n/usr/bin/dash\n/usr/bin/sh\n",
+        )
+        .unwrap();
+        for d in ["usr/bin", "usr/local/bin", "etc/tool"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        symlink("usr/bin", r.join("bin")).unwrap();
+        executable(&r.join("usr/bin/dash"), "not really dash");
+        symlink("dash", r.join("usr/bin/sh")).unwrap();
+        executable(&r.join("usr/local/bin/tool"), "#!/bin/sh\necho tool\n");
+        fs::write(r.join("etc/tool/a.conf"), "a").unwrap();
+        let mut w = want("tool", None);
+        w.sysroot = Sysroot::new(&r);
+        w.include.push("/etc/tool".into());
+        let (packages, hostfiles) = written(&w);
+        assert_eq!(packages, ["dash"]);
+        let hf: Vec<String> = hostfiles
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        assert_eq!(hf, ["/etc/tool", "/etc/tool/a.conf", "/usr/local/bin/tool"]);
+
+        // The host's PATH is not the root's: a command only the host has is not found.
+        let mut w = want("true", None);
+        w.sysroot = Sysroot::new(&r);
+        let e = format!("{:#}", supermin_d(&w).err().unwrap());
+        assert!(
+            e.contains("command not found in") && e.contains(&r.display().to_string()),
+            "{e}"
+        );
+
+        fs::copy(
+            fs::canonicalize(find_command(OsStr::new("true"), None, None).unwrap()).unwrap(),
+            r.join("usr/local/bin/prog"),
+        )
+        .unwrap();
+        let mut w = want("prog", None);
+        w.sysroot = Sysroot::new(&r);
+        let e = format!("{:#}", supermin_d(&w).err().unwrap());
+        assert!(
+            e.contains("/usr/local/bin/prog: a dynamic program") && e.contains("--packages"),
+            "{e}"
+        );
+
+        let mut w = want("tool", None);
+        w.sysroot = Sysroot::new(r.join("absent"));
+        let e = format!("{:#}", supermin_d(&w).err().unwrap());
+        assert!(
+            e.contains("--sysroot") && e.contains("not a directory"),
+            "{e}"
+        );
     }
 }
