@@ -24,10 +24,9 @@
 //!   backslash is literal): `*`, `?` and `[` in a name are written as bracket
 //!   expressions (`[*]`), so every name matches exactly itself.
 //! - With a sysroot (`--sysroot DIR`, another installed system) all of this is looked
-//!   up below DIR: CMD on the standard `PATH` (the host's names host directories), its
-//!   owner in DIR's database, paths resolved inside DIR. An unowned dynamic program is
-//!   refused there: its libraries would be looked up with the host's loader
-//!   configuration, not DIR's.
+//!   up below DIR: CMD on the VM's `PATH` only (the host's names host directories), its
+//!   owner in DIR's database, paths resolved inside DIR. A dynamic program no package
+//!   of DIR owns is refused there: its libraries are found through packages only.
 
 mod libs;
 
@@ -80,24 +79,21 @@ impl Temp {
 
 pub fn supermin_d(want: &Want) -> anyhow::Result<Temp> {
     let root = &want.sysroot;
-    let cmd = if root.is_host() {
-        find_command(&want.cmd, want.cwd.as_deref(), want.guest_path.as_deref())?
-    } else {
-        if !root.root.is_dir() {
-            bail!("--sysroot {}: not a directory", root.root.display());
-        }
-        find_command_in(root, &want.cmd)?
-    };
-    let db = kiln::databases::open(root).context("reading the package database")?;
-    let db = db.as_ref();
+    if !root.is_host() && !root.root.is_dir() {
+        bail!("--sysroot {}: not a directory", root.root.display());
+    }
     let mut c = Contents {
         search: libs::SearchPath::host(),
         guest_path: want.guest_path.clone(),
         root: root.clone(),
         ..Default::default()
     };
+    let cmd = c.find(&want.cmd, want.cwd.as_deref())?;
+    let db = kiln::databases::open(root).context("reading the package database")?;
+    let db = db.as_ref();
     c.add_executable(db, &cmd, 0)?;
-    if is_relative_path(&want.cmd)
+    if root.is_host()
+        && is_relative_path(&want.cmd)
         && let Some(cwd) = &want.cwd
         && cwd.as_path() != Path::new("/")
     {
@@ -128,11 +124,13 @@ pub fn supermin_d(want: &Want) -> anyhow::Result<Temp> {
             walk(&on_disk, &mut found).with_context(|| {
                 format!("--include {} (in {})", p.display(), root.root.display())
             })?;
-            c.hostfiles.extend(
-                found
-                    .into_iter()
-                    .filter_map(|f| Some(inside.join(f.strip_prefix(&on_disk).ok()?))),
-            );
+            for f in found {
+                match f.strip_prefix(&on_disk) {
+                    Ok(rel) if rel.as_os_str().is_empty() => c.hostfiles.insert(inside.clone()),
+                    Ok(rel) => c.hostfiles.insert(inside.join(rel)),
+                    Err(_) => continue,
+                };
+            }
             continue;
         }
         let abs = std::path::absolute(p).with_context(|| format!("--include {}", p.display()))?;
@@ -277,9 +275,11 @@ impl Contents {
             path.display()
         );
         self.add_host_file(path);
-        let on_disk = root_path(&self.root, path);
+        if !self.root.is_host() {
+            return self.add_unowned_in_root(db, path, depth);
+        }
         let mut head = [0u8; 256];
-        let n = libs::open_regular(&on_disk)
+        let n = libs::open_regular(path)
             .and_then(|mut f| f.read(&mut head))
             .with_context(|| format!("reading {}", path.display()))?;
         let head = &head[..n];
@@ -307,16 +307,6 @@ impl Contents {
                 self.add_executable(db, &target, depth + 1)
                     .with_context(|| format!("the interpreter of {}", path.display()))?;
             }
-        } else if !self.root.is_host()
-            && kiln_elf::has_interp(&fs::read(&on_disk).unwrap_or_default()).unwrap_or(false)
-        {
-            bail!(
-                "{}: a dynamic program no package of {} owns; kiln cannot find its \
-                 libraries in that system: add the package that owns it with --packages, \
-                 or its libraries with --include",
-                path.display(),
-                self.root.root.display()
-            );
         } else if let Some(needs) = libs::needs(path, &self.search)? {
             if let Some(interp) = needs.interp
                 && depth < MAX_INTERPRETERS
@@ -351,6 +341,64 @@ impl Contents {
         if let Some(c) = canonical_in(&self.root, p) {
             self.hostfiles.insert(c);
         }
+    }
+
+    /// The command as [`find_command`] finds it, or in another installed system as
+    /// [`find_command_in`] does.
+    fn find(&self, cmd: &OsStr, cwd: Option<&Path>) -> anyhow::Result<PathBuf> {
+        if self.root.is_host() {
+            find_command(cmd, cwd, self.guest_path.as_deref())
+        } else {
+            find_command_in(&self.root, cmd, self.guest_path.as_deref())
+        }
+    }
+
+    /// A file of another installed system that no package of it owns (already in the
+    /// hostfiles): a script brings its interpreter (and `env`'s command); a dynamic
+    /// program is refused, since its libraries are found through packages only there.
+    fn add_unowned_in_root(
+        &mut self,
+        db: &dyn Database,
+        path: &Path,
+        depth: u32,
+    ) -> anyhow::Result<()> {
+        let on_disk = root_path(&self.root, path);
+        let bytes = fs::read(&on_disk).with_context(|| format!("reading {}", on_disk.display()))?;
+        if let Some(rest) = bytes.strip_prefix(b"#!") {
+            let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+            let line = line.trim_ascii();
+            let end = line
+                .iter()
+                .position(|b| b.is_ascii_whitespace())
+                .unwrap_or(line.len());
+            let (interp, args) = (&line[..end], &line[end..]);
+            if interp.is_empty() || depth >= MAX_INTERPRETERS {
+                return Ok(());
+            }
+            let interp = PathBuf::from(OsStr::from_bytes(interp));
+            self.add_executable(db, &interp, depth + 1)
+                .with_context(|| format!("the interpreter of {}", path.display()))?;
+            if interp.file_name() == Some(OsStr::new("env"))
+                && let Some(target) = env_command(args)
+            {
+                let target = self
+                    .find(OsStr::from_bytes(target), None)
+                    .with_context(|| format!("the interpreter of {}", path.display()))?;
+                self.add_executable(db, &target, depth + 1)
+                    .with_context(|| format!("the interpreter of {}", path.display()))?;
+            }
+            return Ok(());
+        }
+        if let Ok(Some(_)) = kiln_elf::interp(&bytes) {
+            bail!(
+                "{}: a dynamic program no package of {} owns; with --sysroot kiln finds \
+                 libraries through packages only: add the package that owns it with \
+                 --packages, or its libraries with --include",
+                path.display(),
+                self.root.root.display()
+            );
+        }
+        Ok(())
     }
 }
 
@@ -423,13 +471,19 @@ fn find_command(
     Err(CommandError::NotFound(shown).into())
 }
 
-/// The command as the standard `PATH` finds it in `root` (the host's `PATH` names
-/// directories of the host), or the path given, inside the root.
-fn find_command_in(root: &Sysroot, cmd: &OsStr) -> anyhow::Result<PathBuf> {
+/// The command as the VM's `PATH` (`guest_path`, else the standard one) finds it
+/// among the files of another installed system `root` (the host's `PATH` names host
+/// directories), or the path given, inside the root.
+fn find_command_in(
+    root: &Sysroot,
+    cmd: &OsStr,
+    guest_path: Option<&OsStr>,
+) -> anyhow::Result<PathBuf> {
+    const STANDARD: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     let shown = Path::new(cmd).display();
     let exec = |p: &Path| {
-        kiln_pattern_stat(root, p)
-            .is_some_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        kiln_pattern::stat_in(&root.root, p)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
     if cmd.as_bytes().contains(&b'/') {
         let p = lexical(&Path::new("/").join(cmd));
@@ -438,28 +492,18 @@ fn find_command_in(root: &Sysroot, cmd: &OsStr) -> anyhow::Result<PathBuf> {
         }
         return Ok(p);
     }
-    for dir in GUEST_PATH.split(':') {
-        let p = Path::new(dir).join(cmd);
+    let path = guest_path.unwrap_or(OsStr::new(STANDARD));
+    for dir in path.as_bytes().split(|&b| b == b':') {
+        let p = Path::new("/").join(OsStr::from_bytes(dir)).join(cmd);
         if exec(&p) {
-            return Ok(p);
+            return Ok(lexical(&p));
         }
     }
     bail!(
-        "{shown}: command not found in {} (searched {GUEST_PATH}); give its path, or install it there",
-        root.root.display()
+        "{shown}: command not found in {} (searched {}); give its path, or install it there",
+        root.root.display(),
+        Path::new(path).display()
     )
-}
-
-/// The `PATH` searched in another installed system (the guest command's own `PATH`).
-const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// `stat` of `p` inside `root` (symlinks followed inside it).
-fn kiln_pattern_stat(root: &Sysroot, p: &Path) -> Option<fs::Metadata> {
-    if root.is_host() {
-        fs::metadata(p).ok()
-    } else {
-        kiln_pattern::stat_in(&root.root, p).ok()
-    }
 }
 
 /// `realpath(p)` inside `root`.
@@ -501,8 +545,13 @@ fn lexical(p: &Path) -> PathBuf {
     out
 }
 
-/// The paths the database of `root` may list `p` under (for the host: the paths dpkg
-/// may list it under).
+/// The paths dpkg may list `p` under.
+#[cfg(test)]
+fn candidates(p: &Path) -> Vec<PathBuf> {
+    candidates_in(&Sysroot::default(), p)
+}
+
+/// The paths the database of `root` may list `p` under.
 fn candidates_in(root: &Sysroot, p: &Path) -> Vec<PathBuf> {
     let mut v = vec![p.to_path_buf()];
     if let (Some(parent), Some(name)) = (p.parent(), p.file_name())
@@ -571,9 +620,9 @@ mod tests {
 
     #[test]
     fn usr_aliases() {
-        let c = candidates_in(&Sysroot::default(), Path::new("/nonexistent-kiln/bin/x"));
+        let c = candidates(Path::new("/nonexistent-kiln/bin/x"));
         assert!(c.contains(&PathBuf::from("/usr/nonexistent-kiln/bin/x")));
-        let c = candidates_in(&Sysroot::default(), Path::new("/usr/nonexistent-kiln/x"));
+        let c = candidates(Path::new("/usr/nonexistent-kiln/x"));
         assert!(c.contains(&PathBuf::from("/nonexistent-kiln/x")));
     }
 
@@ -748,5 +797,75 @@ mod tests {
         executable(&s, "#!/usr/bin/env kiln-no-such-command\n");
         let e = supermin_d(&want(s.as_os_str(), None)).err().unwrap();
         assert!(format!("{e:#}").contains("kiln-no-such-command"), "{e:#}");
+    }
+
+    /// Another installed system (merged /usr, a dpkg database): the command is found
+    /// on the VM's PATH inside it, a script no package owns brings its interpreter's
+    /// package, `--include` names the root's files, and an unowned dynamic program is
+    /// refused with a message saying what to add.
+    #[test]
+    fn a_sysroot_is_searched_inside() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let r = fs::canonicalize(t.path()).unwrap();
+        fs::create_dir_all(r.join("var/lib/dpkg/info")).unwrap();
+        fs::write(
+            r.join("var/lib/dpkg/status"),
+            "Package: dash\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n",
+        )
+        .unwrap();
+        fs::write(
+            r.join("var/lib/dpkg/info/dash.list"),
+            "/.\n/usr\n/usr/bin\n/usr/bin/dash\n/usr/bin/sh\n",
+        )
+        .unwrap();
+        for d in ["usr/bin", "usr/local/bin", "etc/tool"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        symlink("usr/bin", r.join("bin")).unwrap();
+        executable(&r.join("usr/bin/dash"), "not really dash");
+        symlink("dash", r.join("usr/bin/sh")).unwrap();
+        executable(&r.join("usr/local/bin/tool"), "#!/bin/sh\necho tool\n");
+        fs::write(r.join("etc/tool/a.conf"), "a").unwrap();
+        let mut w = want("tool", None);
+        w.sysroot = Sysroot::new(&r);
+        w.include.push("/etc/tool".into());
+        let (packages, hostfiles) = written(&w);
+        assert_eq!(packages, ["dash"]);
+        let hf: Vec<String> = hostfiles
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        assert_eq!(hf, ["/etc/tool", "/etc/tool/a.conf", "/usr/local/bin/tool"]);
+
+        // The host's PATH is not the root's: a command only the host has is not found.
+        let mut w = want("true", None);
+        w.sysroot = Sysroot::new(&r);
+        let e = format!("{:#}", supermin_d(&w).err().unwrap());
+        assert!(
+            e.contains("command not found in") && e.contains(&r.display().to_string()),
+            "{e}"
+        );
+
+        fs::copy(
+            fs::canonicalize(find_command(OsStr::new("true"), None, None).unwrap()).unwrap(),
+            r.join("usr/local/bin/prog"),
+        )
+        .unwrap();
+        let mut w = want("prog", None);
+        w.sysroot = Sysroot::new(&r);
+        let e = format!("{:#}", supermin_d(&w).err().unwrap());
+        assert!(
+            e.contains("/usr/local/bin/prog: a dynamic program") && e.contains("--packages"),
+            "{e}"
+        );
+
+        let mut w = want("tool", None);
+        w.sysroot = Sysroot::new(r.join("absent"));
+        let e = format!("{:#}", supermin_d(&w).err().unwrap());
+        assert!(
+            e.contains("--sysroot") && e.contains("not a directory"),
+            "{e}"
+        );
     }
 }
