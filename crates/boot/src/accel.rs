@@ -107,6 +107,13 @@ pub fn fallback_line(why: &str) -> String {
     format!("kiln: {why}; using TCG (slower); --accel kvm to insist")
 }
 
+/// Say that KVM was given up (`why`), as an info event of this module (target
+/// `kiln_boot::accel`): kiln's command line shows it on a terminal and with `-v`, and
+/// keeps it out of a redirected stderr that belongs to `kiln run`'s command.
+pub fn announce_fallback(why: &str) {
+    tracing::info!("{}", fallback_line(why));
+}
+
 /// Why a watched KVM boot was given up, for [`fallback_line`].
 pub fn stalled(limit: Duration) -> String {
     format!(

@@ -40,8 +40,7 @@ pub use accel::{Memo, kvm_usable};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -152,9 +151,9 @@ pub struct BootOutcome {
     pub accel: &'static str,
     /// Why KVM was given up for TCG in this boot, when it was.
     pub kvm_fallback: Option<String>,
-    /// The whole console output.
+    /// The console output (its last [`CONSOLE_CAP`] bytes).
     pub console: String,
-    /// qemu's own stderr.
+    /// qemu's own stderr (its last 64 KiB).
     pub qemu_stderr: String,
     pub elapsed: Duration,
 }
@@ -292,10 +291,28 @@ pub fn boot(dir: &Path, opts: &BootOptions) -> Result<BootOutcome> {
 }
 
 /// Fault injection for the tests: `KILN_BOOT_FAULT=try-wait` makes polling qemu fail
-/// once it has run for 300 ms.
+/// once it has run for 300 ms. Only with the `test-hooks` feature, which the tests
+/// enable; a shipped kiln has none.
+#[cfg(feature = "test-hooks")]
 fn try_wait_fault(start: Instant) -> bool {
     start.elapsed() >= Duration::from_millis(300)
         && std::env::var_os("KILN_BOOT_FAULT").is_some_and(|v| v == "try-wait")
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn try_wait_fault(_start: Instant) -> bool {
+    false
+}
+
+/// A fault is injected: the loop must wake to let it happen.
+#[cfg(feature = "test-hooks")]
+fn fault_armed() -> bool {
+    std::env::var_os("KILN_BOOT_FAULT").is_some()
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn fault_armed() -> bool {
+    false
 }
 
 pub(crate) fn drive_arg(path: &Path, id: &str) -> std::ffi::OsString {
@@ -339,32 +356,25 @@ fn run_qemu(
             .arg(drive_arg(d, &id))
             .args(["-device", &format!("virtio-blk-pci,drive={id}")]);
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
     tracing::debug!("running {:?}", cmd);
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| Error::Spawn {
+    // The guard owns qemu from here: every return below kills and reaps it.
+    let mut qemu = run::qemu::Qemu::spawn(&mut cmd, &[]).map_err(|e| Error::Spawn {
         qemu: opts.qemu.clone(),
         source: e,
     })?;
-    let console = Arc::new(Mutex::new(String::new()));
-    let heard = Arc::new(AtomicBool::new(false));
-    let stdout = child.stdout.take();
+    let (stdout, stderr) = qemu.take_output();
+    let seen = Arc::new(Mutex::new(Seen::default()));
     let echo = opts.echo;
-    let c2 = Arc::clone(&console);
-    let h2 = Arc::clone(&heard);
+    let s2 = Arc::clone(&seen);
     let reader = std::thread::spawn(move || {
         let Some(out) = stdout else { return };
         let mut r = BufReader::new(out);
         let mut line = Vec::new();
-        // Line by line, tolerating non-UTF-8 bytes from the guest.
-        while let Ok(n) = r.read_until(b'\n', &mut line) {
+        // Line by line (a line is cut at LINE_CAP), tolerating non-UTF-8 bytes.
+        while let Ok(n) = r.by_ref().take(LINE_CAP).read_until(b'\n', &mut line) {
             if n == 0 {
                 break;
-            }
-            if !h2.load(Ordering::Relaxed) && accel::alive(&line) {
-                h2.store(true, Ordering::Relaxed);
             }
             let s = String::from_utf8_lossy(&line).replace('\r', "");
             if echo && !is_shutdown_line(&s) {
@@ -372,68 +382,131 @@ fn run_qemu(
                 let _ = o.write_all(s.as_bytes());
                 let _ = o.flush();
             }
-            if let Ok(mut c) = c2.lock() {
-                c.push_str(&s);
+            if let Ok(mut c) = s2.lock() {
+                c.line(&line, &s);
             }
             line.clear();
         }
     });
-    let stderr = child.stderr.take();
     let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
+        let mut tail = Vec::new();
         if let Some(mut e) = stderr {
-            let _ = e.read_to_string(&mut s);
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = e.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > STDERR_CAP {
+                    tail.drain(..tail.len() - STDERR_CAP);
+                }
+            }
         }
-        s
+        String::from_utf8_lossy(&tail).into_owned()
     });
+    let heard = || seen.lock().map(|s| s.alive).unwrap_or(true);
     let mut timed_out = false;
     let mut stalled = None;
     let status = loop {
-        let polled = match child.try_wait() {
+        let polled = match qemu.try_wait() {
             Ok(_) if try_wait_fault(start) => Err(io::Error::other("injected try_wait failure")),
             r => r,
         };
+        let now = start.elapsed();
         match polled {
             Ok(Some(st)) => break st,
-            Ok(None) if start.elapsed() >= opts.timeout => {
+            Ok(None) if now >= opts.timeout => {
                 timed_out = true;
-                let _ = child.kill();
-                break child.wait().map_err(Error::Wait)?;
+                break qemu.wait_after_kill().map_err(Error::Wait)?;
             }
-            Ok(None)
-                if watchdog.is_some_and(|w| start.elapsed() >= w)
-                    && !heard.load(Ordering::Relaxed) =>
-            {
+            Ok(None) if watchdog.is_some_and(|w| now >= w) && !heard() => {
                 stalled = watchdog.map(accel::stalled);
-                let _ = child.kill();
-                break child.wait().map_err(Error::Wait)?;
+                break qemu.wait_after_kill().map_err(Error::Wait)?;
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => {
-                // Never leave qemu running (or a zombie) behind an error.
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Error::Wait(e));
+            Ok(None) => {}
+            // The guard kills and reaps qemu: no qemu or zombie is left behind.
+            Err(e) => return Err(Error::Wait(e)),
+        }
+        // Sleep until qemu exits (its pidfd) or the next deadline: the timeout, or the
+        // watchdog while the guest has not spoken yet.
+        let mut next = opts.timeout;
+        if let Some(w) = watchdog.filter(|w| now < *w && !heard()) {
+            next = next.min(w);
+        }
+        let mut wait = next.saturating_sub(now);
+        if qemu.exit_fd().is_none() || fault_armed() {
+            wait = wait.min(run::NO_PIDFD_TICK);
+        }
+        let ts = rustix::event::Timespec {
+            tv_sec: wait.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: wait.subsec_nanos().into(),
+        };
+        match qemu.exit_fd() {
+            Some(fd) => {
+                let mut fds = [rustix::event::PollFd::from_borrowed_fd(
+                    fd,
+                    rustix::event::PollFlags::IN,
+                )];
+                match rustix::event::poll(&mut fds, Some(&ts)) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(Error::Wait(e.into())),
+                }
             }
+            None => std::thread::sleep(wait),
         }
     };
     let _ = reader.join();
     let qemu_stderr = err_reader.join().unwrap_or_default();
-    let console = console.lock().map(|c| c.clone()).unwrap_or_default();
-    let init_ran = match console.rfind(INIT_MARKER) {
-        Some(i) => !console[i..].contains(EXEC_FAILED),
-        None => false,
-    };
+    let seen = seen
+        .lock()
+        .map(|mut s| std::mem::take(&mut *s))
+        .unwrap_or_default();
     Ok(BootOutcome {
-        init_ran,
+        init_ran: seen.marker && !seen.exec_failed,
         timed_out,
         qemu_status: status.code(),
         accel,
         kvm_fallback: stalled,
-        console,
+        console: String::from_utf8_lossy(&Vec::from(seen.console)).into_owned(),
         qemu_stderr,
         elapsed: start.elapsed(),
     })
+}
+
+/// The longest console line looked at whole; longer ones are taken in pieces.
+const LINE_CAP: u64 = 64 * 1024;
+/// How much of the console [`BootOutcome::console`] keeps (its end).
+pub const CONSOLE_CAP: usize = 8 << 20;
+/// How much of qemu's stderr is kept (its end).
+const STDERR_CAP: usize = 64 << 10;
+
+/// What the console said so far, in bounded memory: the end of it, and the facts
+/// [`boot`] decides on, taken from every line as it passes.
+#[derive(Default)]
+struct Seen {
+    console: std::collections::VecDeque<u8>,
+    /// kiln's init said its first word (the KVM watchdog's proof).
+    alive: bool,
+    /// The marker line came, and then (after the last one) no exec failure.
+    marker: bool,
+    exec_failed: bool,
+}
+
+impl Seen {
+    fn line(&mut self, raw: &[u8], text: &str) {
+        if !self.alive && accel::alive(raw) {
+            self.alive = true;
+        }
+        if text.contains(INIT_MARKER) {
+            self.marker = true;
+            self.exec_failed = false;
+        } else if self.marker && text.contains(EXEC_FAILED) {
+            self.exec_failed = true;
+        }
+        self.console.extend(text.as_bytes());
+        let over = self.console.len().saturating_sub(CONSOLE_CAP);
+        self.console.drain(..over);
+    }
 }
 
 /// The qemu command line `boot` and `run` both start from: no default devices, no

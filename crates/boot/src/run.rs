@@ -47,7 +47,7 @@ use crate::accel::{self, Memo, Plan};
 use crate::{Accel, base_cmdline, root_uuid};
 
 mod console;
-mod qemu;
+pub(crate) mod qemu;
 mod relay;
 mod wire;
 use console::Console;
@@ -207,7 +207,7 @@ pub const BOOT_LIMIT: Duration = Duration::from_secs(300);
 const POWER_OFF_WAIT: Duration = Duration::from_secs(10);
 
 /// Without pidfds (kernels before 5.3) the loop looks at qemu this often.
-const NO_PIDFD_TICK: Duration = Duration::from_millis(100);
+pub(crate) const NO_PIDFD_TICK: Duration = Duration::from_millis(100);
 
 /// A signal for the guest's command, raised by the caller's signal-handling thread;
 /// the run loop wakes on it (a self-pipe), no polling of a flag.
@@ -311,7 +311,7 @@ pub fn run(opts: &RunOptions, spec: &RunSpec) -> Result<RunOutcome, RunError> {
             if let Some(m) = &opts.memo {
                 m.remember(&opts.qemu, &why);
             }
-            tracing::warn!("{}", accel::fallback_line(&why));
+            accel::announce_fallback(&why);
             match a.run("tcg", None)? {
                 Outcome::Done(o) => Ok(o),
                 Outcome::KvmFailed(why) => Err(RunError::Stopped {
@@ -449,7 +449,7 @@ impl Attempt<'_> {
         tracing::debug!("running {:?}", cmd);
         let t0 = Instant::now();
         // The guard: from here every return (and unwinding) kills and reaps qemu.
-        let mut qemu = Qemu::spawn(&mut cmd, raw).map_err(|e| RunError::Spawn {
+        let mut qemu = Qemu::spawn(&mut cmd, &raw).map_err(|e| RunError::Spawn {
             qemu: opts.qemu.clone(),
             source: e,
         })?;
@@ -718,9 +718,16 @@ impl Attempt<'_> {
 }
 
 /// Fault injection for the tests: `KILN_RUN_FAULT=oversize-frame` sends the guest a
-/// corrupt frame instead of the spec.
+/// corrupt frame instead of the spec. Only with the `test-hooks` feature, which the
+/// tests enable; a shipped kiln has none.
+#[cfg(feature = "test-hooks")]
 fn fault(what: &str) -> bool {
     std::env::var_os("KILN_RUN_FAULT").is_some_and(|v| v == what)
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn fault(_what: &str) -> bool {
+    false
 }
 
 fn status_words(st: Option<ExitStatus>) -> String {

@@ -79,7 +79,8 @@ fn init_logging_with(verbose: u8, progress: bool, own_stderr_only: bool) {
     let terminal = std::io::stderr().is_terminal();
     let level = match verbose {
         0 if own_stderr_only && !terminal => "warn",
-        0 => "warn,kiln_cache=info",
+        // On a terminal: the cache's notices and the KVM fallback's one line.
+        0 => "warn,kiln_cache=info,kiln_boot::accel=info",
         1 => "info",
         2 => "debug",
         _ => "trace",

@@ -260,34 +260,47 @@ fn accel_kvm_insists() {
     );
 }
 
-/// `kiln run` under the same broken KVM: the command's output arrives, from TCG.
+/// `kiln run` under the same broken KVM: the command's output arrives, from TCG. The
+/// fallback's line is kiln's notice: shown with `-v` (or on a terminal), never in a
+/// redirected stderr that belongs to the command.
 #[test]
 fn kiln_run_falls_back_from_a_stalling_kvm() {
     require_kvm_device();
-    let q = StandIn::new(STALLS);
-    let cache = tempfile::tempdir().unwrap();
-    let out = Command::new(kiln())
-        .args(["run", "--no-cwd", "--timeout", "600", "--cachedir"])
-        .arg(cache.path())
-        .args(["--", "uname", "-r"])
-        .env("KILN_KVM_WAIT", "3")
-        .env("KILN_QEMU", q.path())
-        .output()
-        .unwrap();
-    let err = text(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    let release = text(&out.stdout);
-    assert!(
-        Path::new("/boot")
-            .join(format!("vmlinuz-{}", release.trim()))
-            .exists(),
-        "not a release of /boot: {release:?}\n{err}"
-    );
-    assert!(
-        err.contains("KVM did not start the guest within 3 s"),
-        "{err}"
-    );
-    let accels: Vec<String> = q.starts().into_iter().map(|(a, _)| a).collect();
-    assert_eq!(accels, ["kvm", "tcg"], "{err}");
-    q.assert_none_left();
+    for verbose in [true, false] {
+        let q = StandIn::new(STALLS);
+        let cache = tempfile::tempdir().unwrap();
+        let mut c = Command::new(kiln());
+        c.arg("run");
+        if verbose {
+            c.arg("-v");
+        }
+        let out = c
+            .args(["--no-cwd", "--timeout", "600", "--cachedir"])
+            .arg(cache.path())
+            .args(["--", "sh", "-c", "uname -r; echo to-stderr >&2"])
+            .env("KILN_KVM_WAIT", "3")
+            .env("KILN_QEMU", q.path())
+            .output()
+            .unwrap();
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        let release = text(&out.stdout);
+        assert!(
+            Path::new("/boot")
+                .join(format!("vmlinuz-{}", release.trim()))
+                .exists(),
+            "not a release of /boot: {release:?}\n{err}"
+        );
+        if verbose {
+            assert!(
+                err.contains("KVM did not start the guest within 3 s") && err.contains(USING_TCG),
+                "{err}"
+            );
+        } else {
+            assert_eq!(err, "to-stderr\n", "kiln's notices in the command's stderr");
+        }
+        let accels: Vec<String> = q.starts().into_iter().map(|(a, _)| a).collect();
+        assert_eq!(accels, ["kvm", "tcg"], "{err}");
+        q.assert_none_left();
+    }
 }

@@ -44,7 +44,7 @@ pub(super) fn virtfs_arg(host: &Path, tag: &str, id: &str) -> OsString {
 }
 
 /// The running qemu; killed and reaped when dropped.
-pub(super) struct Qemu {
+pub(crate) struct Qemu {
     child: Child,
     pidfd: Option<OwnedFd>,
     status: Option<ExitStatus>,
@@ -53,7 +53,8 @@ pub(super) struct Qemu {
 impl Qemu {
     /// Spawn `cmd` with the fds `inherit` passed down as they are (they must stay open
     /// until this returns), in its own process group, with the parent-death signal.
-    pub(super) fn spawn(cmd: &mut Command, inherit: [RawFd; 4]) -> io::Result<Qemu> {
+    pub(crate) fn spawn(cmd: &mut Command, inherit: &[RawFd]) -> io::Result<Qemu> {
+        let inherit = inherit.to_vec();
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -61,7 +62,7 @@ impl Qemu {
         // caller keeps open until spawn returns; nothing is allocated.
         unsafe {
             cmd.pre_exec(move || {
-                for fd in inherit {
+                for &fd in &inherit {
                     let fd = BorrowedFd::borrow_raw(fd);
                     rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
                 }
@@ -84,18 +85,18 @@ impl Qemu {
         })
     }
 
-    pub(super) fn take_output(&mut self) -> (Option<ChildStdout>, Option<ChildStderr>) {
+    pub(crate) fn take_output(&mut self) -> (Option<ChildStdout>, Option<ChildStderr>) {
         (self.child.stdout.take(), self.child.stderr.take())
     }
 
     /// Readable once qemu has exited (None without pidfd support: the loop then
     /// wakes at least every [`super::NO_PIDFD_TICK`] to look).
-    pub(super) fn exit_fd(&self) -> Option<BorrowedFd<'_>> {
+    pub(crate) fn exit_fd(&self) -> Option<BorrowedFd<'_>> {
         self.pidfd.as_ref().map(|f| f.as_fd())
     }
 
     /// qemu's status if it has exited (reaping it).
-    pub(super) fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+    pub(crate) fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
         if self.status.is_none() {
             self.status = self.child.try_wait()?;
         }
@@ -103,7 +104,7 @@ impl Qemu {
     }
 
     /// Wait for qemu to exit.
-    pub(super) fn wait(&mut self) -> io::Result<ExitStatus> {
+    pub(crate) fn wait(&mut self) -> io::Result<ExitStatus> {
         if let Some(s) = self.status {
             return Ok(s);
         }
@@ -112,8 +113,17 @@ impl Qemu {
         Ok(s)
     }
 
+    /// Kill qemu (if it still runs) and wait for it, with the error of that wait.
+    pub(crate) fn wait_after_kill(&mut self) -> io::Result<ExitStatus> {
+        if self.status.is_none() {
+            // Not reaped yet, so the pid cannot have been reused.
+            let _ = self.child.kill();
+        }
+        self.wait()
+    }
+
     /// Kill qemu (if it still runs) and reap it.
-    pub(super) fn kill(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn kill(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
             // Not reaped yet, so the pid cannot have been reused.
             let _ = self.child.kill();
@@ -157,7 +167,7 @@ mod tests {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let (c, d) = std::os::unix::net::UnixStream::pair().unwrap();
         let fds = [a.as_raw_fd(), b.as_raw_fd(), c.as_raw_fd(), d.as_raw_fd()];
-        let q = Qemu::spawn(&mut cmd, fds).unwrap();
+        let q = Qemu::spawn(&mut cmd, &fds).unwrap();
         let pid = q.id();
         assert!(q.exit_fd().is_some(), "this kernel has pidfds");
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
