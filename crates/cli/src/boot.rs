@@ -32,7 +32,12 @@ pub struct Args {
     append: Vec<String>,
 
     /// Stop qemu after this many seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 600.0,
+        allow_negative_numbers = true
+    )]
     timeout: f64,
 
     /// Guest memory in MiB.

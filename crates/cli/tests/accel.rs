@@ -275,7 +275,14 @@ fn kiln_run_falls_back_from_a_stalling_kvm() {
             c.arg("-v");
         }
         let out = c
-            .args(["--no-cwd", "--timeout", "600", "--cachedir"])
+            .args([
+                "--no-cwd",
+                "--timeout",
+                "600",
+                "--packages",
+                "coreutils",
+                "--cachedir",
+            ])
             .arg(cache.path())
             .args(["--", "sh", "-c", "uname -r; echo to-stderr >&2"])
             .env("KILN_KVM_WAIT", "3")

@@ -393,13 +393,27 @@ fn option_ranges_are_checked() {
         );
         assert!(t.elapsed() < Duration::from_secs(10), "{args:?} booted");
     }
-    let o = Command::new(kiln())
-        .args(["boot", "--timeout", "1e300", "/nonexistent"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    // `kiln boot --timeout -5` says what `kiln run --timeout -5` says, not clap's
+    // "unexpected argument '-5'".
+    for (t, says) in [
+        ("1e300", "at most 31536000"),
+        ("-5", "--timeout -5: give a number"),
+    ] {
+        let o = Command::new(kiln())
+            .args(["boot", "--timeout", t, "/nonexistent"])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(says),
+            "{}",
+            text(&o)
+        );
+    }
+    let o = kiln_run(&["--timeout", "-5", "--", "true"]).output();
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("at most 31536000"),
+        String::from_utf8_lossy(&o.stderr).contains("--timeout -5: give a number"),
         "{}",
         text(&o)
     );
