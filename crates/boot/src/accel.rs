@@ -22,7 +22,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -172,7 +172,7 @@ impl Memo {
         let Some(key) = key(qemu) else {
             return Ok(());
         };
-        private_dir(&self.dir)?;
+        crate::vmlinux::private_dir(&self.dir)?;
         let boot = boot_id().unwrap_or_default();
         // Keep other qemu binaries' verdicts of this host boot; drop older boots'.
         let mut text = String::new();
@@ -244,24 +244,6 @@ fn read_private(path: &Path) -> io::Result<String> {
         return Err(io::Error::other("not a small private file"));
     }
     io::read_to_string(f)
-}
-
-/// `dir`, created 0700 if missing, must be a directory (not a symlink) owned by us and
-/// writable by no one else.
-pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    let m = fs::symlink_metadata(dir)?;
-    if !m.is_dir() || m.uid() != rustix::process::geteuid().as_raw() || m.mode() & 0o022 != 0 {
-        return Err(io::Error::other(format!(
-            "{} is not a private directory of this user",
-            dir.display()
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

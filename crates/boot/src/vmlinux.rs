@@ -234,7 +234,8 @@ fn forget_stale(dir: &Path, keep: &Path, now: SystemTime) {
 }
 
 /// `dir`, created 0700 if missing, must be a directory (not a symlink) owned by us.
-fn private_dir(dir: &Path) -> io::Result<()> {
+/// Also where the KVM verdict ([`crate::Memo`]) is kept.
+pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
     match fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}

@@ -11,16 +11,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::kiln;
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{kiln, text};
 
 const LIB: &str = r#"
 pub fn release() -> String {

@@ -1,4 +1,4 @@
-//! `kiln run` on real qemu (TCG here: KVM aborts on these machines and kiln falls back),
+//! `kiln run` on real qemu (KVM where it runs guests, else TCG: kiln falls back),
 //! the real Debian kernel and the host's dpkg database. Each test boots a VM.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
