@@ -209,6 +209,18 @@ struct Contents {
     root: Sysroot,
 }
 
+/// A script's `#!` line: the interpreter and the rest of the line (its argument).
+fn shebang(head: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = head.strip_prefix(b"#!")?;
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.trim_ascii();
+    let end = line
+        .iter()
+        .position(|b| b.is_ascii_whitespace())
+        .unwrap_or(line.len());
+    Some((&line[..end], &line[end..]))
+}
+
 /// Interpreters followed from one command (a script run by a script…).
 const MAX_INTERPRETERS: u32 = 4;
 
@@ -283,14 +295,7 @@ impl Contents {
             .and_then(|mut f| f.read(&mut head))
             .with_context(|| format!("reading {}", path.display()))?;
         let head = &head[..n];
-        if let Some(rest) = head.strip_prefix(b"#!") {
-            let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
-            let line = line.trim_ascii();
-            let end = line
-                .iter()
-                .position(|b| b.is_ascii_whitespace())
-                .unwrap_or(line.len());
-            let (interp, args) = (&line[..end], &line[end..]);
+        if let Some((interp, args)) = shebang(head) {
             if interp.is_empty() || depth >= MAX_INTERPRETERS {
                 return Ok(());
             }
@@ -364,14 +369,7 @@ impl Contents {
     ) -> anyhow::Result<()> {
         let on_disk = root_path(&self.root, path);
         let bytes = fs::read(&on_disk).with_context(|| format!("reading {}", on_disk.display()))?;
-        if let Some(rest) = bytes.strip_prefix(b"#!") {
-            let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
-            let line = line.trim_ascii();
-            let end = line
-                .iter()
-                .position(|b| b.is_ascii_whitespace())
-                .unwrap_or(line.len());
-            let (interp, args) = (&line[..end], &line[end..]);
+        if let Some((interp, args)) = shebang(&bytes) {
             if interp.is_empty() || depth >= MAX_INTERPRETERS {
                 return Ok(());
             }
