@@ -39,7 +39,7 @@ pub struct Pinned {
     pin_name: String,
     remove_on_drop: bool,
     /// Removes the pin if a signal ends its (this) process first.
-    cleanup: Option<kiln_cleanup::Guard>,
+    cleanup: Option<kiln_outdir::cleanup::Guard>,
 }
 
 impl Pinned {
@@ -125,7 +125,7 @@ impl Cache {
         let (pin_name, pin_fd, cleanup) = loop {
             let name = format!("{PIN}{}-{}-{}-{key}", owner.pid, owner.start, next_seq());
             tries += 1;
-            let made = kiln_cleanup::create(|| {
+            let made = kiln_outdir::cleanup::create(|| {
                 let fd = fsx::make_dir(self.fd(), &name, 0o755)?;
                 // Only this process's own pins go when it is interrupted.
                 let (dir, n) = (self.dir.clone(), name.clone());

@@ -184,10 +184,10 @@ impl Cache {
     /// the lock is held, gc knows its builder is alive.
     /// Its removal is registered with `kiln-cleanup`, so a SIGINT, SIGTERM or SIGHUP
     /// during the build removes it before the process exits.
-    fn make_private(&self, key: &Key) -> Result<(String, File, kiln_cleanup::Guard)> {
+    fn make_private(&self, key: &Key) -> Result<(String, File, kiln_outdir::cleanup::Guard)> {
         loop {
             let name = format!("{TMP}{key}-{}-{}", std::process::id(), next_seq());
-            let made = kiln_cleanup::create(|| {
+            let made = kiln_outdir::cleanup::create(|| {
                 let fd = fsx::make_dir(self.fd(), &name, 0o700)?;
                 let (dir, n) = (self.dir.clone(), name.clone());
                 Ok::<_, io::Error>((fd, move || fsx::remove_tree(dir.as_fd(), &n)))

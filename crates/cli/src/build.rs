@@ -61,7 +61,7 @@ pub struct Args {
     /// ext2: size of the root image: a number of bytes, optionally followed by b, K, M,
     /// G or T (`4G`, `512M`, `10737418240b`, as supermin; also `1.5GiB`, `4096`). The
     /// file is sparse.
-    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = kiln_size::parse)]
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = crate::size::parse)]
     size: u64,
 
     /// ext2: the CPU architecture whose kernel to pick (default: this machine's).

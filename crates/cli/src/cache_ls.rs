@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use kiln::cache::Cache;
 
-use kiln_size::human;
+use crate::size::human;
 
 use crate::kernels;
 

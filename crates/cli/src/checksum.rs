@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use kiln_size::parse as parse_size;
+use crate::size::parse as parse_size;
 
 /// Print the checksum kiln caches SUPERMIN_D's appliance under: it changes exactly when
 /// something that ends up in the appliance changes (supermin.d content, host files,

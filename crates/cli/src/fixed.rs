@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use kiln_fixed::{ReadmeInfo, TarOptions};
+use kiln::fixed::{ReadmeInfo, TarOptions};
 
 pub fn run(
     opts: &kiln::BuildOptions,
@@ -41,7 +41,7 @@ pub fn run(
     }
     let tar_opts = match tar {
         Some(t) => {
-            kiln_fixed::check_destination(t)?;
+            kiln::fixed::check_destination(t)?;
             Some(TarOptions::for_path(t, source_date_epoch()?)?)
         }
         None => None,
@@ -83,7 +83,7 @@ pub fn run(
     let Some(ap) = report.appliance.as_ref() else {
         anyhow::bail!("building {shown}: the pipeline wrote no ext2 appliance");
     };
-    kiln_fixed::write_readme(
+    kiln::fixed::write_readme(
         &work,
         &ReadmeInfo {
             kiln_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -92,12 +92,12 @@ pub fn run(
         },
     )
     .with_context(|| format!("building {shown}"))?;
-    kiln_fixed::check_layout(&work).with_context(|| format!("building {shown}"))?;
+    kiln::fixed::check_layout(&work).with_context(|| format!("building {shown}"))?;
     if let (Some(t), Some(o)) = (tar, &tar_opts) {
         tracing::info!("fixed: writing the tarball {}", t.display());
         // The error names the tarball when writing it fails (a full filesystem), the
         // appliance file when reading one does.
-        let r = kiln_fixed::write_tar(&work, t, o).with_context(|| format!("building {shown}"))?;
+        let r = kiln::fixed::write_tar(&work, t, o).with_context(|| format!("building {shown}"))?;
         tracing::info!(
             "fixed: {} bytes, {} bytes of content stored, sparse: {}",
             r.bytes,

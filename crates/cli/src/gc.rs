@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use kiln::cache::{Cache, DEFAULT_KEEP, GcPolicy};
 
-use kiln_size::{human, parse as parse_size};
+use crate::size::{human, parse as parse_size};
 
 use crate::kernels;
 

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use kiln_size::parse as parse_size;
+use crate::size::parse as parse_size;
 
 /// Locate the appliance on the search path and print kernel, initrd and root, or run
 /// CMD with them.

@@ -20,6 +20,7 @@ mod locate;
 mod prepare;
 mod progress;
 mod run;
+mod size;
 mod supermin;
 mod supermin_args;
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         crate::locate::json_path(&args.output)?;
     }
-    let mut opts = kiln_prepare::PrepareOptions::default();
+    let mut opts = kiln::prepare::PrepareOptions::default();
     if let Some(dir) = args.sysroot {
         opts.root = kiln::Sysroot::open(&dir).context("--sysroot")?.root;
     }
@@ -43,7 +43,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &[kiln::guard::Named::new(&args.output, "the output")],
         &[kiln::guard::Named::new(&opts.root, "the sysroot")],
     )?;
-    let r = kiln_prepare::prepare(&args.packages, &args.output, &opts)
+    let r = kiln::prepare::prepare(&args.packages, &args.output, &opts)
         .with_context(|| format!("preparing {}", args.output.display()))?;
     if args.json {
         let v = serde_json::json!({

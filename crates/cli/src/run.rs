@@ -408,7 +408,7 @@ fn forward_signals() -> Option<(Arc<kiln_boot::run::Interrupt>, Arc<AtomicBool>)
                 f.raise(sig);
             } else {
                 eprintln!("kiln: interrupted by signal {sig}");
-                kiln_cleanup::clean_up_and_die(sig);
+                kiln_outdir::cleanup::clean_up_and_die(sig);
             }
         }
     });

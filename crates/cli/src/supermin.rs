@@ -103,7 +103,7 @@ fn prepare(a: &Args, out: &Path) -> anyhow::Result<()> {
             ),
         }
     }
-    let o = kiln_prepare::PrepareOptions {
+    let o = kiln::prepare::PrepareOptions {
         root: sysroot()?.root,
         ..Default::default()
     };
@@ -113,7 +113,7 @@ fn prepare(a: &Args, out: &Path) -> anyhow::Result<()> {
         &[kiln::guard::Named::new(&o.root, "the sysroot")],
     )
     .context("prepare")?;
-    let r = kiln_prepare::prepare(&names, out, &o)?;
+    let r = kiln::prepare::prepare(&names, out, &o)?;
     say(
         a,
         format!(
@@ -130,7 +130,7 @@ fn build(a: &Args, out: &Path) -> anyhow::Result<()> {
         say(a, format!("build: {}", names.join(" ")));
     }
     let size = match &a.size {
-        Some(s) => Some(kiln_size::parse_supermin(s).map_err(|e| anyhow::anyhow!("{e}"))?),
+        Some(s) => Some(crate::size::parse_supermin(s).map_err(|e| anyhow::anyhow!("{e}"))?),
         None => None,
     };
     let format = match a.format {

@@ -135,7 +135,7 @@ appliance automatically.
 
 /// True when `s` is a valid supermin size (`^[.0-9]+[bKMG]$`).
 fn size_syntax_ok(s: &str) -> bool {
-    kiln_size::parse_supermin(s).is_ok()
+    crate::size::parse_supermin(s).is_ok()
 }
 
 /// A value that must be text (a name, a size): UTF-8, or a fatal error naming it.

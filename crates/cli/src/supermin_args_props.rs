@@ -84,7 +84,7 @@ fn check(argv: &[OsString]) -> Result<(), TestCaseError> {
             prop_assert_eq!(mode == Mode::Build, a.format.is_some());
             prop_assert!(!a.output.as_os_str().is_empty());
             if let Some(s) = &a.size {
-                prop_assert!(kiln_size::parse_supermin(s).is_ok(), "{}", s);
+                prop_assert!(crate::size::parse_supermin(s).is_ok(), "{}", s);
             }
         }
     }

@@ -89,8 +89,8 @@ fn same_content(a: &Path, b: &Path) -> bool {
     if size != fb.metadata().unwrap().len() {
         return false;
     }
-    let ma = kiln_fixed::tar::data_map(&fa, size).unwrap();
-    if ma != kiln_fixed::tar::data_map(&fb, size).unwrap() {
+    let ma = kiln::fixed::tar::data_map(&fa, size).unwrap();
+    if ma != kiln::fixed::tar::data_map(&fb, size).unwrap() {
         return false;
     }
     ma.iter().all(|&(off, len)| {

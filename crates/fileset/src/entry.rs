@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use kiln_spill::Region;
+pub use kiln_inputs::spill::Region;
 
 /// Errors from constructing a [`FileSet`].
 #[derive(Debug, thiserror::Error)]

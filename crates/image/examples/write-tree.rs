@@ -23,6 +23,21 @@ fn newest_modules() -> Result<PathBuf, Box<dyn std::error::Error>> {
         .ok_or_else(|| "no kernel modules in /lib/modules".into())
 }
 
+/// SIZE as bytes with an optional K, M or G suffix (binary units); the kiln command line
+/// has the full grammar.
+fn parse_size(s: &str) -> Result<u64, Box<dyn std::error::Error>> {
+    let (num, shift) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 10),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 20),
+        Some(b'G' | b'g') => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = num.parse()?;
+    n.checked_shl(shift)
+        .filter(|v| v >> shift == n)
+        .ok_or_else(|| format!("size {s} is too large").into())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (set_src, rest) = match args.first().map(String::as_str) {
@@ -33,7 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let chroot = rest[0] == "--chroot" && rest.len() >= 2;
     let mut opts = kiln_image::ImageOptions::default();
     if let Some(s) = rest.get(1).filter(|_| !chroot) {
-        opts.size = kiln_size::parse(s)?;
+        opts.size = parse_size(s)?;
     }
     if let Ok(t) = std::env::var("KILN_IMAGE_THREADS") {
         opts.threads = t.parse()?;
@@ -51,7 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let t1 = Instant::now();
     if chroot {
-        let st = kiln_chroot::write_chroot(&set, Path::new(&rest[1]))?;
+        let st = kiln_image::chroot::write_chroot(&set, Path::new(&rest[1]))?;
         eprintln!("chroot: {st:?}");
         return Ok(());
     }

@@ -23,7 +23,7 @@ use crate::plan::Job;
 const FALLBACK_BUF: usize = 1 << 20;
 
 // Spill regions are mapped in image blocks.
-const _: () = assert!(kiln_spill::BLOCK == BLOCK);
+const _: () = assert!(kiln_inputs::spill::BLOCK == BLOCK);
 
 /// The logical block ranges `(first, count)` of a spilled file that hold data.
 pub fn spilled_ranges(dest: &Path, r: &Region) -> Result<Vec<(u64, u64)>, ImageError> {

@@ -60,6 +60,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod chroot;
 mod coalesce;
 mod copy;
 mod disk;

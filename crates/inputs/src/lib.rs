@@ -15,7 +15,7 @@
 //!   excludefiles, ASCII letter/digit → packages, empty → ignored, anything else → an
 //!   error naming the file.
 //! - Base images are read completely ([`Member`]s, in archive order), their file data
-//!   streamed from the decoder into a spill file ([`kiln_spill`]: unlinked, sparse, one
+//!   streamed from the decoder into a spill file ([`crate::spill`]: unlinked, sparse, one
 //!   buffer of memory whatever a member's size), so memory does not grow with member
 //!   sizes; the headers of one member (GNU long names, PAX records) may take at most
 //!   [`HEADER_LIMIT`] bytes (module `tarball`). Member paths containing `..` or starting with `/` are refused (error naming
@@ -47,7 +47,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-pub use kiln_spill::{Region, Spill};
+pub use crate::spill::{Region, Spill};
 
 /// How an input file is compressed (detected by magic bytes, in `kiln-compress`).
 pub use kiln_compress::Compression;
@@ -197,7 +197,7 @@ pub enum InputError {
         path: PathBuf,
         member: String,
         #[source]
-        source: kiln_spill::AppendError,
+        source: crate::spill::AppendError,
     },
     #[error(
         "base image {path}: cannot create a temporary file for its data in {dir} (set \
@@ -330,7 +330,7 @@ pub fn input_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, InputError> {
 pub const LIST_MAX: u64 = 64 << 20;
 
 /// Read all INPUT paths (files or supermin.d directories). Base image data goes to a
-/// spill file in the first usable of [`kiln_spill::default_dirs`].
+/// spill file in the first usable of [`crate::spill::default_dirs`].
 pub fn read_inputs(paths: &[PathBuf]) -> Result<Inputs, InputError> {
     let mut inputs = Inputs::default();
     let mut spill: Option<Arc<Spill>> = None;
@@ -458,6 +458,7 @@ pub(crate) fn new_spill(path: &Path) -> Result<Arc<Spill>, InputError> {
     })
 }
 
+pub mod spill;
 mod tarball;
 pub use tarball::{HEADER_LIMIT, read_tar, read_tar_into};
 

@@ -133,7 +133,7 @@ fn read_member<R: Read>(
         tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
             let want = entry.size();
             let data = spill.append(entry).map_err(|e| match e {
-                kiln_spill::AppendError::Read(e) => {
+                crate::spill::AppendError::Read(e) => {
                     member_err(format!("corrupt or truncated archive: {e}"))
                 }
                 source => InputError::MemberData {

@@ -29,10 +29,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod fixed;
 pub mod guard;
 pub mod key;
 pub mod locate;
 pub mod pipeline;
+pub mod prepare;
 pub mod supermin;
 
 pub use kiln_cache as cache;

@@ -12,8 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_chroot::{ChrootError, ChrootStats};
 use kiln_fileset::{Counts, Meta, Options, ResolveError, SetError};
+use kiln_image::chroot::{ChrootError, ChrootStats};
 use kiln_image::{ImageError, ImageOptions};
 use kiln_inputs::InputError;
 use kiln_outdir::{OutdirError, Staging};
@@ -281,7 +281,7 @@ fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildErr
     match opts.format {
         Format::Chroot => {
             tracing::info!("chroot: writing {}", opts.output.display());
-            report.chroot = Some(kiln_chroot::write_chroot(&set, &opts.output)?);
+            report.chroot = Some(kiln_image::chroot::write_chroot(&set, &opts.output)?);
         }
         Format::Ext2 => {
             let Some(kernel) = kernel else {

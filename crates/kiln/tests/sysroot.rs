@@ -58,10 +58,10 @@ fn chroot(sysroot: &Path, supermin_d: &Path, out: &Path) -> kiln::BuildReport {
 fn prepare_and_build(root: &Path, names: &[&str], listing: Vec<String>, ghosts: &[&str]) {
     let work = tempfile::tempdir().unwrap();
     let sd = work.path().join("supermin.d");
-    let prepared = kiln_prepare::prepare(
+    let prepared = kiln::prepare::prepare(
         names,
         &sd,
-        &kiln_prepare::PrepareOptions {
+        &kiln::prepare::PrepareOptions {
             root: root.to_path_buf(),
             source_date_epoch: None,
         },

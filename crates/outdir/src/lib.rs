@@ -37,6 +37,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cleanup;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::io;
@@ -76,7 +78,7 @@ pub struct Staging {
     /// The staging directory, flock'ed for as long as this value lives.
     _lock: fs::File,
     /// Removes `tmp` if a signal ends the process first.
-    cleanup: Option<kiln_cleanup::Guard>,
+    cleanup: Option<crate::cleanup::Guard>,
 }
 
 /// Whether `out` currently exists as a directory; refuses anything else.
@@ -227,9 +229,9 @@ fn staging_prefix(name: &OsStr) -> Vec<u8> {
 fn make_locked(
     parent: &Path,
     prefix: &[u8],
-) -> io::Result<(PathBuf, fs::File, kiln_cleanup::Guard)> {
+) -> io::Result<(PathBuf, fs::File, crate::cleanup::Guard)> {
     loop {
-        let (tmp, cleanup) = kiln_cleanup::create(|| {
+        let (tmp, cleanup) = crate::cleanup::create(|| {
             let tmp = tempfile::Builder::new()
                 .prefix(OsStr::from_bytes(prefix))
                 .tempdir_in(parent)?

@@ -68,7 +68,7 @@ pub fn path_of(env: &[OsString]) -> Option<OsString> {
 /// SIGTERM or SIGHUP that ends kiln while the appliance is built from it.
 pub struct Temp {
     dir: tempfile::TempDir,
-    _cleanup: kiln_cleanup::Guard,
+    _cleanup: kiln_outdir::cleanup::Guard,
 }
 
 impl Temp {
@@ -138,7 +138,7 @@ pub fn supermin_d(want: &Want) -> anyhow::Result<Temp> {
         walk(&abs, &mut c.hostfiles).with_context(|| format!("--include {}", p.display()))?;
     }
 
-    let (dir, cleanup) = kiln_cleanup::create(|| {
+    let (dir, cleanup) = kiln_outdir::cleanup::create(|| {
         let dir = tempfile::Builder::new().prefix("kiln-run-").tempdir()?;
         let p = dir.path().to_path_buf();
         Ok::<_, std::io::Error>((dir, move || fs::remove_dir_all(&p)))

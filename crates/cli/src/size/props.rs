@@ -31,7 +31,7 @@ fn unit() -> impl Strategy<Value = (&'static str, u64)> {
     ])
 }
 
-fn check_error(s: &str, e: &kiln_size::SizeError) -> Result<(), TestCaseError> {
+fn check_error(s: &str, e: &crate::size::SizeError) -> Result<(), TestCaseError> {
     prop_assert_eq!(e.input(), s);
     prop_assert!(e.to_string().contains(&format!("{s:?}")), "{}", e);
     Ok(())
@@ -43,10 +43,10 @@ proptest! {
     /// Arbitrary text: a size, or an error that quotes the text.
     #[test]
     fn arbitrary_text_never_panics(s in any::<String>()) {
-        if let Err(e) = kiln_size::parse(&s) {
+        if let Err(e) = crate::size::parse(&s) {
             check_error(&s, &e)?;
         }
-        if let Err(e) = kiln_size::parse_supermin(&s) {
+        if let Err(e) = crate::size::parse_supermin(&s) {
             check_error(&s, &e)?;
         }
     }
@@ -55,11 +55,11 @@ proptest! {
     /// takes with the same value.
     #[test]
     fn supermin_grammar_is_a_subset_with_the_same_meaning(s in sizeish()) {
-        match kiln_size::parse_supermin(&s) {
-            Ok(v) => prop_assert_eq!(kiln_size::parse(&s), Ok(v)),
+        match crate::size::parse_supermin(&s) {
+            Ok(v) => prop_assert_eq!(crate::size::parse(&s), Ok(v)),
             Err(e) => check_error(&s, &e)?,
         }
-        if let Err(e) = kiln_size::parse(&s) {
+        if let Err(e) = crate::size::parse(&s) {
             check_error(&s, &e)?;
         }
     }
@@ -69,8 +69,8 @@ proptest! {
     fn whole_sizes_round_trip(n in prop_oneof![any::<u64>(), 0..100_000u64], (u, mult) in unit(), ws in "[ \t\n]{0,2}") {
         let s = format!("{ws}{n}{u}{ws}");
         match n.checked_mul(mult) {
-            Some(v) => prop_assert_eq!(kiln_size::parse(&s), Ok(v)),
-            None => prop_assert!(kiln_size::parse(&s).is_err()),
+            Some(v) => prop_assert_eq!(crate::size::parse(&s), Ok(v)),
+            None => prop_assert!(crate::size::parse(&s).is_err()),
         }
     }
 
@@ -79,17 +79,17 @@ proptest! {
     fn supermin_sizes_round_trip(n in 0..(1u64 << 33), i in 0..4usize) {
         let (u, mult) = [("b", 1u64), ("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30)][i];
         let s = format!("{n}{u}");
-        prop_assert_eq!(kiln_size::parse_supermin(&s), Ok(n * mult));
-        prop_assert!(kiln_size::parse_supermin(&n.to_string()).is_err());
+        prop_assert_eq!(crate::size::parse_supermin(&s), Ok(n * mult));
+        prop_assert!(crate::size::parse_supermin(&n.to_string()).is_err());
     }
 
     /// Fractions are truncated to whole bytes: between the whole part and the next
     /// unit, and a `.0` changes nothing.
     #[test]
     fn fractions_truncate(int in 0..1_000_000u64, frac in "[0-9]{1,6}", (u, mult) in unit()) {
-        let v = kiln_size::parse(&format!("{int}.{frac}{u}")).unwrap();
+        let v = crate::size::parse(&format!("{int}.{frac}{u}")).unwrap();
         prop_assert!(v >= int * mult && v <= (int + 1) * mult, "{} {}", v, int * mult);
-        prop_assert_eq!(kiln_size::parse(&format!("{int}.0{u}")), Ok(int * mult));
-        prop_assert_eq!(kiln_size::parse(&format!("{int}.{u}")), Ok(int * mult));
+        prop_assert_eq!(crate::size::parse(&format!("{int}.0{u}")), Ok(int * mult));
+        prop_assert_eq!(crate::size::parse(&format!("{int}.{u}")), Ok(int * mult));
     }
 }

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::*;
-use crate::{ReadmeInfo, write_readme};
+use crate::fixed::{ReadmeInfo, write_readme};
 use std::process::Command;
 
 /// A fixed appliance whose `root` is 64 MiB with 30 scattered data blocks (enough

@@ -18,14 +18,14 @@
 //! # Example
 //!
 //! ```
-//! assert_eq!(kiln_size::parse("4G"), Ok(4 << 30));
-//! assert_eq!(kiln_size::parse("1.5KiB"), Ok(1536));
-//! assert_eq!(kiln_size::parse("10737418240"), Ok(10_737_418_240));
-//! assert!(kiln_size::parse("4X").is_err());
+//! assert_eq!(crate::size::parse("4G"), Ok(4 << 30));
+//! assert_eq!(crate::size::parse("1.5KiB"), Ok(1536));
+//! assert_eq!(crate::size::parse("10737418240"), Ok(10_737_418_240));
+//! assert!(crate::size::parse("4X").is_err());
 //! // supermin's grammar needs a suffix and takes only b, K, M, G.
-//! assert_eq!(kiln_size::parse_supermin("512M"), Ok(512 << 20));
-//! assert!(kiln_size::parse_supermin("4096").is_err());
-//! assert_eq!(kiln_size::human(1536), "1.5 KiB");
+//! assert_eq!(crate::size::parse_supermin("512M"), Ok(512 << 20));
+//! assert!(crate::size::parse_supermin("4096").is_err());
+//! assert_eq!(crate::size::human(1536), "1.5 KiB");
 //! ```
 
 use std::fmt;
@@ -55,6 +55,8 @@ impl fmt::Display for SizeError {
     }
 }
 
+// The property tests check every error names the text it was given.
+#[cfg(test)]
 impl SizeError {
     /// The text that was given.
     pub fn input(&self) -> &str {
@@ -62,7 +64,7 @@ impl SizeError {
     }
 }
 
-/// Parse a size in kiln's grammar (see the crate docs).
+/// Parse a size in kiln's grammar (see the module docs).
 pub fn parse(s: &str) -> Result<u64, SizeError> {
     let bad = || SizeError {
         input: s.to_owned(),
@@ -219,3 +221,6 @@ mod tests {
         assert_eq!(human(3 << 30), "3.0 GiB");
     }
 }
+
+#[cfg(test)]
+mod props;

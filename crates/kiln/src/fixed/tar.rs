@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use tar::{EntryType, GnuExtSparseHeader, Header};
 
-use crate::{FILES, FixedError, check_layout, io_err, write_err};
+use super::{FILES, FixedError, check_layout, io_err, write_err};
 
 /// Granularity of holes: a 4 KiB block that is all zeros is not stored.
 const BLOCK: u64 = 4096;

@@ -5,7 +5,7 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use kiln_prepare::{PrepareError, PrepareOptions, prepare};
+use kiln::prepare::{PrepareError, PrepareOptions, prepare};
 
 fn read_members(tgz: &Path) -> Vec<(String, tar::EntryType, u32, Vec<u8>)> {
     let f = fs::File::open(tgz).unwrap();

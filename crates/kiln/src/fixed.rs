@@ -2,7 +2,7 @@
 //! and `root`, which libguestfs (found on `LIBGUESTFS_PATH`) and `kiln locate` boot as
 //! they are, without building anything.
 //!
-//! This crate owns the parts that are specific to that form of output:
+//! This module owns the parts that are specific to that form of output:
 //! - [`write_readme`]: the `README.fixed` marker, whose text is a function of the
 //!   appliance (kiln version, kernel version, root UUID) and carries no date, so a
 //!   rebuild from the same inputs writes the same bytes;

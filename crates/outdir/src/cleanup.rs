@@ -27,7 +27,7 @@
 //! # fn main() -> std::io::Result<()> {
 //! # let t = tempfile::tempdir()?;
 //! let dir = t.path().join(".out.kiln-staging");
-//! let (dir, guard) = kiln_cleanup::create(|| {
+//! let (dir, guard) = kiln_outdir::cleanup::create(|| {
 //!     std::fs::create_dir(&dir)?;
 //!     let d = dir.clone();
 //!     Ok::<_, std::io::Error>((dir, move || std::fs::remove_dir_all(&d)))
@@ -137,7 +137,7 @@ pub fn install() {
 /// Run every cleanup (newest first) and end the process by `sig` (or, where the signal
 /// is blocked, with status 128+`sig`). Keeps the registry locked to the end, so nothing
 /// new is made meanwhile. For a program that takes the signals itself (`sigwait`)
-/// instead of leaving them to this crate's thread.
+/// instead of leaving them to this module's thread.
 pub fn clean_up_and_die(sig: i32) -> ! {
     let reg = registry();
     for cleanup in reg.entries.values().rev() {
