@@ -158,154 +158,178 @@ pub fn parse(argv: &[OsString]) -> Parsed {
     }
 }
 
+/// supermin's command line, left to right: anonymous arguments are kept in order, each
+/// option is read with its value and takes effect at once; the whole is then checked.
 #[allow(clippy::result_large_err)]
 fn parse_inner(argv: &[OsString]) -> Result<Args, Parsed> {
     let mut a = Args::default();
-    let mut mode_set = false;
-    let mut i = 0;
-    while i < argv.len() {
-        let raw = &argv[i];
-        let bytes = raw.as_bytes();
-        i += 1;
-        if !bytes.starts_with(b"-") {
+    let mut rest = argv.iter();
+    while let Some(raw) = rest.next() {
+        if !raw.as_bytes().starts_with(b"-") {
             a.anon.push(raw.clone());
             continue;
         }
-        let shown = raw.to_string_lossy();
-        // Option names are ASCII; a value after `=` stays bytes.
-        let (name_b, inline) = match bytes.iter().position(|&b| b == b'=') {
-            Some(eq) if bytes.starts_with(b"--") || eq == 2 => (
-                &bytes[..eq],
-                Some(OsStr::from_bytes(&bytes[eq + 1..]).to_os_string()),
-            ),
-            _ => (bytes, None),
-        };
-        let name = String::from_utf8_lossy(name_b).into_owned();
-        let name = name.as_str();
-        let takes_value = matches!(
-            name,
-            "-f" | "--format" | "-o" | "--host-cpu" | "--lock" | "--size" | "--packager-config"
-        );
-        let known_flag = matches!(
-            name,
-            "--build"
-                | "--prepare"
-                | "--copy-kernel"
-                | "--if-newer"
-                | "--include-packagelist"
-                | "--use-installed"
-                | "-v"
-                | "--verbose"
-                | "-V"
-                | "--version"
-                | "--list-drivers"
-                | "--names"
-                | "--dtb"
-                | "-help"
-                | "--help"
-        );
-        if !takes_value && !known_flag {
-            return Err(syntax(format!("unknown option '{shown}'.")));
-        }
-        if known_flag
-            && name != "--dtb"
-            && let Some(v) = &inline
-        {
+        let (name, value) = option(raw, &mut rest)?;
+        apply(&mut a, &name, value)?;
+    }
+    validate(a)
+}
+
+/// How an option takes a value, as supermin declares it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Arity {
+    /// No value: `--opt=v` is a syntax error.
+    Flag,
+    /// A value, inline (`--opt=v`, `-o=v`) or the next argument.
+    Value,
+}
+
+/// The arity of option `name`, `None` when supermin does not know it. `--dtb` takes
+/// a value (supermin declares it so) though it is only an error once reached.
+fn arity(name: &str) -> Option<Arity> {
+    match name {
+        "-f" | "--format" | "-o" | "--host-cpu" | "--lock" | "--size" | "--packager-config"
+        | "--dtb" => Some(Arity::Value),
+        "--build"
+        | "--prepare"
+        | "--copy-kernel"
+        | "--if-newer"
+        | "--include-packagelist"
+        | "--use-installed"
+        | "-v"
+        | "--verbose"
+        | "-V"
+        | "--version"
+        | "--list-drivers"
+        | "--names"
+        | "-help"
+        | "--help" => Some(Arity::Flag),
+        _ => None,
+    }
+}
+
+/// The option `raw` (an argument starting with `-`) as its name and value (empty for
+/// a flag), taking the value from `rest` when it is not inline. An unknown option, a
+/// flag given a value and a missing value are syntax errors.
+#[allow(clippy::result_large_err)]
+fn option<'a>(
+    raw: &OsStr,
+    rest: &mut impl Iterator<Item = &'a OsString>,
+) -> Result<(String, OsString), Parsed> {
+    let bytes = raw.as_bytes();
+    let shown = raw.to_string_lossy();
+    // Option names are ASCII; a value after `=` stays bytes.
+    let (name_b, inline) = match bytes.iter().position(|&b| b == b'=') {
+        Some(eq) if bytes.starts_with(b"--") || eq == 2 => (
+            &bytes[..eq],
+            Some(OsStr::from_bytes(&bytes[eq + 1..]).to_os_string()),
+        ),
+        _ => (bytes, None),
+    };
+    let name = String::from_utf8_lossy(name_b).into_owned();
+    let value = match (arity(&name), inline) {
+        (None, _) => return Err(syntax(format!("unknown option '{shown}'."))),
+        (Some(Arity::Flag), Some(v)) => {
             return Err(syntax(format!(
                 "wrong argument '{}'; option '{shown}' expects no argument.",
                 v.to_string_lossy()
             )));
         }
-        let value = if takes_value || name == "--dtb" {
-            match inline {
-                Some(v) => Some(v),
-                None => {
-                    if i < argv.len() {
-                        i += 1;
-                        Some(argv[i - 1].clone())
-                    } else {
-                        return Err(syntax(format!("option '{name}' needs an argument.")));
-                    }
-                }
+        (Some(Arity::Flag), None) => OsString::new(),
+        (Some(Arity::Value), Some(v)) => v,
+        (Some(Arity::Value), None) => match rest.next() {
+            Some(v) => v.clone(),
+            None => return Err(syntax(format!("option '{name}' needs an argument."))),
+        },
+    };
+    Ok((name, value))
+}
+
+/// Give `a` the effect of option `name` with its `value`: set what it sets, or end
+/// parsing with what it does at once (see [`act_now`]). A value that is not valid
+/// for its option is a fatal error, as is a second mode.
+#[allow(clippy::result_large_err)]
+fn apply(a: &mut Args, name: &str, value: OsString) -> Result<(), Parsed> {
+    match name {
+        "--build" | "--prepare" => {
+            if a.mode.is_some() {
+                return Err(fatal(
+                    "you must use --prepare or --build to select the mode",
+                ));
             }
-        } else {
-            None
-        };
-        let value = value.unwrap_or_default();
-        match name {
-            "--build" | "--prepare" => {
-                if mode_set {
-                    return Err(fatal(
-                        "you must use --prepare or --build to select the mode",
-                    ));
-                }
-                mode_set = true;
-                a.mode = Some(if name == "--build" {
-                    Mode::Build
-                } else {
-                    Mode::Prepare
-                });
-            }
-            "-f" | "--format" => {
-                a.format = Some(match text(name, &value)?.as_str() {
-                    "chroot" | "fs" | "filesystem" => Format::Chroot,
-                    "ext2" => Format::Ext2,
-                    other => {
-                        return Err(fatal(&format!("unknown --format option ({other})\n")));
-                    }
-                })
-            }
-            "-o" => {
-                let mut v = value.into_vec();
-                if v.len() > 1 && v.ends_with(b"/") {
-                    v.pop();
-                }
-                a.output = PathBuf::from(OsString::from_vec(v));
-            }
-            "--host-cpu" => a.host_cpu = Some(text(name, &value)?),
-            "--lock" => a.lock = Some(PathBuf::from(value)),
-            "--size" => {
-                let value = value.to_string_lossy();
-                if !size_syntax_ok(&value) {
-                    return Err(fatal(&format!("cannot parse size field '{value}'")));
-                }
-                a.size = Some(value.into_owned());
-            }
-            "--packager-config" => a.packager_config = Some(PathBuf::from(value)),
-            "--copy-kernel" => a.copy_kernel = true,
-            "--if-newer" => a.if_newer = true,
-            "--include-packagelist" => a.include_packagelist = true,
-            "--use-installed" => a.use_installed = true,
-            "-v" | "--verbose" => a.verbose += 1,
-            "-V" | "--version" => {
-                return Err(Parsed::Exit {
-                    code: 0,
-                    stdout: format!("{}\n", version_line()),
-                    stderr: String::new(),
-                });
-            }
-            "--list-drivers" => {
-                return Err(Parsed::Exit {
-                    code: 0,
-                    // Detected for the root in use: `KILN_SYSROOT`, else `/`.
-                    stdout: kiln::databases::list_drivers(&kiln::Sysroot::new(
-                        std::env::var_os("KILN_SYSROOT").unwrap_or_else(|| "/".into()),
-                    )),
-                    stderr: String::new(),
-                });
-            }
-            "--names" => return Err(fatal(NAMES_ERROR)),
-            "--dtb" => return Err(fatal(DTB_ERROR)),
-            _ => {
-                return Err(Parsed::Exit {
-                    code: 0,
-                    stdout: USAGE.into(),
-                    stderr: String::new(),
-                });
-            }
+            a.mode = Some(if name == "--build" {
+                Mode::Build
+            } else {
+                Mode::Prepare
+            });
         }
+        "-f" | "--format" => {
+            a.format = Some(match text(name, &value)?.as_str() {
+                "chroot" | "fs" | "filesystem" => Format::Chroot,
+                "ext2" => Format::Ext2,
+                other => {
+                    return Err(fatal(&format!("unknown --format option ({other})\n")));
+                }
+            })
+        }
+        "-o" => {
+            let mut v = value.into_vec();
+            if v.len() > 1 && v.ends_with(b"/") {
+                v.pop();
+            }
+            a.output = PathBuf::from(OsString::from_vec(v));
+        }
+        "--host-cpu" => a.host_cpu = Some(text(name, &value)?),
+        "--lock" => a.lock = Some(PathBuf::from(value)),
+        "--size" => {
+            let value = value.to_string_lossy();
+            if !size_syntax_ok(&value) {
+                return Err(fatal(&format!("cannot parse size field '{value}'")));
+            }
+            a.size = Some(value.into_owned());
+        }
+        "--packager-config" => a.packager_config = Some(PathBuf::from(value)),
+        "--copy-kernel" => a.copy_kernel = true,
+        "--if-newer" => a.if_newer = true,
+        "--include-packagelist" => a.include_packagelist = true,
+        "--use-installed" => a.use_installed = true,
+        "-v" | "--verbose" => a.verbose += 1,
+        _ => return Err(act_now(name)),
     }
-    // Validation after parsing, in supermin's order.
+    Ok(())
+}
+
+/// What an option with an immediate effect does when reached: print the version, the
+/// drivers or the usage and exit 0, or fail for the removed `--names` and `--dtb`.
+fn act_now(name: &str) -> Parsed {
+    match name {
+        "-V" | "--version" => Parsed::Exit {
+            code: 0,
+            stdout: format!("{}\n", version_line()),
+            stderr: String::new(),
+        },
+        "--list-drivers" => Parsed::Exit {
+            code: 0,
+            // Detected for the root in use: `KILN_SYSROOT`, else `/`.
+            stdout: kiln::databases::list_drivers(&kiln::Sysroot::new(
+                std::env::var_os("KILN_SYSROOT").unwrap_or_else(|| "/".into()),
+            )),
+            stderr: String::new(),
+        },
+        "--names" => fatal(NAMES_ERROR),
+        "--dtb" => fatal(DTB_ERROR),
+        _ => Parsed::Exit {
+            code: 0,
+            stdout: USAGE.into(),
+            stderr: String::new(),
+        },
+    }
+}
+
+/// Validation after parsing, in supermin's order: a mode, a format exactly when
+/// building, an output directory.
+#[allow(clippy::result_large_err)]
+fn validate(a: Args) -> Result<Args, Parsed> {
     let Some(mode) = a.mode else {
         return Err(fatal(
             "you must use --prepare or --build to select the mode",

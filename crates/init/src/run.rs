@@ -305,42 +305,131 @@ pub fn main() -> ! {
     std::process::exit(status)
 }
 
+/// Kiln run's guest side, step by step: open the host's ports, take the command spec,
+/// start the command on the ports, serve the control channel while it runs, then
+/// report its status once its output is all sent.
 fn setup_and_run() -> Result<(), String> {
+    let (mut ctl, streams) = open_channel()?;
+    let spec = match receive_spec(&mut ctl.reader) {
+        Ok(spec) => spec,
+        Err(NoSpec::Closed) => return Err("the host closed the control channel".into()),
+        Err(NoSpec::Bad(m)) => return ctl.fail(m, 125),
+    };
+    if let Err(e) = mount_shares(&spec) {
+        return ctl.fail(e, 125);
+    }
+    let _ = rustix::system::sethostname(b"kiln");
+
+    let mut cmd = command(&spec);
+    let master = attach_stdio(&mut cmd, &spec)?;
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let (msg, code) = spawn_failure(&spec.argv[0], &e);
+            return ctl.fail(msg, code);
+        }
+    };
+    drop(cmd);
+    let pid = child.id() as i32;
+    let _ = ctl.writer.write_all(&ToHost::Ready.encode());
+
+    let mut pumps = Pumps::start(&mut child, master.as_ref(), streams)?;
+    let acks = serve_control(
+        ctl.reader,
+        pid,
+        master.as_ref().and_then(|m| m.try_clone().ok()),
+        Arc::clone(&pumps.out_closed),
+        Arc::clone(&pumps.err_closed),
+    );
+
+    let status = wait_for_command(pid)?;
+    stop_the_rest(master, child);
+    let (out, err) = pumps.join();
+    let (signaled, code) = exit_of(status);
+    send_exit(&mut ctl.writer, signaled, code, out, err);
+    // Unbounded on purpose: a slow consumer on the host (a pager, `| (sleep 60; wc)`)
+    // is still owed the output qemu buffers. The host bounds the run; the reader thread
+    // ending (channel lost) ends this wait too.
+    let _ = acks.recv();
+    Ok(())
+}
+
+/// The control port (`kiln.ctl`) before the command runs: read inline, no thread yet.
+struct Control {
+    reader: fs::File,
+    writer: fs::File,
+}
+
+impl Control {
+    /// Tell the host the command did not run: the failure text, then an exit status
+    /// `code` with no output owed, then wait (bounded) for its acknowledgement. The
+    /// run itself ends cleanly: the host has what it needs to report.
+    fn fail(&mut self, msg: String, code: u32) -> Result<(), String> {
+        let _ = self
+            .writer
+            .write_all(&ToHost::Fail(msg.into_bytes()).encode());
+        send_exit(&mut self.writer, false, code, 0, 0);
+        wait_ack(&mut self.reader);
+        Ok(())
+    }
+}
+
+/// The three raw byte ports, in the host's order.
+struct Streams {
+    stdin: fs::File,
+    stdout: fs::File,
+    stderr: fs::File,
+}
+
+/// Load `virtio_console` and open the host's four ports: the control channel (with a
+/// second handle for writing, so a reader thread can own the first) and the streams.
+fn open_channel() -> Result<(Control, Streams), String> {
     load_modules(&["virtio_console"])?;
     let mut ports = open_ports()?.into_iter();
-    let (Some(mut ctl), Some(stdin), Some(stdout), Some(stderr)) =
+    let (Some(ctl), Some(stdin), Some(stdout), Some(stderr)) =
         (ports.next(), ports.next(), ports.next(), ports.next())
     else {
         return Err("ports missing".into());
     };
-    let mut ctl_w = ctl.try_clone().map_err(|e| e.to_string())?;
-    let first = recv_to_guest(&mut ctl);
-    let mut fail = |ctl_w: &mut fs::File, msg: String, code: u32| -> Result<(), String> {
-        let _ = ctl_w.write_all(&ToHost::Fail(msg.into_bytes()).encode());
-        send_exit(ctl_w, false, code, 0, 0);
-        wait_ack(&mut ctl);
-        Ok(())
+    let writer = ctl.try_clone().map_err(|e| e.to_string())?;
+    let ctl = Control {
+        reader: ctl,
+        writer,
     };
-    let spec = match first {
-        Ok(ToGuest::Spec(s)) => s,
-        // A broken spec is said on the console too: the host may not be listening.
-        Ok(_) => {
-            let m = "the host's first message was not the command spec".to_string();
-            say(&m);
-            return fail(&mut ctl_w, m, 125);
-        }
-        Err(RecvError::Closed) => return Err("the host closed the control channel".into()),
-        Err(e) => {
-            let m = format!("reading the command spec: {e}");
-            say(&m);
-            return fail(&mut ctl_w, m, 125);
-        }
-    };
-    if let Err(e) = mount_shares(&spec) {
-        return fail(&mut ctl_w, e, 125);
-    }
-    let _ = rustix::system::sethostname(b"kiln");
+    Ok((
+        ctl,
+        Streams {
+            stdin,
+            stdout,
+            stderr,
+        },
+    ))
+}
 
+/// Why no command spec came.
+enum NoSpec {
+    /// The host closed the control channel: nobody is left to tell.
+    Closed,
+    /// The host sent something else or something broken: told to the host as a failure.
+    Bad(String),
+}
+
+/// The host's first message, which must be the command spec. A broken spec is said on
+/// the console too: the host may not be listening.
+fn receive_spec(ctl: &mut fs::File) -> Result<Spec, NoSpec> {
+    let m = match recv_to_guest(ctl) {
+        Ok(ToGuest::Spec(s)) => return Ok(s),
+        Ok(_) => "the host's first message was not the command spec".to_string(),
+        Err(RecvError::Closed) => return Err(NoSpec::Closed),
+        Err(e) => format!("reading the command spec: {e}"),
+    };
+    say(&m);
+    Err(NoSpec::Bad(m))
+}
+
+/// The command of `spec`: its argv, exactly its environment (nothing inherited from
+/// PID 1) and its working directory (`/` unless given).
+fn command(spec: &Spec) -> Command {
     let argv0 = std::ffi::OsStr::from_bytes(&spec.argv[0]).to_owned();
     let mut cmd = Command::new(&argv0);
     cmd.args(
@@ -358,30 +447,16 @@ fn setup_and_run() -> Result<(), String> {
     }
     let cwd = spec.cwd.clone().unwrap_or_else(|| b"/".to_vec());
     cmd.current_dir(std::ffi::OsStr::from_bytes(&cwd));
+    cmd
+}
 
-    // Terminal mode: the command gets a pty as its controlling terminal.
-    let mut master: Option<fs::File> = None;
-    if let Some((rows, cols)) = spec.tty {
-        let (m, slave) = open_pty(rows, cols).map_err(|e| format!("opening a pty: {e}"))?;
-        let slave = file(slave);
-        let s = |f: &fs::File| f.try_clone().map(Stdio::from).map_err(|e| e.to_string());
-        cmd.stdin(s(&slave)?).stdout(s(&slave)?);
-        if spec.stderr_tty {
-            cmd.stderr(s(&slave)?);
-        } else {
-            cmd.stderr(Stdio::piped());
-        }
-        master = Some(file(m));
-        // SAFETY: setsid and the TIOCSCTTY ioctl are async-signal-safe syscalls on fds
-        // the child owns; nothing is allocated between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                rustix::process::setsid()?;
-                rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
-                Ok(())
-            });
-        }
-    } else {
+/// Give the command its standard streams, in a session of its own: a pty as its
+/// controlling terminal in terminal mode (the master is returned; stderr stays a pipe
+/// unless the host's stderr is a terminal too), else three pipes. The slave's handles
+/// live only in `cmd`, so dropping `cmd` after the spawn leaves the command the only
+/// holder: the master then reads EIO once the command's side is all closed.
+fn attach_stdio(cmd: &mut Command, spec: &Spec) -> Result<Option<fs::File>, String> {
+    let Some((rows, cols)) = spec.tty else {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -392,68 +467,154 @@ fn setup_and_run() -> Result<(), String> {
                 Ok(())
             });
         }
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let name = String::from_utf8_lossy(&spec.argv[0]);
-            let (msg, code) = match e.kind() {
-                io::ErrorKind::NotFound => (
-                    format!(
-                        "{name}: command not found in the appliance (PATH and working directory as given)"
-                    ),
-                    127,
-                ),
-                _ => (format!("{name}: cannot run it in the appliance: {e}"), 126),
-            };
-            return fail(&mut ctl_w, msg, code);
-        }
+        return Ok(None);
     };
-    drop(cmd);
-    let pid = child.id() as i32;
-    let _ = ctl_w.write_all(&ToHost::Ready.encode());
+    let (m, slave) = open_pty(rows, cols).map_err(|e| format!("opening a pty: {e}"))?;
+    let slave = file(slave);
+    let s = |f: &fs::File| f.try_clone().map(Stdio::from).map_err(|e| e.to_string());
+    cmd.stdin(s(&slave)?).stdout(s(&slave)?);
+    if spec.stderr_tty {
+        cmd.stderr(s(&slave)?);
+    } else {
+        cmd.stderr(Stdio::piped());
+    }
+    let master = file(m);
+    // SAFETY: setsid and the TIOCSCTTY ioctl are async-signal-safe syscalls on fds
+    // the child owns; nothing is allocated between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
+            Ok(())
+        });
+    }
+    Ok(Some(master))
+}
 
-    let out_n = Arc::new(AtomicU64::new(0));
-    let err_n = Arc::new(AtomicU64::new(0));
-    let mut pumps = Vec::new();
-    let (out_src, in_dst) = match &master {
-        Some(m) => (
-            m.try_clone().map_err(|e| e.to_string())?,
-            Some(m.try_clone().map_err(|e| e.to_string())?),
+/// The failure text and exit status for a command that could not be started, as a
+/// shell gives them: 127 when it is not found, 126 when it cannot be run.
+fn spawn_failure(argv0: &[u8], e: &io::Error) -> (String, u32) {
+    let name = String::from_utf8_lossy(argv0);
+    match e.kind() {
+        io::ErrorKind::NotFound => (
+            format!(
+                "{name}: command not found in the appliance (PATH and working directory as given)"
+            ),
+            127,
         ),
-        None => (
-            child
-                .stdout
-                .take()
-                .map(|o| file(OwnedFd::from(o)))
-                .ok_or("no stdout pipe")?,
-            child.stdin.take().map(|i| file(OwnedFd::from(i))),
-        ),
-    };
-    let out_closed = Arc::new(AtomicBool::new(false));
-    let err_closed = Arc::new(AtomicBool::new(false));
-    {
-        let n = Arc::clone(&out_n);
-        let how = if master.is_some() {
-            OnClose::Discard
-        } else {
-            OnClose::Close
+        _ => (format!("{name}: cannot run it in the appliance: {e}"), 126),
+    }
+}
+
+/// The threads that copy the command's output to the host's ports and the host's
+/// stdin to the command, with the byte counts of each output stream (sent with the
+/// status, so the host knows when it has every byte) and the flags the control
+/// channel sets when the host says a stream's consumer is gone.
+struct Pumps {
+    /// The output pumps, joined once the command is gone. The stdin pump is not kept:
+    /// it may be blocked on a host that never closes stdin.
+    threads: Vec<std::thread::JoinHandle<()>>,
+    out_n: Arc<AtomicU64>,
+    err_n: Arc<AtomicU64>,
+    out_closed: Arc<AtomicBool>,
+    err_closed: Arc<AtomicBool>,
+    /// Ports no pump copies (stderr when it is the terminal too): held open until the
+    /// run ends, like the ports in use.
+    _idle: Vec<fs::File>,
+}
+
+impl Pumps {
+    /// Start the pumps between the `child`'s pipes (or the pty `master`) and the ports.
+    fn start(
+        child: &mut std::process::Child,
+        master: Option<&fs::File>,
+        streams: Streams,
+    ) -> Result<Pumps, String> {
+        let Streams {
+            stdin,
+            stdout,
+            stderr,
+        } = streams;
+        let out_n = Arc::new(AtomicU64::new(0));
+        let err_n = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        let (out_src, in_dst) = match master {
+            Some(m) => (
+                m.try_clone().map_err(|e| e.to_string())?,
+                Some(m.try_clone().map_err(|e| e.to_string())?),
+            ),
+            None => (
+                child
+                    .stdout
+                    .take()
+                    .map(|o| file(OwnedFd::from(o)))
+                    .ok_or("no stdout pipe")?,
+                child.stdin.take().map(|i| file(OwnedFd::from(i))),
+            ),
         };
-        let c = Some((Arc::clone(&out_closed), how));
-        pumps.push(std::thread::spawn(move || pump(out_src, stdout, n, c)));
+        let out_closed = Arc::new(AtomicBool::new(false));
+        let err_closed = Arc::new(AtomicBool::new(false));
+        {
+            let n = Arc::clone(&out_n);
+            let how = if master.is_some() {
+                OnClose::Discard
+            } else {
+                OnClose::Close
+            };
+            let c = Some((Arc::clone(&out_closed), how));
+            threads.push(std::thread::spawn(move || pump(out_src, stdout, n, c)));
+        }
+        let mut idle = Vec::new();
+        if let Some(e) = child.stderr.take() {
+            let n = Arc::clone(&err_n);
+            let src = file(OwnedFd::from(e));
+            let c = Some((Arc::clone(&err_closed), OnClose::Close));
+            threads.push(std::thread::spawn(move || pump(src, stderr, n, c)));
+        } else {
+            idle.push(stderr);
+        }
+        if let Some(dst) = in_dst {
+            // Not joined: it may be blocked on a host that never closes stdin.
+            std::thread::spawn(move || pump(stdin, dst, Arc::new(AtomicU64::new(0)), None));
+        } else {
+            idle.push(stdin);
+        }
+        Ok(Pumps {
+            threads,
+            out_n,
+            err_n,
+            out_closed,
+            err_closed,
+            _idle: idle,
+        })
     }
-    if let Some(e) = child.stderr.take() {
-        let n = Arc::clone(&err_n);
-        let src = file(OwnedFd::from(e));
-        let c = Some((Arc::clone(&err_closed), OnClose::Close));
-        pumps.push(std::thread::spawn(move || pump(src, stderr, n, c)));
+
+    /// Wait for the output pumps to drain and return the bytes sent on stdout and
+    /// stderr. The idle ports stay open until `self` is dropped.
+    fn join(&mut self) -> (u64, u64) {
+        for p in std::mem::take(&mut self.threads) {
+            let _ = p.join();
+        }
+        (
+            self.out_n.load(Ordering::SeqCst),
+            self.err_n.load(Ordering::SeqCst),
+        )
     }
-    if let Some(dst) = in_dst {
-        // Not joined: it may be blocked on a host that never closes stdin.
-        std::thread::spawn(move || pump(stdin, dst, Arc::new(AtomicU64::new(0)), None));
-    }
+}
+
+/// Serve the control channel while the command runs, on a thread of its own that owns
+/// the port's reading end: window sizes go to the pty `master_ctl`, signals to the
+/// command's process group `pid`, a closed consumer sets `out_closed`/`err_closed`,
+/// and each acknowledgement is passed on to the returned receiver. The thread ends
+/// when the channel is lost, which ends a wait on the receiver too.
+fn serve_control(
+    mut ctl: fs::File,
+    pid: i32,
+    master_ctl: Option<fs::File>,
+    out_closed: Arc<AtomicBool>,
+    err_closed: Arc<AtomicBool>,
+) -> mpsc::Receiver<()> {
     let (ack_tx, ack_rx) = mpsc::channel::<()>();
-    let master_ctl = master.as_ref().and_then(|m| m.try_clone().ok());
     std::thread::spawn(move || {
         let group = Pid::from_raw(pid);
         let signal = |s: Signal| {
@@ -499,17 +660,25 @@ fn setup_and_run() -> Result<(), String> {
             }
         }
     });
+    ack_rx
+}
 
-    // Reap every child (orphans are reparented to us) until the command exits.
-    let status = loop {
+/// Reap every child (orphans are reparented to us) until the command `pid` exits.
+fn wait_for_command(pid: i32) -> Result<rustix::process::WaitStatus, String> {
+    loop {
         match rustix::process::wait(WaitOptions::empty()) {
-            Ok(Some((p, st))) if p.as_raw_nonzero().get() == pid => break st,
+            Ok(Some((p, st))) if p.as_raw_nonzero().get() == pid => return Ok(st),
             Ok(_) => continue,
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(format!("wait: {e}")),
         }
-    };
-    // What the command left behind would hold the output open: stop it all.
+    }
+}
+
+/// What the command left behind would hold the output open: kill every other
+/// process, close PID 1's pty master and child handle, and reap the dead for at most
+/// two seconds, so that the output pumps reach their end.
+fn stop_the_rest(master: Option<fs::File>, child: std::process::Child) {
     kill_all_but_init();
     drop(master);
     drop(child);
@@ -521,26 +690,16 @@ fn setup_and_run() -> Result<(), String> {
             Err(_) => break,
         }
     }
-    for p in pumps {
-        let _ = p.join();
-    }
-    let (signaled, code) = match (status.exit_status(), status.terminating_signal()) {
+}
+
+/// The command's end as the host reports it: (killed by a signal?, exit code or
+/// signal number); 125 if it is neither.
+fn exit_of(status: rustix::process::WaitStatus) -> (bool, u32) {
+    match (status.exit_status(), status.terminating_signal()) {
         (Some(c), _) => (false, c as u32),
         (None, Some(s)) => (true, s as u32),
         _ => (false, 125),
-    };
-    send_exit(
-        &mut ctl_w,
-        signaled,
-        code,
-        out_n.load(Ordering::SeqCst),
-        err_n.load(Ordering::SeqCst),
-    );
-    // Unbounded on purpose: a slow consumer on the host (a pager, `| (sleep 60; wc)`)
-    // is still owed the output qemu buffers. The host bounds the run; the reader thread
-    // ending (channel lost) ends this wait too.
-    let _ = ack_rx.recv();
-    Ok(())
+    }
 }
 
 /// SIGKILL every process but PID 1 (`kill(-1, …)` by hand: rustix's `Pid` is positive).
