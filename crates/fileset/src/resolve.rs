@@ -3,8 +3,8 @@
 //!
 //! Steps (reference §2.4–2.6), each logged at `info` with its count:
 //! 1. package names → installed packages → their dependency closure, through the
-//!    package-database interface (`kiln-packages`; the database is chosen by
-//!    `kiln-databases`); names that are not installed are **warned about** by name and
+//!    package-database interface (`kiln-packages`, which also chooses the
+//!    database); names that are not installed are **warned about** by name and
 //!    origin (supermin ignores them silently) and otherwise ignored, as supermin does;
 //! 2. their files; **config files are dropped** (they come from base images): a path is
 //!    config when the database flags it so (for dpkg: under `/etc/` and a regular file on
@@ -39,7 +39,7 @@ use crate::builder::{PlaceError, SetBuilder, Source};
 use crate::entry::{Content, Entry, Kind, Meta};
 use crate::munge::{HostFile, StatCache, munge};
 use crate::scan;
-use kiln_databases::{PackageError, Sysroot};
+use kiln_packages::{PackageError, Sysroot};
 use kiln_pattern::{FnMatchSet, PatternError};
 
 /// Options of the file set stage.
@@ -190,7 +190,7 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
 
     // 1. Packages and their closure.
     tracing::info!("mapping package names to installed packages");
-    let db = kiln_databases::open(&opts.sysroot)?;
+    let db = kiln_packages::open(&opts.sysroot)?;
     tracing::info!("package database: {}", db.driver());
     let names: Vec<&str> = inputs.packages.iter().map(|l| l.value.as_str()).collect();
     tracing::info!("resolving full list of package dependencies");
