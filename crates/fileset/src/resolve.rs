@@ -3,9 +3,10 @@
 //!
 //! Steps (reference §2.4–2.6), each logged at `info` with its count:
 //! 1. package names → installed packages → their dependency closure, through the
-//!    package-database interface (`kiln-packages`, which also chooses the
-//!    database); names that are not installed are **warned about** by name and
-//!    origin (supermin ignores them silently) and otherwise ignored, as supermin does;
+//!    package-database interface ([`Database`]; the caller chooses and opens the
+//!    database, `kiln_packages::open`); names that are not installed are **warned
+//!    about** by name and origin (supermin ignores them silently) and otherwise
+//!    ignored, as supermin does;
 //! 2. their files; **config files are dropped** (they come from base images): a path is
 //!    config when the database flags it so (for dpkg: under `/etc/` and a regular file on
 //!    the host, supermin's rule, or one of the package's conffiles, anywhere); ghost
@@ -39,7 +40,7 @@ use crate::builder::{PlaceError, SetBuilder, Source};
 use crate::entry::{Content, Entry, Kind, Meta};
 use crate::munge::{HostFile, StatCache, munge};
 use crate::scan;
-use kiln_packages::{PackageError, Sysroot};
+use kiln_packages::{Database, PackageError, Sysroot};
 use kiln_pattern::{FnMatchSet, PatternError};
 
 /// Options of the file set stage.
@@ -184,13 +185,17 @@ fn package_set_time(db_files: &[PathBuf]) -> (i64, u32) {
         .unwrap_or((0, 0))
 }
 
-/// Run the whole stage.
-pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError> {
+/// Run the whole stage on `db`, the package database of `opts.sysroot` (the caller
+/// chooses and opens it, `kiln_packages::open`).
+pub fn resolve(
+    inputs: &Inputs,
+    db: &dyn Database,
+    opts: &Options,
+) -> Result<Resolved, ResolveError> {
     let mut counts = Counts::default();
 
     // 1. Packages and their closure.
     tracing::info!("mapping package names to installed packages");
-    let db = kiln_packages::open(&opts.sysroot)?;
     tracing::info!("package database: {}", db.driver());
     let names: Vec<&str> = inputs.packages.iter().map(|l| l.value.as_str()).collect();
     tracing::info!("resolving full list of package dependencies");
@@ -465,6 +470,13 @@ mod tests {
         t
     }
 
+    /// The stage on the database below `root`, chosen and opened as the library does.
+    fn resolve_in(inputs: &Inputs, root: &Path) -> Result<Resolved, ResolveError> {
+        let sysroot = Sysroot::new(root);
+        let db = kiln_packages::open(&sysroot)?;
+        resolve(inputs, db.as_ref(), &Options { sysroot })
+    }
+
     fn origin() -> Origin {
         Origin {
             file: "test".into(),
@@ -529,13 +541,7 @@ mod tests {
             }],
             ..Inputs::default()
         };
-        let r = resolve(
-            &inputs,
-            &Options {
-                sysroot: Sysroot::new(root.path()),
-            },
-        )
-        .unwrap();
+        let r = resolve_in(&inputs, root.path()).unwrap();
         assert_eq!(r.packages, ["app_1_amd64"]);
         assert_eq!(r.counts.missing_packages, 1);
         // Listed: the root dir, bin, bin/app, tool, doc, README, gone (conf: dropped).
@@ -628,13 +634,7 @@ mod tests {
             }],
             ..Inputs::default()
         };
-        let res = resolve(
-            &inputs,
-            &Options {
-                sysroot: Sysroot::new(r),
-            },
-        )
-        .unwrap();
+        let res = resolve_in(&inputs, r).unwrap();
         assert_eq!(res.packages, ["libc6_2_amd64", "old_1_amd64"]);
         let set = res.builder.finish().unwrap();
         let get = |p: &str| set.entries().iter().find(|e| e.path == Path::new(p));
@@ -696,13 +696,7 @@ mod tests {
             }],
             ..Inputs::default()
         };
-        let res = resolve(
-            &inputs,
-            &Options {
-                sysroot: Sysroot::new(r),
-            },
-        )
-        .unwrap();
+        let res = resolve_in(&inputs, r).unwrap();
         let paths: Vec<String> = res
             .builder
             .finish()
@@ -727,13 +721,7 @@ mod tests {
             }],
             ..Inputs::default()
         };
-        let e = resolve(
-            &inputs,
-            &Options {
-                sysroot: Sysroot::new(root.path()),
-            },
-        )
-        .unwrap_err();
+        let e = resolve_in(&inputs, root.path()).unwrap_err();
         assert!(e.to_string().contains("supermin.d/hostfiles:3"), "{e}");
     }
 }
