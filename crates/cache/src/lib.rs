@@ -39,7 +39,7 @@
 //!    `security:` error and never followed or opened for reading.
 //! 6. Names, ownership checks and outputs use the effective UID/GID (setuid-safe).
 //! 7. SIGINT, SIGTERM or SIGHUP during a build removes its `tmp-` directory and this
-//!    process's pins before the process exits (`kiln-cleanup`); SIGKILL's leave
+//!    process's pins before the process exits (`kiln_outdir::cleanup`); SIGKILL's leave
 //!    invariant 4.
 //! 8. Of the slots of one source ([`GetOptions::source`]) only the newest build stays
 //!    once nothing pins the older ones; `keep` counts sources.

@@ -182,7 +182,7 @@ impl Cache {
 
     /// Make a private build directory `tmp-<key>-<pid>-<n>` (0700) and lock it: while
     /// the lock is held, gc knows its builder is alive.
-    /// Its removal is registered with `kiln-cleanup`, so a SIGINT, SIGTERM or SIGHUP
+    /// Its removal is registered with `kiln_outdir::cleanup`, so a SIGINT, SIGTERM or SIGHUP
     /// during the build removes it before the process exits.
     fn make_private(&self, key: &Key) -> Result<(String, File, kiln_outdir::cleanup::Guard)> {
         loop {

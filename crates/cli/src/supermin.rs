@@ -6,7 +6,7 @@
 //! `supermin:`, exit status 0/1/2, `--lock` as a POSIX record lock (so it excludes a real
 //! supermin too). This file only maps arguments and prints: what `--build` does
 //! (`--if-newer` through the cache key, `OUT` filled from a cache slot or built straight
-//! into, atomic replacement) is `kiln::supermin`; `--prepare` is `kiln-prepare`.
+//! into, atomic replacement) is `kiln::supermin`; `--prepare` is `kiln::prepare`.
 
 use std::ffi::OsString;
 use std::io::{self, Write};

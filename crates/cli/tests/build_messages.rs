@@ -8,8 +8,9 @@
 mod common;
 use common::{example_dir, kiln, text};
 
-#[path = "../../rpm/tests/common/mod.rs"]
-mod rpmroot;
+#[path = "../../packages/tests/it/roots/mod.rs"]
+mod dbroots;
+use dbroots::rpm as rpmroot;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

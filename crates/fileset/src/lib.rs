@@ -1,11 +1,11 @@
 //! kiln's file set stage: turn the parsed inputs of a supermin appliance into the exact,
 //! sorted list of entries of the appliance root ([`FileSet`]). Writing a set out is the
-//! writers' job (`kiln-chroot`, `kiln-image`).
+//! writers' job (`kiln-image`: the ext2 image and the `chroot` tree).
 //!
 //! Modules: [`entry`] holds the types that are the contract with the writers that follow
 //! (chroot, ext2); [`scan`] reads host objects into entries; the package database is
-//! read through the interface of `kiln-packages` (which database: `kiln-databases`, the
-//! one place that names the implementations); pattern matching is `kiln-pattern`'s (glob(3)/fnmatch(3)); [`munge`] is
+//! read through the interface of `kiln-packages` (a `&dyn Database` the caller chooses
+//! and opens; this crate names no database); pattern matching is `kiln-pattern`'s (glob(3)/fnmatch(3)); [`munge`] is
 //! supermin's parent/symlink completion, in-process; [`layout`] is the root's
 //! merged-/usr links, which come with every appliance made from it; [`builder`] merges base images and
 //! host entries into one tree, resolving paths through the set's own symlinks;

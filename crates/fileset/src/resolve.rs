@@ -3,9 +3,10 @@
 //!
 //! Steps (reference §2.4–2.6), each logged at `info` with its count:
 //! 1. package names → installed packages → their dependency closure, through the
-//!    package-database interface (`kiln-packages`; the database is chosen by
-//!    `kiln-databases`); names that are not installed are **warned about** by name and
-//!    origin (supermin ignores them silently) and otherwise ignored, as supermin does;
+//!    package-database interface ([`Database`]; the caller chooses and opens the
+//!    database, `kiln_packages::open`); names that are not installed are **warned
+//!    about** by name and origin (supermin ignores them silently) and otherwise
+//!    ignored, as supermin does;
 //! 2. their files; **config files are dropped** (they come from base images): a path is
 //!    config when the database flags it so (for dpkg: under `/etc/` and a regular file on
 //!    the host, supermin's rule, or one of the package's conffiles, anywhere); ghost
@@ -32,14 +33,14 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use kiln_inputs::{BaseImage, Inputs, Member, MemberKind, Origin};
+use kiln_inputs::{BaseImage, Inputs, Line, Member, MemberKind, Origin};
 
 use crate::access::Hidden;
 use crate::builder::{PlaceError, SetBuilder, Source};
 use crate::entry::{Content, Entry, Kind, Meta};
 use crate::munge::{HostFile, StatCache, munge};
 use crate::scan;
-use kiln_databases::{PackageError, Sysroot};
+use kiln_packages::{Database, PackageError, Sysroot};
 use kiln_pattern::{FnMatchSet, PatternError};
 
 /// Options of the file set stage.
@@ -184,17 +185,66 @@ fn package_set_time(db_files: &[PathBuf]) -> (i64, u32) {
         .unwrap_or((0, 0))
 }
 
-/// Run the whole stage.
-pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError> {
+/// Run the whole stage on `db`, the package database of `opts.sysroot` (the caller
+/// chooses and opens it, `kiln_packages::open`): the steps of the module doc, in order.
+pub fn resolve(
+    inputs: &Inputs,
+    db: &dyn Database,
+    opts: &Options,
+) -> Result<Resolved, ResolveError> {
+    let sysroot = &opts.sysroot;
+    // Root reads everything (CAP_DAC_OVERRIDE): nothing is unreadable or hidden to it.
+    let as_root = rustix::process::geteuid().is_root();
     let mut counts = Counts::default();
+    let mut hidden = Hidden::default();
+    let mut cache = StatCache::new(sysroot.clone());
 
-    // 1. Packages and their closure.
+    let closure = close_packages(inputs, db, sysroot)?;
+    counts.packages = closure.names.len();
+    counts.missing_packages = closure.missing;
+    let mut files = package_files(db, &closure.indices);
+    counts.files = files.len();
+    drop_excluded(&mut files, &inputs.excludes);
+    counts.after_excludes = files.len();
+    add_hostfiles(&mut files, &inputs.hostfiles, sysroot, as_root, &mut hidden)?;
+    counts.after_hostfiles = files.len();
+    keep_present_and_readable(&mut files, &mut cache, sysroot, as_root, hidden);
+    counts.after_unreadable = files.len();
+    add_layout_links(&mut files, sysroot);
+    let munged = munge_files(files, &mut cache);
+    counts.after_munging = munged.len();
+    let (builder, base_members) = merge(inputs, &munged, &mut cache, db)?;
+    counts.base_members = base_members;
+    counts.entries = builder.len();
+
+    Ok(Resolved {
+        builder,
+        packages: closure.names,
+        counts,
+        database: db.driver(),
+    })
+}
+
+/// The packages of the closure: indices into [`Database::packages`] and their display
+/// names, sorted by display name; how many requested names matched nothing.
+struct Closure {
+    indices: Vec<usize>,
+    names: Vec<String>,
+    missing: usize,
+}
+
+/// Step 1: package names → installed packages → their dependency closure; names that
+/// are not installed are warned about by name and origin, and ignored.
+fn close_packages(
+    inputs: &Inputs,
+    db: &dyn Database,
+    sysroot: &Sysroot,
+) -> Result<Closure, ResolveError> {
     tracing::info!("mapping package names to installed packages");
-    let db = kiln_databases::open(&opts.sysroot)?;
     tracing::info!("package database: {}", db.driver());
-    let names: Vec<&str> = inputs.packages.iter().map(|l| l.value.as_str()).collect();
+    let wanted: Vec<&str> = inputs.packages.iter().map(|l| l.value.as_str()).collect();
     tracing::info!("resolving full list of package dependencies");
-    let res = db.resolve(&names)?;
+    let res = db.resolve(&wanted)?;
     for m in &res.missing {
         let origin = inputs
             .packages
@@ -203,34 +253,40 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
             .map(|l| l.origin.to_string())
             .unwrap_or_default();
         // Name the system the database belongs to: the host, or the --sysroot.
-        if opts.sysroot.is_host() {
+        if sysroot.is_host() {
             tracing::warn!("{origin}: package {m:?} is not installed on this host: ignored");
         } else {
             tracing::warn!(
                 "{origin}: package {m:?} is not installed in {}: ignored",
-                opts.sysroot.root.display()
+                sysroot.root.display()
             );
         }
     }
     let all = db.packages();
-    let packages: Vec<String> = res
+    let names: Vec<String> = res
         .packages
         .iter()
         .map(|&i| all[i].display.clone())
         .collect();
-    for p in &packages {
+    for p in &names {
         tracing::debug!("package: {p}");
     }
-    counts.packages = packages.len();
-    counts.missing_packages = res.missing.len();
-    tracing::info!("{} packages, including dependencies", counts.packages);
+    tracing::info!("{} packages, including dependencies", names.len());
+    Ok(Closure {
+        indices: res.packages,
+        names,
+        missing: res.missing.len(),
+    })
+}
 
-    // 2. Their files, without config files (a path is config when any package of the
-    // closure says so) and without ghosts; the first package listing a path decides
-    // where its bytes are.
+/// Step 2: the files of `packages`, without config files (a path is config when any
+/// package of the closure says so) and without ghosts; the first package listing a
+/// path decides where its bytes are. Sorted in set order.
+fn package_files(db: &dyn Database, packages: &[usize]) -> Vec<HostFile> {
+    let all = db.packages();
     let mut config: HashSet<PathBuf> = HashSet::new();
     let mut listed: HashMap<PathBuf, PathBuf> = HashMap::new();
-    for &i in &res.packages {
+    for &i in packages {
         let files = match db.files(i) {
             Ok(f) => f,
             Err(e) => {
@@ -256,12 +312,15 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         .map(|(path, source)| HostFile { path, source })
         .collect();
     files.sort_unstable_by(|a, b| crate::builder::set_order(&a.path, &b.path));
-    counts.files = files.len();
-    tracing::info!("{} files", counts.files);
+    tracing::info!("{} files", files.len());
+    files
+}
 
-    // 3. Excludes (package files only).
-    if !inputs.excludes.is_empty() {
-        let excludes = FnMatchSet::new(inputs.excludes.iter().map(|x| x.value.as_slice()));
+/// Step 3: excludefiles, matched against package files only (hostfiles are added
+/// after).
+fn drop_excluded(files: &mut Vec<HostFile>, excludes: &[Line<Vec<u8>>]) {
+    if !excludes.is_empty() {
+        let excludes = FnMatchSet::new(excludes.iter().map(|x| x.value.as_slice()));
         files.retain(|f| {
             let hit = excludes.matches(f.path.as_os_str().as_bytes());
             if hit {
@@ -270,16 +329,21 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
             !hit
         });
     }
-    counts.after_excludes = files.len();
-    tracing::info!(
-        "{} files, after matching excludefiles",
-        counts.after_excludes
-    );
+    tracing::info!("{} files, after matching excludefiles", files.len());
+}
 
-    // 4. Hostfiles.
-    let root = rustix::process::geteuid().is_root();
-    let mut hidden = Hidden::default();
-    for l in &inputs.hostfiles {
+/// Step 4: hostfiles, globbed on the host or below the sysroot. A relative pattern is
+/// an error naming its line; one with a `.` or `..` component is left out with a
+/// warning. A pattern matching nothing is noted in `hidden` when a directory this
+/// user cannot search may hide its matches.
+fn add_hostfiles(
+    files: &mut Vec<HostFile>,
+    hostfiles: &[Line<PathBuf>],
+    sysroot: &Sysroot,
+    as_root: bool,
+    hidden: &mut Hidden,
+) -> Result<(), ResolveError> {
+    for l in hostfiles {
         if !l.value.is_absolute() {
             return Err(ResolveError::RelativeHostfile {
                 origin: l.origin.clone(),
@@ -304,27 +368,37 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
             );
             continue;
         }
-        let matches = if opts.sysroot.is_host() {
+        let matches = if sysroot.is_host() {
             kiln_pattern::glob(l.value.as_os_str()).map_err(|source| ResolveError::Glob {
                 origin: l.origin.clone(),
                 pattern: l.value.clone(),
                 source,
             })?
         } else {
-            kiln_pattern::glob_in(&opts.sysroot.root, l.value.as_os_str())
+            kiln_pattern::glob_in(&sysroot.root, l.value.as_os_str())
         };
         // Searched for where the pattern lies on this machine (below the sysroot).
-        if matches.is_empty() && !root {
-            hidden.note_pattern(&opts.sysroot.host_path(&l.value));
+        if matches.is_empty() && !as_root {
+            hidden.note_pattern(&sysroot.host_path(&l.value));
         }
         files.extend(matches.into_iter().map(HostFile::same));
     }
-    counts.after_hostfiles = files.len();
-    tracing::info!("{} files, after adding hostfiles", counts.after_hostfiles);
+    tracing::info!("{} files, after adding hostfiles", files.len());
+    Ok(())
+}
 
-    // 5. Existence, then readability; a diverted file is read from where dpkg put it.
+/// Step 5: existence (lstat of the source or the path; a diverted file is read from
+/// where dpkg put it), then readability: unreadable files are left out with a warning
+/// naming them, files hidden by a directory this user cannot search with one warning
+/// per directory (`hidden`, with the patterns step 4 noted).
+fn keep_present_and_readable(
+    files: &mut Vec<HostFile>,
+    cache: &mut StatCache,
+    sysroot: &Sysroot,
+    as_root: bool,
+    mut hidden: Hidden,
+) {
     let mut noted = false;
-    let mut cache = StatCache::new(opts.sysroot.clone());
     files.retain_mut(|f| {
         let md = if f.source == f.path {
             cache.lstat(&f.path)
@@ -340,13 +414,13 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         };
         let Some(md) = md else {
             // Not there, or hidden by a directory this user cannot search.
-            if !root {
-                hidden.note_missing(&opts.sysroot.host_path(&f.path));
+            if !as_root {
+                hidden.note_missing(&sysroot.host_path(&f.path));
             }
             return false;
         };
         // Root reads everything (CAP_DAC_OVERRIDE): no need to ask.
-        if !md.is_file() || root {
+        if !md.is_file() || as_root {
             return true;
         }
         match readable(&cache.host_path(&f.source)) {
@@ -369,18 +443,17 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         }
     });
     hidden.warn();
-    counts.after_unreadable = files.len();
-    tracing::info!(
-        "{} files, after removing unreadable files",
-        counts.after_unreadable
-    );
+    tracing::info!("{} files, after removing unreadable files", files.len());
+}
 
-    // 5b. The root's layout: its merged-/usr links, whatever the closure (on Debian 13
-    // they belong to `base-files`, which no package depends on). Munging then adds
-    // their targets, and every path named through a link lands below its target.
-    // Links the closure lists already are not added twice, so supermin's counts stay.
+/// Step 6, first half: the root's layout, its merged-/usr links, whatever the closure
+/// (on Debian 13 they belong to `base-files`, which no package depends on). Munging
+/// then adds their targets, and every path named through a link lands below its
+/// target. Links the closure lists already are not added twice, so supermin's counts
+/// stay.
+fn add_layout_links(files: &mut Vec<HostFile>, sysroot: &Sysroot) {
     let listed: HashSet<&Path> = files.iter().map(|f| f.path.as_path()).collect();
-    let missing: Vec<HostFile> = crate::layout::usr_links(&opts.sysroot)
+    let missing: Vec<HostFile> = crate::layout::usr_links(sysroot)
         .into_iter()
         .filter(|l| !listed.contains(l.path.as_path()))
         .map(|l| HostFile::same(l.path))
@@ -389,20 +462,31 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
         tracing::debug!("layout: {} (not in the package closure)", l.path.display());
     }
     files.extend(missing);
+}
 
-    // 6. Munging.
-    let munged = munge(files, &mut cache);
-    counts.after_munging = munged.len();
-    tracing::info!("{} files, after munging", counts.after_munging);
+/// Step 6, second half: munging ([`munge`]), parents and symlink targets completed.
+fn munge_files(files: Vec<HostFile>, cache: &mut StatCache) -> Vec<HostFile> {
+    let munged = munge(files, cache);
+    tracing::info!("{} files, after munging", munged.len());
     for f in &munged {
         tracing::trace!("munged: {} (from {})", f.path.display(), f.source.display());
     }
+    munged
+}
 
-    // 7. Merge: base images first, then host entries.
+/// Step 7: base images first (in order), then the munged host entries, merged by
+/// [`SetBuilder`]; host directories take the time of the package database. Returns
+/// the builder and the number of base image members.
+fn merge(
+    inputs: &Inputs,
+    munged: &[HostFile],
+    cache: &mut StatCache,
+    db: &dyn Database,
+) -> Result<(SetBuilder, usize), ResolveError> {
     let mut builder = SetBuilder::new();
     builder.host_dir_time = Some(package_set_time(&db.fingerprint()));
-    counts.base_members = add_base_images(&mut builder, &inputs.base_images)?;
-    for f in &munged {
+    let base_members = add_base_images(&mut builder, &inputs.base_images)?;
+    for f in munged {
         let Some(md) = cache.lstat(&f.source) else {
             tracing::warn!("{}: vanished while building (ignored)", f.source.display());
             continue;
@@ -421,14 +505,8 @@ pub fn resolve(inputs: &Inputs, opts: &Options) -> Result<Resolved, ResolveError
     for w in builder.warnings.drain(..) {
         tracing::warn!("{w}");
     }
-    counts.entries = builder.len();
-    tracing::info!("{} entries in the appliance root", counts.entries);
-    Ok(Resolved {
-        builder,
-        packages,
-        counts,
-        database: db.driver(),
-    })
+    tracing::info!("{} entries in the appliance root", builder.len());
+    Ok((builder, base_members))
 }
 
 /// The `/packagelist` file: one `name_version_arch` per line, sorted, LF-terminated.
@@ -463,6 +541,13 @@ mod tests {
             fs::write(admin.join("info").join(format!("{name}.list")), content).unwrap();
         }
         t
+    }
+
+    /// The stage on the database below `root`, chosen and opened as the library does.
+    fn resolve_in(inputs: &Inputs, root: &Path) -> Result<Resolved, ResolveError> {
+        let sysroot = Sysroot::new(root);
+        let db = kiln_packages::open(&sysroot)?;
+        resolve(inputs, db.as_ref(), &Options { sysroot })
     }
 
     fn origin() -> Origin {
@@ -529,13 +614,7 @@ mod tests {
             }],
             ..Inputs::default()
         };
-        let r = resolve(
-            &inputs,
-            &Options {
-                sysroot: Sysroot::new(root.path()),
-            },
-        )
-        .unwrap();
+        let r = resolve_in(&inputs, root.path()).unwrap();
         assert_eq!(r.packages, ["app_1_amd64"]);
         assert_eq!(r.counts.missing_packages, 1);
         // Listed: the root dir, bin, bin/app, tool, doc, README, gone (conf: dropped).
@@ -628,13 +707,7 @@ mod tests {
             }],
             ..Inputs::default()
         };
-        let res = resolve(
-            &inputs,
-            &Options {
-                sysroot: Sysroot::new(r),
-            },
-        )
-        .unwrap();
+        let res = resolve_in(&inputs, r).unwrap();
         assert_eq!(res.packages, ["libc6_2_amd64", "old_1_amd64"]);
         let set = res.builder.finish().unwrap();
         let get = |p: &str| set.entries().iter().find(|e| e.path == Path::new(p));
@@ -696,13 +769,7 @@ mod tests {
             }],
             ..Inputs::default()
         };
-        let res = resolve(
-            &inputs,
-            &Options {
-                sysroot: Sysroot::new(r),
-            },
-        )
-        .unwrap();
+        let res = resolve_in(&inputs, r).unwrap();
         let paths: Vec<String> = res
             .builder
             .finish()
@@ -727,13 +794,7 @@ mod tests {
             }],
             ..Inputs::default()
         };
-        let e = resolve(
-            &inputs,
-            &Options {
-                sysroot: Sysroot::new(root.path()),
-            },
-        )
-        .unwrap_err();
+        let e = resolve_in(&inputs, root.path()).unwrap_err();
         assert!(e.to_string().contains("supermin.d/hostfiles:3"), "{e}");
     }
 }

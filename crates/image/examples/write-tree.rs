@@ -56,7 +56,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let set = if set_src.0 {
         let inputs = kiln_inputs::read_inputs(&[PathBuf::from(set_src.1)])?;
-        let mut r = kiln_fileset::resolve(&inputs, &kiln_fileset::Options::default())?;
+        let db = kiln_packages::open(&kiln_packages::Sysroot::default())?;
+        let mut r = kiln_fileset::resolve(&inputs, db.as_ref(), &kiln_fileset::Options::default())?;
         let m = newest_modules()?;
         r.builder.add_host_tree(&m, &m)?;
         r.builder.finish()?

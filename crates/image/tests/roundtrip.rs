@@ -363,7 +363,9 @@ fn libguestfs_file_set_round_trips() {
         "install libguestfs-tools (scripts/setup-host)"
     );
     let inputs = kiln_inputs::read_inputs(&[supermin_d.to_path_buf()]).unwrap();
-    let mut r = kiln_fileset::resolve(&inputs, &kiln_fileset::Options::default()).unwrap();
+    let db = kiln_packages::open(&kiln_packages::Sysroot::default()).unwrap();
+    let mut r =
+        kiln_fileset::resolve(&inputs, db.as_ref(), &kiln_fileset::Options::default()).unwrap();
     let m = kernel_modules();
     r.builder.add_host_tree(&m, &m).unwrap();
     let set = r.builder.finish().unwrap();

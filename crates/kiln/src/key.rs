@@ -8,7 +8,7 @@
 //!   path and `lstat` metadata (type, mode, owner, size, mtime, ctime, inode, device),
 //!   plus the target and metadata of symlinks;
 //! - the package database: the driver chosen for [`KeyOptions::sysroot`] (the same
-//!   choice the build makes, `kiln-databases`) and the `lstat` metadata of the files
+//!   choice the build makes, `kiln_packages::fingerprint`) and the `lstat` metadata of the files
 //!   that date it (for dpkg `status` and `diversions`: dpkg rewrites `status` on every
 //!   install, upgrade or removal); when no database is found, that fact;
 //! - the root's layout: its merged-/usr links (`/lib64 → usr/lib64`), name, target and
@@ -188,7 +188,7 @@ pub fn appliance_key(supermin_d: &Path, opts: &KeyOptions) -> Result<Key, KeyErr
         }
     }
 
-    match kiln_databases::fingerprint(&opts.sysroot) {
+    match kiln_packages::fingerprint(&opts.sysroot) {
         Some((driver, paths)) => {
             h.bytes("database", driver.as_bytes());
             for p in &paths {

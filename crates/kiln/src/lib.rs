@@ -38,8 +38,9 @@ pub mod prepare;
 pub mod supermin;
 
 pub use kiln_cache as cache;
-/// The package databases (for callers that map files to packages, e.g. `kiln run`).
-pub use kiln_databases as databases;
+/// The package databases: the interface, the dpkg, rpm and pacman readers, and the
+/// choice between them (for callers that map files to packages, e.g. `kiln run`).
+pub use kiln_packages as databases;
 pub use kiln_packages::Sysroot;
 pub use locate::{LocateError, LocateOptions, Pinned, locate};
 pub use pipeline::{

@@ -237,12 +237,19 @@ fn run(opts: &BuildOptions, into: Option<&Path>) -> Result<BuildReport, BuildErr
             }
             _ => None,
         };
-        let resolved = kiln_fileset::resolve(
-            &inputs,
-            &Options {
-                sysroot: opts.sysroot.clone(),
-            },
-        );
+        // The library chooses the database (the one the cache key reads) and hands it
+        // to the file set stage.
+        let resolved = kiln_packages::open(&opts.sysroot)
+            .map_err(ResolveError::from)
+            .and_then(|db| {
+                kiln_fileset::resolve(
+                    &inputs,
+                    db.as_ref(),
+                    &Options {
+                        sysroot: opts.sysroot.clone(),
+                    },
+                )
+            });
         let modules = scan.map(|h| {
             h.join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))

@@ -1,5 +1,5 @@
 //! `kiln prepare` (and the supermin front end's `--prepare`): from package names and the
-//! package database (through `kiln-packages`; which one: `kiln-databases`), write a
+//! package database (through `kiln-packages`, which also chooses which one), write a
 //! supermin appliance directory that `kiln build` turns into a bootable appliance.
 //!
 //! Output (replacing `OUT` atomically, see `kiln-outdir`):
@@ -28,9 +28,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use kiln_databases::{PackageError, Sysroot};
 use kiln_outdir::{OutdirError, Staging};
-use kiln_packages::in_root;
+use kiln_packages::{PackageError, Sysroot, in_root};
 
 /// Errors of `prepare`, each naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +108,7 @@ pub fn prepare<S: AsRef<str>>(
     if names.is_empty() {
         return Err(PrepareError::NoPackages);
     }
-    let db = kiln_databases::open(&Sysroot::new(&opts.root))?;
+    let db = kiln_packages::open(&Sysroot::new(&opts.root))?;
     let mut report = Prepared::default();
     let mut wanted: Vec<String> = Vec::new();
     for n in names {

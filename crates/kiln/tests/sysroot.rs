@@ -3,12 +3,11 @@
 //! is the default byte for byte and that nothing of the host's `/` leaks in.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../pacman/tests/common/mod.rs"]
-mod pacroot;
+#[path = "../../packages/tests/it/roots/mod.rs"]
+mod dbroots;
 #[path = "common/roots.rs"]
 mod roots;
-#[path = "../../rpm/tests/common/mod.rs"]
-mod rpmroot;
+use dbroots::{pacman as pacroot, rpm as rpmroot};
 
 use std::collections::BTreeSet;
 use std::fs;

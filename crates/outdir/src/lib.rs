@@ -12,7 +12,7 @@
 //!   followed or replaced; `/` and `..` are refused;
 //! - a staging directory that is dropped unpublished (error, panic) is removed, and so
 //!   is one whose process is ended by SIGINT, SIGTERM or SIGHUP (through
-//!   `kiln-cleanup`, before the process exits);
+//!   `cleanup`, before the process exits);
 //! - its creator holds an exclusive `flock` on the staging directory for as long as it
 //!   exists, so one left by a process that died otherwise (SIGKILL, power loss) is
 //!   recognised as debris and removed by the next [`Staging::new`] for the same `DIR`,

@@ -446,7 +446,7 @@ pub fn up_to_date_by_mtime(opts: &SuperminOptions) -> Result<bool, SuperminError
     }
     // supermin compares the package database's own file; the database's fingerprint
     // paths are those files for whichever database the key reads.
-    let db = kiln_databases::fingerprint(&opts.key.sysroot)
+    let db = kiln_packages::fingerprint(&opts.key.sysroot)
         .map(|(_, paths)| paths)
         .unwrap_or_default();
     for i in opts.inputs.iter().chain(db.iter()) {

@@ -2,7 +2,7 @@
 //! package is a directory `var/lib/pacman/local/NAME-VERSION/` holding `desc` (name,
 //! version, architecture, provides, depends) and `files` (the file list and the
 //! `backup` entries), plain text in `%SECTION%` blocks (alpm's own format, see
-//! alpm's `be_local.c`). [`PacmanDb`] implements [`kiln_packages::Database`];
+//! alpm's `be_local.c`). [`PacmanDb`] implements [`Database`](crate::Database);
 //! [`DRIVER`] is supermin's `arch/pacman`.
 //!
 //! Read by hand: the format is stable and simple, and reading it needs neither pacman
@@ -27,7 +27,7 @@
 //! std::fs::write(pkg.join("files"), "%FILES%\nusr/\nusr/bin/\nusr/bin/hello\n").unwrap();
 //!
 //! use kiln_packages::Database;
-//! let db = kiln_pacman::PacmanDb::load(root.path()).unwrap();
+//! let db = kiln_packages::pacman::PacmanDb::load(root.path()).unwrap();
 //! let r = db.resolve(&["hello"]).unwrap();
 //! assert_eq!(db.packages()[r.packages[0]].display, "hello-2.12-1.x86_64");
 //! let files = db.files(r.packages[0]).unwrap();
@@ -41,7 +41,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use kiln_packages::{
+use crate::{
     Database, Driver, FileFlags, Package, PackageError, PackageFile, Resolution, in_root,
     is_regular, os_release_id,
 };

@@ -3,14 +3,13 @@
 //! panic; well-formed ones read back exactly and resolve to a closed set; `Depends`-style
 //! fields of any text parse into clean names. A few thousand cases each;
 //! `PROPTEST_CASES=N` for a longer run.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use kiln_dpkg::{DpkgDb, parse_depends};
+use kiln_packages::dpkg::{DpkgDb, parse_depends};
 use proptest::prelude::*;
 
 /// A root with `var/lib/dpkg/{status,diversions,info/*.list}` holding exactly what is

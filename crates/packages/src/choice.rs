@@ -1,7 +1,7 @@
 //! The package databases kiln knows, and the one choice between them.
 //!
-//! [`DRIVERS`] lists every implementation of [`kiln_packages::Database`] in supermin's
-//! `--list-drivers` order; adding a database is one crate exporting a
+//! [`DRIVERS`] lists every implementation of [`Database`](crate::Database) in supermin's
+//! `--list-drivers` order; adding a database is one module exporting a
 //! [`Driver`] and one line there. Everything else — the file set stage, `prepare`, the
 //! cache key, the front end's `--list-drivers` — goes through [`choose`], [`open`] and
 //! [`fingerprint`], so the build and the key always read the same database.
@@ -15,25 +15,25 @@
 //!
 //! let empty = tempfile::tempdir().unwrap();
 //! let at = Sysroot::new(empty.path());
-//! assert!(kiln_databases::choose(&at).is_none());
-//! let e = kiln_databases::open(&at).unwrap_err();
+//! assert!(kiln_packages::choose(&at).is_none());
+//! let e = kiln_packages::open(&at).unwrap_err();
 //! assert!(e.to_string().contains("no package database"));
-//! assert!(kiln_databases::list_drivers(&at).contains("debian/dpkg\tnot-detected\n"));
+//! assert!(kiln_packages::list_drivers(&at).contains("debian/dpkg\tnot-detected\n"));
 //! ```
 
 use std::path::PathBuf;
 
-pub use kiln_packages::{Database, Driver, PackageError, Sysroot};
+use crate::{Database, Driver, PackageError, Sysroot, dpkg, pacman, rpm};
 
 /// Every database kiln reads, in supermin's `--list-drivers` order.
 pub const DRIVERS: &[Driver] = &[
-    kiln_pacman::DRIVER,
-    kiln_dpkg::DRIVER,
-    kiln_rpm::OPENMANDRIVA,
-    kiln_rpm::MAGEIA,
-    kiln_rpm::OPENSUSE,
-    kiln_rpm::IBM_POWERKVM,
-    kiln_rpm::FEDORA,
+    pacman::DRIVER,
+    dpkg::DRIVER,
+    rpm::OPENMANDRIVA,
+    rpm::MAGEIA,
+    rpm::OPENSUSE,
+    rpm::IBM_POWERKVM,
+    rpm::FEDORA,
 ];
 
 /// No database of any known kind below the root.

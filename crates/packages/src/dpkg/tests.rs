@@ -243,7 +243,7 @@ fn missing_status_names_the_file() {
 
 #[test]
 fn interface_flags_config_files_and_applies_diversions() {
-    use kiln_packages::Database;
+    use crate::Database;
     let t = fake_root(
         STATUS,
         &[(

@@ -1,9 +1,8 @@
 //! `--list-drivers` on this machine (Debian), compared with the real supermin's.
-#![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 
-use kiln_databases::{Sysroot, list_drivers};
+use kiln_packages::{Sysroot, list_drivers};
 
 #[test]
 fn host_list_matches_supermin() {

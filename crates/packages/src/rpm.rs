@@ -3,7 +3,7 @@
 //! run gives every installed package with its provides, requires and files (with
 //! their flags). The database files are never parsed by hand, so every backend the
 //! machine's `rpm` reads (sqlite, bdb, ndb) works. [`RpmDb`] implements
-//! [`kiln_packages::Database`]; [`DRIVERS`] are supermin's five rpm drivers.
+//! [`Database`](crate::Database); [`DRIVERS`] are supermin's five rpm drivers.
 //!
 //! Resolution follows supermin's rpm handler (`ph_rpm.ml`):
 //! - a name means the installed package of that name (also `name.arch` and the full
@@ -27,7 +27,7 @@
 //! use std::path::Path;
 //! use kiln_packages::Database;
 //!
-//! let db = kiln_rpm::RpmDb::load(Path::new("/")).unwrap();
+//! let db = kiln_packages::rpm::RpmDb::load(Path::new("/")).unwrap();
 //! let r = db.resolve(&["bash"]).unwrap();
 //! for &i in &r.packages {
 //!     println!("{}", db.packages()[i].display);
@@ -41,7 +41,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln_packages::{
+use crate::{
     Database, Driver, FileFlags, Package, PackageError, PackageFile, Resolution, in_root,
     is_regular, os_release_id,
 };

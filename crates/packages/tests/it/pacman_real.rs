@@ -1,18 +1,17 @@
 //! kiln's pacman reader against a root made by the real makepkg and pacman.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use kiln_packages::Database;
-use kiln_pacman::PacmanDb;
+use kiln_packages::pacman::PacmanDb;
+
+use crate::roots::pacman as pacroot;
 
 fn pacman_root() -> (tempfile::TempDir, std::path::PathBuf) {
     assert!(
-        common::tools_present(),
+        pacroot::tools_present(),
         "makepkg, pacman, bsdtar and fakeroot are needed: run scripts/setup-host"
     );
     let t = tempfile::tempdir().unwrap();
-    let root = common::make_root(t.path(), &[], "");
+    let root = pacroot::make_root(t.path(), &[], "");
     (t, root)
 }
 
@@ -45,7 +44,7 @@ fn closure_files_and_flags_match_pacman_itself() {
         .collect();
     ours.sort();
     let closure = ["kiln-app", "kiln-libs", "kiln-shell"];
-    assert_eq!(ours, common::pacman_ql(&root, &closure));
+    assert_eq!(ours, pacroot::pacman_ql(&root, &closure));
     let shell = r
         .packages
         .iter()
@@ -60,7 +59,7 @@ fn closure_files_and_flags_match_pacman_itself() {
         .collect();
     assert_eq!(conf, ["/etc/kiln-shell.conf"]);
     assert_eq!(
-        (kiln_pacman::DRIVER.fingerprint)(&root),
+        (kiln_packages::pacman::DRIVER.fingerprint)(&root),
         [root.join("var/lib/pacman/local")]
     );
 }

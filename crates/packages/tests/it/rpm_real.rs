@@ -1,21 +1,20 @@
 //! kiln's rpm reader against a root made by the real rpmbuild and rpm.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::path::Path;
 
 use kiln_packages::Database;
-use kiln_rpm::RpmDb;
+use kiln_packages::rpm::RpmDb;
+
+use crate::roots::rpm as rpmroot;
 
 /// A fresh root; the tools are required (scripts/setup-host installs them).
 fn rpm_root() -> (tempfile::TempDir, std::path::PathBuf) {
     assert!(
-        common::tools_present(),
+        rpmroot::tools_present(),
         "rpm and rpmbuild are needed: run scripts/setup-host"
     );
     let t = tempfile::tempdir().unwrap();
-    let root = common::make_root(t.path(), &[]);
+    let root = rpmroot::make_root(t.path(), &[]);
     (t, root)
 }
 
@@ -38,7 +37,7 @@ fn listed(db: &RpmDb, names: &[&str]) -> Vec<String> {
 fn closure_files_and_flags_match_rpm_itself() {
     let (_t, root) = rpm_root();
     let db = RpmDb::load(&root).unwrap();
-    assert_eq!(db.dbpath(), Path::new(common::DBPATH));
+    assert_eq!(db.dbpath(), Path::new(rpmroot::DBPATH));
     assert_eq!(db.packages().len(), 4);
     let r = db.resolve(&["kiln-app", "not-installed"]).unwrap();
     let names: Vec<&str> = r
@@ -57,7 +56,7 @@ fn closure_files_and_flags_match_rpm_itself() {
     );
     assert_eq!(r.missing, ["not-installed"]);
     let closure = ["kiln-app", "kiln-libs", "kiln-shell"];
-    assert_eq!(listed(&db, &["kiln-app"]), common::rpm_ql(&root, &closure));
+    assert_eq!(listed(&db, &["kiln-app"]), rpmroot::rpm_ql(&root, &closure));
 
     let all: Vec<kiln_packages::PackageFile> = r
         .packages
@@ -73,9 +72,9 @@ fn closure_files_and_flags_match_rpm_itself() {
         v.sort();
         v
     };
-    assert_eq!(with(|f| f.config), common::rpm_flagged(&root, &closure, 1));
-    assert_eq!(with(|f| f.doc), common::rpm_flagged(&root, &closure, 2));
-    assert_eq!(with(|f| f.ghost), common::rpm_flagged(&root, &closure, 64));
+    assert_eq!(with(|f| f.config), rpmroot::rpm_flagged(&root, &closure, 1));
+    assert_eq!(with(|f| f.doc), rpmroot::rpm_flagged(&root, &closure, 2));
+    assert_eq!(with(|f| f.ghost), rpmroot::rpm_flagged(&root, &closure, 64));
     assert_eq!(with(|f| f.ghost), ["/var/log/kiln-shell.log"]);
     assert_eq!(with(|f| f.config), ["/etc/kiln-shell.conf"]);
     // The ghost is listed, not on disk.
@@ -92,19 +91,23 @@ fn closure_files_and_flags_match_rpm_itself() {
 fn detection_and_fingerprint_follow_the_root() {
     let (_t, root) = rpm_root();
     // No distribution identity: present, not detected; named fedora/rpm.
-    assert!((kiln_rpm::FEDORA.present)(&root));
-    assert!(kiln_rpm::DRIVERS.iter().all(|d| !(d.detect)(&root)));
+    assert!((kiln_packages::rpm::FEDORA.present)(&root));
+    assert!(
+        kiln_packages::rpm::DRIVERS
+            .iter()
+            .all(|d| !(d.detect)(&root))
+    );
     assert_eq!(RpmDb::load(&root).unwrap().driver(), "fedora/rpm");
     std::fs::create_dir_all(root.join("etc")).unwrap();
     std::fs::write(root.join("etc/os-release"), "ID=\"opensuse-tumbleweed\"\n").unwrap();
-    let detected: Vec<&str> = kiln_rpm::DRIVERS
+    let detected: Vec<&str> = kiln_packages::rpm::DRIVERS
         .iter()
         .filter(|d| (d.detect)(&root))
         .map(|d| d.name)
         .collect();
     assert_eq!(detected, ["opensuse/rpm"]);
     assert_eq!(RpmDb::load(&root).unwrap().driver(), "opensuse/rpm");
-    let fp = (kiln_rpm::FEDORA.fingerprint)(&root);
+    let fp = (kiln_packages::rpm::FEDORA.fingerprint)(&root);
     assert!(
         fp.contains(&root.join("usr/lib/sysimage/rpm/rpmdb.sqlite")),
         "{fp:?}"

@@ -1,12 +1,13 @@
 //! A fresh pacman root built with the real tools: one split PKGBUILD built by
 //! `makepkg` as an unprivileged user, its packages installed in one transaction by
 //! `pacman --root … -U`.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use super::run;
 
 /// The test packages: a virtual provide, a soname provide and depend, a `backup`
 /// (config) file, a symlink, a hard link, a setuid file, and one package nothing
@@ -55,24 +56,7 @@ package_kiln-unrelated() {
 
 /// True when makepkg (with bsdtar and fakeroot) and pacman can run here.
 pub fn tools_present() -> bool {
-    ["makepkg", "pacman", "bsdtar", "fakeroot"].iter().all(|t| {
-        Command::new(t)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    super::tools_run(&["makepkg", "pacman", "bsdtar", "fakeroot"])
 }
 
 /// Build the packages (plus `extra_names` defined by `extra_functions`) as `nobody`

@@ -1,10 +1,11 @@
 //! A fresh rpm root built with the real tools: small spec files built by `rpmbuild`,
 //! installed in one transaction by `rpm --root` into Fedora's database location.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use super::run;
 
 /// Fedora's database directory (Debian's rpm defaults elsewhere).
 pub const DBPATH: &str = "/usr/lib/sysimage/rpm";
@@ -72,23 +73,7 @@ echo x > %{buildroot}/usr/share/kiln-unrelated/x
 
 /// True when `rpm` and `rpmbuild` can run here.
 pub fn tools_present() -> bool {
-    ["rpm", "rpmbuild"].iter().all(|t| {
-        Command::new(t)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    super::tools_run(&["rpm", "rpmbuild"])
 }
 
 /// Build the test packages (plus `extra`) into `work/rpms` and install them into a

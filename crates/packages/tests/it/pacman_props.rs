@@ -2,14 +2,13 @@
 //! bytes load, resolve and list without a panic (a `desc` without name or version is an
 //! error naming it), and well-formed databases read back as written. A few thousand
 //! cases each; `PROPTEST_CASES=N` for a longer run.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use kiln_packages::Database;
-use kiln_pacman::{PacmanDb, PacmanError};
+use kiln_packages::pacman::{PacmanDb, PacmanError};
 use proptest::prelude::*;
 
 /// A root with an empty local database: one directory per test thread, emptied for each case (a fresh

@@ -1,6 +1,6 @@
 //! The dpkg database (Debian, Ubuntu), read by hand: `status` (installed packages,
 //! dependencies, provides, conffiles), `info/*.list` (files) and `diversions`, all below
-//! a root directory. [`DpkgDb`] implements [`kiln_packages::Database`]; [`DRIVER`] is
+//! a root directory. [`DpkgDb`] implements [`Database`](crate::Database); [`DRIVER`] is
 //! supermin's `debian/dpkg`.
 //!
 //! Read by hand rather than through `dpkg-query`: the files are plain text with a
@@ -19,11 +19,11 @@
 //! - a diversion applies to every package except the one that made it (supermin also
 //!   redirects the diverting package's own file), and local diversions apply too.
 //!
-//! Configuration files (the `config` flag of [`kiln_packages::FileFlags`]) are the
+//! Configuration files (the `config` flag of [`FileFlags`](crate::FileFlags)) are the
 //! package's conffiles and, as supermin's rule, every regular file under `/etc/`.
 //!
 //! ```
-//! use kiln_dpkg::DpkgDb;
+//! use kiln_packages::dpkg::DpkgDb;
 //!
 //! let root = tempfile::tempdir().unwrap();
 //! let admin = root.path().join("var/lib/dpkg");
@@ -148,7 +148,7 @@ pub struct DpkgDb {
     root: PathBuf,
     admindir: PathBuf,
     /// The packages as the interface describes them (same order as `pkgs`).
-    summary: Vec<kiln_packages::Package>,
+    summary: Vec<crate::Package>,
     /// The primary (native) architecture.
     pub native_arch: String,
     pkgs: Vec<Package>,
@@ -157,7 +157,7 @@ pub struct DpkgDb {
     diversions: HashMap<PathBuf, Diversion>,
 }
 
-pub use kiln_packages::Resolution;
+pub use crate::Resolution;
 
 fn read(path: &Path) -> Result<Vec<u8>, DpkgError> {
     fs::read(path).map_err(|source| DpkgError {
@@ -183,7 +183,7 @@ fn default_arch() -> &'static str {
 impl DpkgDb {
     /// Load the database below `root` (`/` for the host): `ROOT/var/lib/dpkg/`.
     pub fn load(root: &Path) -> Result<DpkgDb, DpkgError> {
-        let admindir = kiln_packages::in_root(root, Path::new("/var/lib/dpkg"));
+        let admindir = crate::in_root(root, Path::new("/var/lib/dpkg"));
         let status_path = admindir.join("status");
         let status = read(&status_path)?;
         let status = String::from_utf8_lossy(&status);
@@ -220,7 +220,7 @@ impl DpkgDb {
         };
         let summary = pkgs
             .iter()
-            .map(|p| kiln_packages::Package {
+            .map(|p| crate::Package {
                 name: p.name.clone(),
                 version: p.version.clone(),
                 arch: p.arch.clone(),
@@ -478,18 +478,18 @@ fn parse_diversions(data: &str) -> HashMap<PathBuf, Diversion> {
         .collect()
 }
 
-fn io_to_package(e: DpkgError) -> kiln_packages::PackageError {
-    kiln_packages::PackageError::new(e)
+fn io_to_package(e: DpkgError) -> crate::PackageError {
+    crate::PackageError::new(e)
 }
 
 /// The database's files below `root`: `status` (rewritten on every install, upgrade or
 /// removal) and `diversions`.
 fn fingerprint_paths(root: &Path) -> Vec<PathBuf> {
-    let admin = kiln_packages::in_root(root, Path::new("/var/lib/dpkg"));
+    let admin = crate::in_root(root, Path::new("/var/lib/dpkg"));
     vec![admin.join("status"), admin.join("diversions")]
 }
 
-impl kiln_packages::Database for DpkgDb {
+impl crate::Database for DpkgDb {
     fn driver(&self) -> &'static str {
         DRIVER.name
     }
@@ -498,20 +498,17 @@ impl kiln_packages::Database for DpkgDb {
         &self.root
     }
 
-    fn packages(&self) -> &[kiln_packages::Package] {
+    fn packages(&self) -> &[crate::Package] {
         &self.summary
     }
 
-    fn resolve(&self, names: &[&str]) -> Result<Resolution, kiln_packages::PackageError> {
+    fn resolve(&self, names: &[&str]) -> Result<Resolution, crate::PackageError> {
         Ok(DpkgDb::resolve(self, names))
     }
 
     /// The listed files with their diversions applied; `config` for conffiles and for
     /// regular files under `/etc/` (looked at below the root).
-    fn files(
-        &self,
-        package: usize,
-    ) -> Result<Vec<kiln_packages::PackageFile>, kiln_packages::PackageError> {
+    fn files(&self, package: usize) -> Result<Vec<crate::PackageFile>, crate::PackageError> {
         use std::os::unix::ffi::OsStrExt;
         let p = &self.pkgs[package];
         let files = DpkgDb::files(self, package).map_err(io_to_package)?;
@@ -519,15 +516,15 @@ impl kiln_packages::Database for DpkgDb {
             .into_iter()
             .map(|path| {
                 let etc = path.as_os_str().as_bytes().starts_with(b"/etc/")
-                    && fs::symlink_metadata(kiln_packages::in_root(&self.root, &path))
+                    && fs::symlink_metadata(crate::in_root(&self.root, &path))
                         .is_ok_and(|m| m.is_file());
                 let config = etc || p.conffiles.contains(&path);
-                kiln_packages::PackageFile {
+                crate::PackageFile {
                     source: self.source_of(&p.name, &path),
                     path,
-                    flags: kiln_packages::FileFlags {
+                    flags: crate::FileFlags {
                         config,
-                        ..kiln_packages::FileFlags::NONE
+                        ..crate::FileFlags::NONE
                     },
                 }
             })
@@ -541,13 +538,11 @@ impl kiln_packages::Database for DpkgDb {
 
 /// supermin's `debian/dpkg`: detected on Debian and Ubuntu (`ID` in `etc/os-release`,
 /// or `etc/debian_version`) when the database is present.
-pub const DRIVER: kiln_packages::Driver = kiln_packages::Driver {
+pub const DRIVER: crate::Driver = crate::Driver {
     name: "debian/dpkg",
     detect: |root| {
-        (matches!(
-            kiln_packages::os_release_id(root).as_str(),
-            "debian" | "ubuntu"
-        ) || kiln_packages::is_regular(root, "/etc/debian_version"))
+        (matches!(crate::os_release_id(root).as_str(), "debian" | "ubuntu")
+            || crate::is_regular(root, "/etc/debian_version"))
             && present(root)
     },
     present,
@@ -556,7 +551,7 @@ pub const DRIVER: kiln_packages::Driver = kiln_packages::Driver {
 };
 
 fn present(root: &Path) -> bool {
-    kiln_packages::is_regular(root, "/var/lib/dpkg/status")
+    crate::is_regular(root, "/var/lib/dpkg/status")
 }
 
 #[cfg(test)]

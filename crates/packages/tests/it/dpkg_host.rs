@@ -1,11 +1,10 @@
 //! The host's own dpkg database (Debian 12, as CI runs on).
-#![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 
-use kiln_dpkg::DpkgDb;
+use kiln_packages::dpkg::DpkgDb;
 
-fn names(db: &DpkgDb, r: &kiln_dpkg::Resolution) -> Vec<String> {
+fn names(db: &DpkgDb, r: &kiln_packages::dpkg::Resolution) -> Vec<String> {
     r.packages
         .iter()
         .map(|&i| db.package(i).display())
@@ -24,5 +23,5 @@ fn real_host_database_loads() {
 
 #[test]
 fn the_host_is_detected_as_debian() {
-    assert!((kiln_dpkg::DRIVER.detect)(Path::new("/")));
+    assert!((kiln_packages::dpkg::DRIVER.detect)(Path::new("/")));
 }
