@@ -1,4 +1,4 @@
-//! Slot keys.
+//! Slot keys: the checked name of one appliance in the cache.
 
 use std::fmt;
 
