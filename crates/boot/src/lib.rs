@@ -158,21 +158,58 @@ pub struct BootOutcome {
     pub elapsed: Duration,
 }
 
+/// Where the ext2/3/4 superblock (1024 bytes into the image) keeps `s_magic`, and the
+/// value it must hold.
+const EXT_MAGIC_OFFSET: u64 = 0x438;
+const EXT_MAGIC: [u8; 2] = [0x53, 0xef];
+/// Where the superblock keeps `s_uuid` (16 bytes).
+const EXT_UUID_OFFSET: u64 = 0x468;
+
 /// The root filesystem UUID of an ext2/3/4 image (bytes at 0x468), checking the magic.
+///
+/// Read here rather than through the ext2 writer (`kiln-image`): the boot stage takes
+/// any appliance directory (a `kiln build -o DIR`, not only a pinned cache entry whose
+/// UUID the cache recorded), so it must read the image, and two fixed fields are not
+/// worth pulling the whole build pipeline and every package database into the crate
+/// that starts qemu. This is how libguestfs reads the UUID it puts on the command line.
 pub fn root_uuid(root: &Path) -> Result<[u8; 16]> {
+    use std::os::unix::fs::FileExt;
     let missing = |e| Error::Missing {
         path: root.to_path_buf(),
         source: e,
     };
+    let not_ext = || Error::NotExt {
+        path: root.to_path_buf(),
+    };
     let f = fs::File::open(root).map_err(missing)?;
-    kiln_image::read_uuid(&f)
-        .map_err(missing)?
-        .ok_or_else(|| Error::NotExt {
-            path: root.to_path_buf(),
-        })
+    // A file too short to hold the field is not an ext filesystem, not a read error.
+    let read_at = |buf: &mut [u8], at: u64| match f.read_exact_at(buf, at) {
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(not_ext()),
+        r => r.map_err(missing),
+    };
+    let mut magic = [0u8; 2];
+    read_at(&mut magic, EXT_MAGIC_OFFSET)?;
+    if magic != EXT_MAGIC {
+        return Err(not_ext());
+    }
+    let mut uuid = [0u8; 16];
+    read_at(&mut uuid, EXT_UUID_OFFSET)?;
+    Ok(uuid)
 }
 
-pub use kiln_image::uuid_string;
+/// A UUID in its usual text form (`8-4-4-4-12` lowercase hex digits), as `root=UUID=`
+/// and blkid(8) write it.
+pub fn uuid_string(u: &[u8; 16]) -> String {
+    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
 
 /// The kernel's last words when the appliance powers off or reboots (printed at
 /// emergency level, so `quiet` cannot hide them). They say nothing the exit status does
@@ -560,6 +597,11 @@ mod tests {
             root_uuid(&dir.path().join("none")),
             Err(Error::Missing { .. })
         ));
+        // Too short for the magic, or for the UUID after a good magic: not ext.
+        for len in [0x100, 0x470] {
+            fs::write(&p, &b[..len]).unwrap();
+            assert!(matches!(root_uuid(&p), Err(Error::NotExt { .. })), "{len}");
+        }
     }
 
     #[test]

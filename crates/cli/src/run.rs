@@ -1,20 +1,15 @@
 //! `kiln run`: boot a VM built from the host's own files and run one command in it.
 //!
-//! The appliance is described as a supermin.d written to a private temporary directory
-//! ([`appliance`]): a `packages` list (the packages owning the command's executable,
-//! found through the dpkg database as `dpkg -S` would, plus `--packages`) and a
-//! `hostfiles` list (`--include`, and a command no package owns together with its
-//! shared-library closure). It goes through `kiln::locate`, i.e. the same per-user cache
-//! and key as `kiln locate`, so a second run of the same command line boots at once, and
-//! the appliance stays pinned until the VM is gone. The VM side is `kiln_boot::run`.
-//! With `--sysroot DIR` all of that is read below DIR (another installed system: its
-//! files, package database and kernel) instead of the host's `/`.
+//! This module parses the arguments and prints; the appliance (the command's packages,
+//! or the command with what it needs, in a private supermin.d built through the same
+//! per-user cache and key as `kiln locate`) is `kiln::run`, the VM side
+//! `kiln_boot::run`. The appliance stays pinned until the VM is gone. With `--sysroot
+//! DIR` all of that is read below DIR (another installed system: its files, package
+//! database and kernel) instead of the host's `/`.
 //!
 //! Exit status: the command's (128+N when killed by signal N); 125 when kiln itself or
 //! the VM failed, 126/127 when the command could not be run or found, on the host or in
 //! the appliance (the shell's and `env`'s conventions).
-
-mod appliance;
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -130,7 +125,10 @@ pub fn main(args: Args) -> ExitCode {
                 return ExitCode::from(128u8.saturating_add(*signal as u8));
             }
             eprintln!("kiln: error: {}", crate::message(&e));
-            match e.downcast_ref::<appliance::CommandError>() {
+            match e
+                .downcast_ref::<kiln::run::ApplianceError>()
+                .and_then(kiln::run::ApplianceError::command_error)
+            {
                 Some(c) => ExitCode::from(c.code()),
                 None => ExitCode::from(FAILED),
             }
@@ -145,11 +143,11 @@ fn run(args: Args) -> anyhow::Result<u8> {
     let timeout = args.timeout.map(kiln_boot::limits::timeout).transpose()?;
     kiln_boot::limits::memory(args.memory)?;
     kiln_boot::limits::cpus(args.cpus)?;
-    let env = guest_env(&args.env)?;
+    let env = kiln::run::guest_env(&args.env)?;
     let shares = shares(&args)?;
     let cwd = if args.no_cwd {
         // A relative CMD (./prog) was copied with the directory it is relative to.
-        appliance::is_relative_path(&args.cmd[0])
+        kiln::run::is_relative_path(&args.cmd[0])
             .then(|| std::env::current_dir().ok())
             .flatten()
     } else {
@@ -159,34 +157,20 @@ fn run(args: Args) -> anyhow::Result<u8> {
             .map(|s| s.share.guest.clone())
     };
 
-    let sysroot = args
-        .sysroot
-        .clone()
-        .map_or_else(kiln::Sysroot::default, kiln::Sysroot::new);
-    let want = appliance::Want {
+    let appliance = kiln::run::appliance(&kiln::run::Request {
         cmd: args.cmd[0].clone(),
         packages: args.packages.clone(),
         include: args.include.clone(),
         cwd: std::env::current_dir().ok(),
-        guest_path: appliance::path_of(&env),
-        sysroot: sysroot.clone(),
-    };
-    let dir = appliance::supermin_d(&want)?;
-    let mut opts = kiln::LocateOptions {
-        path: Some(dir.path().as_os_str().to_owned()),
+        guest_path: kiln::run::path_of(&env),
+        sysroot: args
+            .sysroot
+            .clone()
+            .map_or_else(kiln::Sysroot::default, kiln::Sysroot::new),
+        kernel: args.kernel.clone(),
+        modules: args.modules.clone(),
         cachedir: args.cachedir.clone(),
-        ..Default::default()
-    };
-    if !sysroot.is_host() {
-        opts.key.set_sysroot(sysroot);
-    }
-    if args.kernel.is_some() || args.modules.is_some() {
-        // Errors then name --kernel / --modules, not the variables they stand for.
-        opts.key.kernel =
-            kiln::key::KernelEnv::from_options(args.kernel.clone(), args.modules.clone());
-    }
-    let appliance = kiln::locate(&opts).context("building the appliance")?;
-    drop(dir);
+    })?;
     tracing::info!(
         "appliance {} ({})",
         appliance.kernel().display(),
@@ -257,69 +241,6 @@ fn run(args: Args) -> anyhow::Result<u8> {
         eprintln!("kiln: error: {m}");
     }
     Ok(out.status.code())
-}
-
-/// CMD's environment: a fixed base, the host's TERM, the host's `CARGO_*` and `RUST_*`
-/// variables (what cargo gives a target runner and the test harness reads:
-/// `CARGO_MANIFEST_DIR`, `RUST_BACKTRACE`, `RUST_TEST_THREADS`, …), then `--env` in order
-/// (later wins): `NAME=VALUE`, or `NAME` alone for the host's value of NAME (left unset
-/// when the host has none), as `docker run -e NAME` does.
-fn guest_env(extra: &[OsString]) -> anyhow::Result<Vec<OsString>> {
-    guest_env_from(extra, std::env::vars_os())
-}
-
-fn guest_env_from(
-    extra: &[OsString],
-    host: impl Iterator<Item = (OsString, OsString)>,
-) -> anyhow::Result<Vec<OsString>> {
-    let host: Vec<(OsString, OsString)> = host.collect();
-    let pair = |n: &[u8], v: &OsString| {
-        let mut e = OsString::from_vec(n.to_vec());
-        e.push("=");
-        e.push(v);
-        e
-    };
-    let mut env: Vec<OsString> = vec![
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        "HOME=/root".into(),
-        "USER=root".into(),
-        "LOGNAME=root".into(),
-    ];
-    let mut passed: Vec<&(OsString, OsString)> = host
-        .iter()
-        .filter(|(n, _)| {
-            let n = n.as_bytes();
-            n == b"TERM"
-                || ((n.starts_with(b"CARGO_") || n.starts_with(b"RUST_")) && !n.contains(&b'='))
-        })
-        .collect();
-    passed.sort();
-    for (n, v) in passed {
-        env.push(pair(n.as_bytes(), v));
-    }
-    for e in extra {
-        let b = e.as_bytes();
-        let (name, value) = match b.iter().position(|&c| c == b'=') {
-            Some(i) => (&b[..i], Some(e.clone())),
-            None => (
-                b,
-                host.iter()
-                    .find(|(n, _)| n.as_bytes() == b)
-                    .map(|(n, v)| pair(n.as_bytes(), v)),
-            ),
-        };
-        if name.is_empty() {
-            bail!(
-                "--env {}: the name is empty; give NAME=VALUE or NAME",
-                Path::new(e).display()
-            );
-        }
-        let mut prefix = name.to_vec();
-        prefix.push(b'=');
-        env.retain(|v| !v.as_bytes().starts_with(&prefix));
-        env.extend(value);
-    }
-    Ok(env)
 }
 
 struct ShareArg {
@@ -439,65 +360,5 @@ impl Drop for RawTerminal {
             rustix::termios::OptionalActions::Now,
             &self.saved,
         );
-    }
-}
-
-#[cfg(test)]
-mod env_tests {
-    use super::*;
-
-    fn host(vars: &[(&str, &str)]) -> impl Iterator<Item = (OsString, OsString)> {
-        vars.iter()
-            .map(|(n, v)| (OsString::from(n), OsString::from(v)))
-            .collect::<Vec<_>>()
-            .into_iter()
-    }
-
-    fn strings(v: Vec<OsString>) -> Vec<String> {
-        v.into_iter().map(|s| s.into_string().unwrap()).collect()
-    }
-
-    #[test]
-    fn cargo_and_rust_variables_pass_through_and_env_names_take_host_values() {
-        let h = [
-            ("HOME", "/home/u"),
-            ("PATH", "/home/u/bin"),
-            ("CARGO_MANIFEST_DIR", "/src/x"),
-            ("RUST_BACKTRACE", "1"),
-            ("RUSTFLAGS", "-O"),
-            ("MY_VAR", "hello"),
-            ("TERM", "xterm"),
-        ];
-        let env = guest_env_from(
-            &[
-                "MY_VAR".into(),
-                "NOT_SET".into(),
-                "RUST_BACKTRACE=full".into(),
-            ],
-            host(&h),
-        )
-        .unwrap();
-        let env = strings(env);
-        assert_eq!(
-            env,
-            [
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "HOME=/root",
-                "USER=root",
-                "LOGNAME=root",
-                "CARGO_MANIFEST_DIR=/src/x",
-                "TERM=xterm",
-                "MY_VAR=hello",
-                "RUST_BACKTRACE=full",
-            ]
-        );
-    }
-
-    #[test]
-    fn an_env_without_a_name_is_refused() {
-        for bad in ["=x", ""] {
-            let e = guest_env_from(&[bad.into()], host(&[])).unwrap_err();
-            assert!(e.to_string().contains("the name is empty"), "{e}");
-        }
     }
 }

@@ -27,10 +27,8 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
 use kiln_elf::Elf;
 
 /// More shared objects than any real program loads: a bound on hostile input.
@@ -41,6 +39,71 @@ const MAX_INCLUDE_DEPTH: u32 = 8;
 /// `e_machine` values kiln knows the multiarch triplet of.
 const EM_X86_64: u16 = 62;
 const EM_AARCH64: u16 = 183;
+
+/// Why the libraries of a program could not be found.
+#[derive(Debug, thiserror::Error)]
+pub enum LibsError {
+    #[error("reading {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading {}", path.display())]
+    Elf {
+        path: PathBuf,
+        #[source]
+        source: kiln_elf::Error,
+    },
+    /// The program itself is a malformed ELF file.
+    #[error("{}: {error}", path.display())]
+    Malformed {
+        path: PathBuf,
+        error: kiln_elf::Error,
+    },
+    #[error(
+        "{}: shared library {} (needed by {}) not found on the host",
+        exe.display(),
+        name.display(),
+        by.display()
+    )]
+    NotFound {
+        exe: PathBuf,
+        name: PathBuf,
+        by: PathBuf,
+        #[source]
+        why: Unfound,
+    },
+    #[error("{}: more than {MAX_OBJECTS} shared libraries; is it a real program?", exe.display())]
+    TooMany { exe: PathBuf },
+}
+
+/// Why the loader would not find a `DT_NEEDED` name.
+#[derive(Debug, thiserror::Error)]
+pub enum Unfound {
+    #[error("a relative path, which depends on the working directory in the VM")]
+    Relative,
+    #[error("no such ELF64 file for this machine")]
+    NotUsable,
+    #[error("searched its RPATH/RUNPATH, /etc/ld.so.conf and the default directories")]
+    NotInSearchPath,
+}
+
+/// An I/O error reading `path`.
+fn read_error(path: &Path) -> impl FnOnce(io::Error) -> LibsError + '_ {
+    move |source| LibsError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A malformed ELF structure in `path`.
+fn elf_error(path: &Path) -> impl FnOnce(kiln_elf::Error) -> LibsError + '_ {
+    move |source| LibsError::Elf {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// The loader's search directories on the host, apart from the objects' own paths.
 #[derive(Debug, Clone, Default)]
@@ -134,18 +197,23 @@ struct Object {
 
 /// The needs of `exe`; `None` when it is not a 64-bit little-endian ELF file (a
 /// script, or another kind of program whose loader kiln does not follow).
-pub fn needs(exe: &Path, search: &SearchPath) -> anyhow::Result<Option<Needs>> {
-    let bytes = read_regular(exe).with_context(|| format!("reading {}", exe.display()))?;
+pub fn needs(exe: &Path, search: &SearchPath) -> Result<Option<Needs>, LibsError> {
+    let bytes = read_regular(exe).map_err(read_error(exe))?;
     let elf = match Elf::parse(&bytes) {
         Ok(e) => e,
         Err(kiln_elf::Error::NotElf64) => return Ok(None),
-        Err(e) => bail!("{}: {e}", exe.display()),
+        Err(error) => {
+            return Err(LibsError::Malformed {
+                path: exe.to_path_buf(),
+                error,
+            });
+        }
     };
     let machine = elf.machine();
     let mut out = Needs {
         interp: elf
             .interp()
-            .with_context(|| format!("reading {}", exe.display()))?
+            .map_err(elf_error(exe))?
             .map(|p| PathBuf::from(OsStr::from_bytes(p))),
         libs: Vec::new(),
     };
@@ -174,13 +242,11 @@ pub fn needs(exe: &Path, search: &SearchPath) -> anyhow::Result<Option<Needs>> {
             if loaded.contains_key(name) {
                 continue;
             }
-            let path = find(name, &obj, machine, search).with_context(|| {
-                format!(
-                    "{}: shared library {} (needed by {}) not found on the host",
-                    exe.display(),
-                    Path::new(OsStr::from_bytes(name)).display(),
-                    obj.path.display()
-                )
+            let path = find(name, &obj, machine, search).map_err(|why| LibsError::NotFound {
+                exe: exe.to_path_buf(),
+                name: PathBuf::from(OsStr::from_bytes(name)),
+                by: obj.path.clone(),
+                why,
             })?;
             loaded.insert(name.clone(), path.clone());
             // The same file under another name is loaded once.
@@ -188,13 +254,12 @@ pub fn needs(exe: &Path, search: &SearchPath) -> anyhow::Result<Option<Needs>> {
                 continue;
             }
             if files.len() > MAX_OBJECTS {
-                bail!(
-                    "{}: more than {MAX_OBJECTS} shared libraries; is it a real program?",
-                    exe.display()
-                );
+                return Err(LibsError::TooMany {
+                    exe: exe.to_path_buf(),
+                });
             }
-            let b = read_regular(&path).with_context(|| format!("reading {}", path.display()))?;
-            let e = Elf::parse(&b).with_context(|| format!("reading {}", path.display()))?;
+            let b = read_regular(&path).map_err(read_error(&path))?;
+            let e = Elf::parse(&b).map_err(elf_error(&path))?;
             let origin = path.parent().unwrap_or(Path::new("/")).to_path_buf();
             if let Some(o) = object(&path, &e, &origin, &obj.rpath_chain)? {
                 if let Some(so) = e.dynamic().ok().flatten().and_then(|d| d.soname) {
@@ -214,11 +279,8 @@ fn object(
     elf: &Elf<'_>,
     origin: &Path,
     loader_chain: &[PathBuf],
-) -> anyhow::Result<Option<Object>> {
-    let Some(d) = elf
-        .dynamic()
-        .with_context(|| format!("reading {}", path.display()))?
-    else {
+) -> Result<Option<Object>, LibsError> {
+    let Some(d) = elf.dynamic().map_err(elf_error(path))? else {
         return Ok(None);
     };
     let machine = elf.machine();
@@ -299,16 +361,16 @@ fn default_dirs(machine: u16) -> Vec<PathBuf> {
 }
 
 /// Where the loader finds `name` for `obj`.
-fn find(name: &[u8], obj: &Object, machine: u16, search: &SearchPath) -> anyhow::Result<PathBuf> {
+fn find(name: &[u8], obj: &Object, machine: u16, search: &SearchPath) -> Result<PathBuf, Unfound> {
     let shown = Path::new(OsStr::from_bytes(name));
     if name.contains(&b'/') {
         if name.first() != Some(&b'/') {
-            bail!("a relative path, which depends on the working directory in the VM");
+            return Err(Unfound::Relative);
         }
         if usable(shown, machine) {
             return Ok(shown.to_path_buf());
         }
-        bail!("no such ELF64 file for this machine");
+        return Err(Unfound::NotUsable);
     }
     let rpath: &[PathBuf] = if obj.runpath.is_none() {
         &obj.rpath_chain
@@ -327,17 +389,20 @@ fn find(name: &[u8], obj: &Object, machine: u16, search: &SearchPath) -> anyhow:
             return Ok(p);
         }
     }
-    bail!("searched its RPATH/RUNPATH, /etc/ld.so.conf and the default directories")
+    Err(Unfound::NotInSearchPath)
 }
 
 /// `p` opened for reading if it is a regular file (after symlinks). Opened without
 /// blocking, so a FIFO or device planted where a library is looked for cannot stall
 /// kiln; what is not a regular file is an error.
 pub fn open_regular(p: &Path) -> io::Result<fs::File> {
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(p)?;
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        p,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let f = fs::File::from(fd);
     if !f.metadata()?.is_file() {
         return Err(io::Error::other("not a regular file"));
     }
@@ -551,7 +616,7 @@ mod tests {
                 assert_eq!(libs.len(), 3, "{libs:?}");
                 assert!(libs.contains(&d.join("lib/libb.so")), "{libs:?}");
             } else {
-                let e = format!("{:#}", r.unwrap_err());
+                let e = crate::run::tests::chain(&r.unwrap_err());
                 assert!(e.contains("libb.so") && e.contains("liba.so"), "{e}");
             }
         }
