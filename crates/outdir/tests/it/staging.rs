@@ -65,7 +65,11 @@ fn debris_of_dead_builds_goes_live_staging_stays() {
 fn publish_without_rename_flags() {
     if std::env::var_os("KILN_OUTDIR_NO_RENAME_FLAGS").is_none() {
         let st = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "publish_without_rename_flags", "--nocapture"])
+            .args([
+                "--exact",
+                "staging::publish_without_rename_flags",
+                "--nocapture",
+            ])
             .env("KILN_OUTDIR_NO_RENAME_FLAGS", "1")
             .output()
             .unwrap();
