@@ -1,0 +1,4 @@
+//! The integration tests of kiln-inputs in one test binary: one link for the crate
+//! instead of one per test file. Each module holds the tests of one area.
+
+mod proptest;
