@@ -1,0 +1,4 @@
+//! The integration tests of kiln-kernel in one test binary: one link for the crate
+//! instead of one per test file. Each module holds the tests of one area.
+
+mod host_kernel;
