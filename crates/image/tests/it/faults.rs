@@ -1,14 +1,12 @@
 //! Bad input and faults: a clear error naming the problem, and nothing left behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use kiln_fileset::scan::scan_tree;
 use kiln_fileset::{Content, Entry, FileSet, Kind, Meta};
 use kiln_image::{ImageError, ImageOptions, write_image};

@@ -1,14 +1,12 @@
 //! Images of real trees, checked with e2fsck and read back with debugfs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use kiln_fileset::scan::scan_tree;
 use kiln_fileset::{Content, Entry, FileSet, Kind, Meta, Xattr};
 use kiln_image::{ImageOptions, write_image};

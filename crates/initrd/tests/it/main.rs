@@ -1,0 +1,5 @@
+//! The integration tests of kiln-initrd in one test binary: one link for the crate
+//! instead of one per test file. Each module holds the tests of one area.
+
+mod disks;
+mod host_kernel;
