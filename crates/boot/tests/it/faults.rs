@@ -18,7 +18,7 @@ fn a_failed_poll_kills_and_reaps_qemu() {
         let st = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "a_failed_poll_kills_and_reaps_qemu",
+                "faults::a_failed_poll_kills_and_reaps_qemu",
                 "--nocapture",
             ])
             .env("KILN_BOOT_FAULT", "try-wait")
