@@ -2,15 +2,13 @@
 //! links, opening FIFOs, or touching anything outside the cache.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use kiln_cache::{Cache, CacheError, GcPolicy, GetOptions};
 
 fn euid() -> u32 {

@@ -1,15 +1,13 @@
 //! Many processes and threads using one cache at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::HashSet;
 use std::fs;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use kiln_cache::{Cache, GcPolicy, GetOptions};
 
 /// 16 processes want the same missing appliance at once: one builds, 15 wait for it

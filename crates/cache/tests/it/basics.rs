@@ -1,12 +1,10 @@
 //! Hits, misses, pins and gc of the cache, with a fake builder.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use common::*;
+use crate::common::*;
 use kiln_cache::{BuildMeta, Cache, CacheError, GcPolicy, GetOptions};
 
 fn no_gc() -> GetOptions {

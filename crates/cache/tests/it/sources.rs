@@ -3,12 +3,10 @@
 //! gc's `keep` counts sources, not slots.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use kiln_cache::{Cache, GcPolicy, GetOptions, Key};
 
 fn from(source: &str) -> GetOptions {

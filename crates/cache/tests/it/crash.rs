@@ -2,13 +2,11 @@
 //! served, the next run succeeds and gc leaves no debris.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use kiln_cache::{Cache, GcPolicy, GetOptions};
 
 /// Every published slot is complete and of one build.
