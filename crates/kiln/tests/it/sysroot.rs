@@ -3,12 +3,12 @@
 //! is the default byte for byte and that nothing of the host's `/` leaks in.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../pacman/tests/common/mod.rs"]
+#[path = "../../../pacman/tests/common/mod.rs"]
 mod pacroot;
-#[path = "common/roots.rs"]
-mod roots;
-#[path = "../../rpm/tests/common/mod.rs"]
+#[path = "../../../rpm/tests/common/mod.rs"]
 mod rpmroot;
+
+use crate::common::roots;
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -1,0 +1,12 @@
+//! The integration tests of kiln in one test binary: one link for the crate
+//! instead of one per test file. Each module holds the tests of one area;
+//! `common` holds the helpers they share.
+
+mod common;
+
+mod guard;
+mod key;
+mod locate;
+mod stale_slots;
+mod supermin;
+mod sysroot;
