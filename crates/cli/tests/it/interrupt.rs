@@ -6,8 +6,7 @@
 //! appliance inputs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::kiln;
+use crate::common::kiln;
 
 use std::fs;
 use std::io::{BufRead, BufReader};

@@ -7,8 +7,6 @@
 //! given up.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,7 +14,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{example_dir, kiln};
+use crate::common::{example_dir, kiln};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -7,8 +7,7 @@
 //! for the guest.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::{kiln, text};
+use crate::common::{kiln, text};
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -2,8 +2,7 @@
 //! binary, a real appliance slot, a dead build's leftovers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::{example_dir, kiln, text};
+use crate::common::{example_dir, kiln, text};
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

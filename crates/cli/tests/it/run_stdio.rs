@@ -6,8 +6,6 @@
 //! in the cache, nothing in its TMPDIR.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -16,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{kiln, text};
+use crate::common::{kiln, text};
 
 /// One cache for the whole file, so tests sharing an appliance build it once.
 fn cachedir() -> &'static Path {

@@ -3,14 +3,13 @@
 //! are xz-compressed and whose virtio_console is built in), on real qemu.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-#[path = "../../kiln/tests/common/roots.rs"]
+#[path = "../../../kiln/tests/it/common/roots.rs"]
 mod roots;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{kiln, text};
+use crate::common::{kiln, text};
 
 fn run(cachedir: &Path, sysroot: &Path, args: &[&str]) -> Output {
     Command::new(kiln())

@@ -3,16 +3,14 @@
 //! times that change with unrelated activity.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::text;
+use crate::common::text;
 
 fn build(format: &str, supermin_d: &Path, out: &Path) -> Output {
-    Command::new(common::kiln())
+    Command::new(crate::common::kiln())
         .args(["build", "-f", format])
         .arg(supermin_d)
         .arg("-o")
@@ -79,7 +77,7 @@ fn proc_and_sys_files_are_copied_as_read() {
 fn build_as_nobody(bin_dir: &Path, supermin_d: &Path, sysroot: &Path, out: &Path) -> Output {
     let bin = bin_dir.join("kiln");
     if !bin.exists() {
-        fs::copy(common::kiln(), &bin).unwrap();
+        fs::copy(crate::common::kiln(), &bin).unwrap();
     }
     Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -144,7 +142,7 @@ fn files_below_an_unsearchable_directory_are_warned_about() {
     chown(&outs, Some(65534), Some(65534)).unwrap();
 
     // As root every file is there: the lists themselves are right.
-    let o = Command::new(common::kiln())
+    let o = Command::new(crate::common::kiln())
         .args(["build", "-f", "chroot", "--sysroot"])
         .arg(&sys)
         .arg(&d)
@@ -244,7 +242,7 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
 
 /// `kiln checksum SUPERMIN_D`: the cache key.
 fn checksum(supermin_d: &Path) -> String {
-    let o = Command::new(common::kiln())
+    let o = Command::new(crate::common::kiln())
         .arg("checksum")
         .arg(supermin_d)
         .output()

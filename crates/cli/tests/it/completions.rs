@@ -2,8 +2,7 @@
 //! completes with the script `kiln completions bash` prints.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::{kiln, text};
+use crate::common::{kiln, text};
 
 use std::process::Command;
 

@@ -3,8 +3,7 @@
 //! and has the fields the README documents.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::{example_dir, kiln, text};
+use crate::common::{example_dir, kiln, text};
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -6,14 +6,12 @@
 //! pin.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{kiln, text};
+use crate::common::{kiln, text};
 
 /// `kiln run --no-cwd ARGS` in `dir`, with a private cache (building an appliance
 /// takes about a second) and TMPDIR; then the checks that nothing of the run remains.

@@ -3,8 +3,7 @@
 //! `kiln boot`, running bash and coreutils from the prepared packages.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::{kiln, text};
+use crate::common::{kiln, text};
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

@@ -5,10 +5,9 @@
 //! the host does not have. Each test quotes the command it reproduces.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::{example_dir, kiln, text};
+use crate::common::{example_dir, kiln, text};
 
-#[path = "../../rpm/tests/common/mod.rs"]
+#[path = "../../../rpm/tests/common/mod.rs"]
 mod rpmroot;
 
 use std::fs;

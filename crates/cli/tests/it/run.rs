@@ -2,8 +2,6 @@
 //! the real Debian kernel and the host's dpkg database. Each test boots a VM.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -11,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{kiln, text};
+use crate::common::{kiln, text};
 
 /// One cache for the whole file, so tests sharing an appliance build it once.
 fn cachedir() -> &'static Path {
@@ -212,16 +210,18 @@ fn timeout_and_guest_panic_are_reported() {
     );
 }
 
-/// A pty for kiln: (master, slave).
+/// A pty for kiln: (master, slave). Both close on exec: the other tests of this binary
+/// start children too, and none of them may hold the terminal open.
 fn pty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
     use rustix::pty::OpenptFlags;
-    let m = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    let m = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
+        .unwrap();
     rustix::pty::grantpt(&m).unwrap();
     rustix::pty::unlockpt(&m).unwrap();
     let name = rustix::pty::ptsname(&m, Vec::new()).unwrap();
     let s = rustix::fs::open(
         name.as_c_str(),
-        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY,
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
     .unwrap();

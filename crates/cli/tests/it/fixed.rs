@@ -2,8 +2,7 @@
 //! tarball, `kiln locate` on it, and real libguestfs booting it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::{example_dir, kiln, text};
+use crate::common::{example_dir, kiln, text};
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

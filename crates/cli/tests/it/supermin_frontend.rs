@@ -4,8 +4,7 @@
 //! reproducible rebuilds).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::{example_dir, kiln, text};
+use crate::common::{example_dir, kiln, text};
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

@@ -4,8 +4,7 @@
 //! code, a message naming the input, and nothing left behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::{example_dir, kiln, text};
+use crate::common::{example_dir, kiln, text};
 
 use std::ffi::OsString;
 use std::fs;

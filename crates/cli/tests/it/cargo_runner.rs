@@ -5,13 +5,11 @@
 //! pass or fail by their exit status.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{kiln, text};
+use crate::common::{kiln, text};
 
 const LIB: &str = r#"
 pub fn release() -> String {

@@ -10,8 +10,7 @@
 //! libguestfs is told `force_tcg`), one at a time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-#[path = "../../kiln/tests/common/roots.rs"]
+#[path = "../../../kiln/tests/it/common/roots.rs"]
 mod roots;
 
 use std::fs;
@@ -20,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 
-use common::{example_dir, kiln, text};
+use crate::common::{example_dir, kiln, text};
 
 /// One VM at a time: two TCG guests on two cores only slow each other.
 static SERIAL: Mutex<()> = Mutex::new(());

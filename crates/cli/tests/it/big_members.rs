@@ -3,15 +3,13 @@
 //! the chroot get the member's bytes and stay sparse, nothing is left behind.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::text;
+use crate::common::text;
 
 const GIB: u64 = 1 << 30;
 /// The member: 3 GiB, zeros but for a head and a tail.
@@ -64,7 +62,7 @@ fn kiln_peak_rss(args: &[&std::ffi::OsStr], tmp: &Path, report: &Path) -> u64 {
         .arg("-v")
         .arg("-o")
         .arg(report)
-        .arg(common::kiln())
+        .arg(crate::common::kiln())
         .args(args)
         .env("TMPDIR", tmp)
         .output()
@@ -229,7 +227,7 @@ fn a_full_spill_directory_is_an_error_naming_the_member() {
     z.finish().unwrap();
 
     let out = t.path().join("chroot");
-    let o = Command::new(common::kiln())
+    let o = Command::new(crate::common::kiln())
         .args(["build", "-f", "chroot"])
         .arg(&d)
         .arg("-o")

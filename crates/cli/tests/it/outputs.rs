@@ -6,8 +6,7 @@
 //! command, whatever it returned.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::{example_dir, kiln, text};
+use crate::common::{example_dir, kiln, text};
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

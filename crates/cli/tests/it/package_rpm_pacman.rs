@@ -6,8 +6,7 @@
 //! link to kiln. The Debian packages are tested in package.rs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::{kiln, text};
+use crate::common::{kiln, text};
 
 use std::collections::BTreeSet;
 use std::fs;
