@@ -10,8 +10,7 @@
 //! libguestfs is told `force_tcg`), one at a time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../../kiln/tests/it/common/roots.rs"]
-mod roots;
+use crate::common::roots;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

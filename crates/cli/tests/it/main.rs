@@ -4,6 +4,7 @@
 //!
 //! `tests/package.rs` stays a binary of its own: it installs packages on the host,
 //! which the tests here must not see change under them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -3,8 +3,7 @@
 //! are xz-compressed and whose virtio_console is built in), on real qemu.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../../kiln/tests/it/common/roots.rs"]
-mod roots;
+use crate::common::roots;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

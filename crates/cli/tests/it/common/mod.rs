@@ -4,6 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+/// The Debian roots of the kiln tests (bootstrapped once, cached between runs).
+#[path = "../../../../kiln/tests/it/common/roots.rs"]
+pub mod roots;
+
 /// The `kiln` binary under test.
 pub fn kiln() -> &'static str {
     env!("CARGO_BIN_EXE_kiln")
