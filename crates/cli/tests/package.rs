@@ -1,8 +1,14 @@
 //! The Debian packages made by `scripts/package`: reproducible, lintian-clean, and,
 //! installed on this machine, kiln becomes the system's supermin for unmodified
 //! libguestfs until kiln-supermin is purged and Debian's supermin is back as it was.
+//!
+//! A test binary of its own, not a module of `tests/it`: it installs and purges the
+//! packages on the host (`dpkg -i`, a diversion of `/usr/bin/supermin`), which would
+//! change the dpkg database and the system's supermin under the other tests' feet.
+//! Cargo runs test binaries one after another, so this one never overlaps them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "it/common/mod.rs"]
 mod common;
 use common::{example_dir, kiln, text};
 

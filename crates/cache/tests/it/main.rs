@@ -1,0 +1,12 @@
+//! The integration tests of kiln-cache in one test binary: one link for the crate
+//! instead of one per test file. Each module holds the tests of one area;
+//! `common` holds the helpers they share.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod basics;
+mod concurrency;
+mod crash;
+mod hostile;
+mod sources;

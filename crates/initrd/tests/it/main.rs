@@ -1,0 +1,6 @@
+//! The integration tests of kiln-initrd in one test binary: one link for the crate
+//! instead of one per test file. Each module holds the tests of one area.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod disks;
+mod host_kernel;
