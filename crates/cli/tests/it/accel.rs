@@ -42,23 +42,21 @@ fn require_kvm_device() {
 
 /// The example appliance, built once for the file.
 fn appliance() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = tempfile::tempdir().unwrap();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let a = crate::common::shared_tempdir(&DIR).join("a");
         let root = example_dir().join("supermin.d");
         let out = Command::new(kiln())
             .args(["build", "-f", "ext2"])
             .arg(&root)
             .arg("-o")
-            .arg(d.path().join("a"))
+            .arg(&a)
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
-        d
+        a
     })
-    .path()
-    .join("a")
-    .leak()
 }
 
 /// A stand-in `qemu-system-x86_64` in its own directory. Each start logs its

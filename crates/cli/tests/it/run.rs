@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -13,8 +13,8 @@ use crate::common::{kiln, text};
 
 /// One cache for the whole file, so tests sharing an appliance build it once.
 fn cachedir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    crate::common::shared_tempdir(&DIR)
 }
 
 fn run_in(dir: &Path, args: &[&str], stdin: &[u8]) -> Output {

@@ -18,8 +18,8 @@ use crate::common::{kiln, text};
 
 /// One cache for the whole file, so tests sharing an appliance build it once.
 fn cachedir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    crate::common::shared_tempdir(&DIR)
 }
 
 /// A `kiln run` with a private TMPDIR (checked empty afterwards), in `/`.
