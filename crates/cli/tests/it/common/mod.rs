@@ -52,7 +52,10 @@ pub fn shared_tempdir(slot: &'static std::sync::OnceLock<PathBuf>) -> &'static P
             // SAFETY: `remove_all` is an `extern "C" fn()` with no arguments that does
             // not unwind (it ignores every error), as atexit(3) requires.
             let rc = unsafe { libc::atexit(remove_all) };
-            assert_eq!(rc, 0, "atexit refused the cleanup of the shared test directories");
+            assert_eq!(
+                rc, 0,
+                "atexit refused the cleanup of the shared test directories"
+            );
         });
         let dir = tempfile::tempdir().unwrap().keep();
         DIRS.lock().unwrap().push(dir.clone());
