@@ -15,18 +15,12 @@
 //! `B` after the unit). The supermin front end, which must answer exactly as supermin
 //! does, accepts only supermin's own subset: [`parse_supermin`].
 //!
-//! # Example
+//! # Examples
 //!
-//! ```
-//! assert_eq!(crate::size::parse("4G"), Ok(4 << 30));
-//! assert_eq!(crate::size::parse("1.5KiB"), Ok(1536));
-//! assert_eq!(crate::size::parse("10737418240"), Ok(10_737_418_240));
-//! assert!(crate::size::parse("4X").is_err());
-//! // supermin's grammar needs a suffix and takes only b, K, M, G.
-//! assert_eq!(crate::size::parse_supermin("512M"), Ok(512 << 20));
-//! assert!(crate::size::parse_supermin("4096").is_err());
-//! assert_eq!(crate::size::human(1536), "1.5 KiB");
-//! ```
+//! `4G` is 4 GiB, `1.5KiB` 1536 bytes, `10737418240` that many bytes; `4X` is an error.
+//! supermin's grammar needs a suffix and takes only b, K, M, G: `512M` but not `4096`.
+//! Sizes are shown as `1.5 KiB`. (The unit test `the_documented_examples_hold` checks
+//! each of these.)
 
 use std::fmt;
 
@@ -153,6 +147,17 @@ pub fn human(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_documented_examples_hold() {
+        assert_eq!(parse("4G"), Ok(4 << 30));
+        assert_eq!(parse("1.5KiB"), Ok(1536));
+        assert_eq!(parse("10737418240"), Ok(10_737_418_240));
+        assert!(parse("4X").is_err());
+        assert_eq!(parse_supermin("512M"), Ok(512 << 20));
+        assert!(parse_supermin("4096").is_err());
+        assert_eq!(human(1536), "1.5 KiB");
+    }
 
     #[test]
     fn supermins_sizes_mean_the_same_in_both_grammars() {

@@ -33,7 +33,7 @@
 //! .unwrap();
 //! let t = tempfile::tempdir().unwrap();
 //! let out = t.path().join("root");
-//! let stats = crate::chroot::write_chroot(&set, &out).unwrap();
+//! let stats = kiln_image::chroot::write_chroot(&set, &out).unwrap();
 //! assert_eq!(stats.entries, 4);
 //! assert_eq!(std::fs::read(out.join("etc/hostname")).unwrap(), b"kiln\n");
 //! // Absolute link targets are made relative: the tree never points into the host.
