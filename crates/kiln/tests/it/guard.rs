@@ -37,9 +37,12 @@ enum Placement {
 
 /// `t/a/b/in` (a directory holding a file, or a file), and the ways to reach `t/a/b`.
 struct Tree {
+    // Fields drop in order: the bind mount is undone before the directory holding it
+    // is removed (the other way round, the removal stops at the busy mount point and
+    // leaves the tree behind).
+    _bind: Option<Bind>,
     t: tempfile::TempDir,
     input: PathBuf,
-    _bind: Option<Bind>,
 }
 
 /// A bind mount, undone when dropped.
@@ -77,9 +80,9 @@ fn tree(dir_input: bool, bind: bool) -> Tree {
         Bind(m)
     });
     Tree {
+        _bind: bind,
         t,
         input,
-        _bind: bind,
     }
 }
 
