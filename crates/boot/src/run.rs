@@ -48,7 +48,9 @@ use crate::{Accel, base_cmdline, root_uuid};
 
 mod console;
 pub(crate) mod qemu;
+mod qmp;
 mod relay;
+mod state;
 mod wire;
 use console::Console;
 use qemu::Qemu;
@@ -104,6 +106,10 @@ pub struct RunOptions {
     /// command's process group in the guest; a second one a second later, or one
     /// before the command started, stops the VM ([`RunError::Interrupted`]).
     pub interrupt: Option<Arc<Interrupt>>,
+    /// The appliance's saved VM start states: a run starts from the one of its VM's
+    /// shape, or boots and saves it at the guest's ready point. `None` boots every
+    /// time (`--no-snapshot`).
+    pub states: Option<kiln_cache::States>,
 }
 
 /// How the command ended.
@@ -134,6 +140,8 @@ pub struct RunOutcome {
     pub elapsed: Duration,
     /// Time from qemu's start to the guest's `R` (the command started).
     pub to_ready: Option<Duration>,
+    /// The VM started from a saved state instead of booting.
+    pub warm: bool,
     pub console: String,
 }
 
@@ -305,23 +313,23 @@ pub fn run(opts: &RunOptions, spec: &RunSpec) -> Result<RunOutcome, RunError> {
         cmdline: &cmdline,
         start,
     };
-    match a.run(plan.accel(), watchdog)? {
+    match a.start(plan.accel(), watchdog)? {
         Outcome::Done(o) => Ok(o),
         Outcome::KvmFailed(why) if opts.accel == Accel::Auto => {
             if let Some(m) = &opts.memo {
                 m.remember(&opts.qemu, &why);
             }
             accel::announce_fallback(&why);
-            match a.run("tcg", None)? {
+            match a.start("tcg", None)? {
                 Outcome::Done(o) => Ok(o),
-                Outcome::KvmFailed(why) => Err(RunError::Stopped {
+                Outcome::KvmFailed(why) | Outcome::StateFailed(why) => Err(RunError::Stopped {
                     status: "qemu exited at start".into(),
                     qemu_said: format!("; qemu said: {why}"),
                     tail: String::new(),
                 }),
             }
         }
-        Outcome::KvmFailed(why) => Err(RunError::Stopped {
+        Outcome::KvmFailed(why) | Outcome::StateFailed(why) => Err(RunError::Stopped {
             status: "qemu exited at start".into(),
             qemu_said: format!("; qemu said: {why}"),
             tail: String::new(),
@@ -334,6 +342,50 @@ enum Outcome {
     /// qemu exited before the guest said anything, or the watchdog stopped it (KVM
     /// does not run guests here): why.
     KvmFailed(String),
+    /// The VM could not start from its saved state (qemu refused it, its checksum is
+    /// wrong, the guest did not answer): why. Nothing of the user's was consumed.
+    StateFailed(String),
+}
+
+/// How one attempt starts the VM.
+enum Mode {
+    /// Boot, as without saved states.
+    Cold,
+    /// Boot in the saved layout and save the VM's state at the guest's ready point.
+    Save {
+        writer: kiln_cache::StateWriter,
+        shape: state::Shape,
+    },
+    /// Start from a saved state (checked header; the stream is verified while qemu
+    /// loads it, before the VM runs).
+    Warm {
+        file: fs::File,
+        header: state::Header,
+    },
+}
+
+impl Mode {
+    /// The saved layout: fixed share slots, vmgenid, a monitor.
+    fn saved_layout(&self) -> bool {
+        !matches!(self, Mode::Cold)
+    }
+}
+
+/// How long a VM started from a saved state may take to answer the spec: it was
+/// ready when saved, so a silent one is broken (and boots instead).
+const WARM_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long saving a VM's state may take (a few hundred MiB written to a file).
+const SAVE_LIMIT: Duration = Duration::from_secs(120);
+
+/// Descriptors and paths of the saved layout, for [`qemu_command`].
+struct Layout<'a> {
+    /// qemu's end of the monitor socketpair.
+    monitor: i32,
+    /// The state to start from (`-S -incoming fd:N`, positioned at the stream).
+    incoming: Option<i32>,
+    /// The empty directory unused share slots point at.
+    placeholder: &'a std::path::Path,
 }
 
 fn qemu_command(
@@ -342,6 +394,7 @@ fn qemu_command(
     cmdline: &[String],
     accel: &str,
     guest_fds: &[i32; 4],
+    layout: Option<&Layout<'_>>,
 ) -> Command {
     let mut cmd = crate::qemu_base(&opts.qemu, accel, opts.memory_mib);
     cmd.args(["-smp", &opts.cpus.to_string()])
@@ -370,12 +423,37 @@ fn qemu_command(
             &format!("virtserialport,chardev=kc{i},name={name}"),
         ]);
     }
-    for (i, s) in spec.shares.iter().enumerate() {
+    let Some(layout) = layout else {
+        for (i, s) in spec.shares.iter().enumerate() {
+            cmd.arg("-virtfs").arg(qemu::virtfs_arg(
+                &s.host,
+                &wire::share_tag(i),
+                &format!("kfs{i}"),
+            ));
+        }
+        return cmd;
+    };
+    // The saved layout: the same devices in every run of this shape; the shares'
+    // host paths are the only thing that changes (9p keeps no state until mounted).
+    for i in 0..state::SHARE_SLOTS {
+        let host = spec
+            .shares
+            .get(i)
+            .map_or(layout.placeholder, |s| s.host.as_path());
         cmd.arg("-virtfs").arg(qemu::virtfs_arg(
-            &s.host,
+            host,
             &wire::share_tag(i),
             &format!("kfs{i}"),
         ));
+    }
+    cmd.args(["-device", "vmgenid"]).args([
+        "-chardev",
+        &format!("socket,id=kmon,fd={}", layout.monitor),
+        "-mon",
+        "chardev=kmon,mode=control",
+    ]);
+    if let Some(fd) = layout.incoming {
+        cmd.arg("-S").args(["-incoming", &format!("fd:{fd}")]);
     }
     cmd
 }
@@ -425,31 +503,305 @@ struct Heard {
     exit: Option<kiln_wire::Exit>,
 }
 
+impl Heard {
+    /// The guest answered the spec (the command started, or could not).
+    fn answered(&self) -> bool {
+        self.ready.is_some() || self.error.is_some() || self.exit.is_some()
+    }
+}
+
+/// The saved state's writer: (bytes, time from the migration's start to the
+/// published file, time the VM was paused).
+type Saving = std::thread::JoinHandle<Result<(u64, Duration, Duration), String>>;
+
+/// Start a VM loaded from a state (`-S -incoming`): check the stream's hash while
+/// qemu loads it, then let it run.
+fn resume(
+    monitor: Option<UnixStream>,
+    file: &fs::File,
+    header: state::Header,
+    t0: Instant,
+) -> Result<(), String> {
+    let mon = monitor.ok_or("no monitor")?;
+    let deadline = t0 + WARM_LIMIT;
+    let f = file.try_clone().map_err(|e| e.to_string())?;
+    let check = std::thread::spawn(move || state::stream_hash(&f, header.stream_len));
+    let q = qmp::Qmp::connect(mon, deadline).map_err(|e| format!("qemu's monitor: {e}"));
+    let hash = check
+        .join()
+        .map_err(|_| "its check panicked".to_string())?
+        .map_err(|e| format!("it cannot be read ({e})"))?;
+    if hash != header.hash {
+        return Err("its checksum does not match: the file is damaged".into());
+    }
+    q?.execute("cont", serde_json::json!({}), None, deadline)
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Save the running VM's state through `writer` (qemu's migration to the file,
+/// after the header), resume the VM, and seal and publish the file in a thread.
+/// On error: why, and whether the VM runs (else it must be stopped).
+fn save_state(
+    monitor: Option<UnixStream>,
+    writer: kiln_cache::StateWriter,
+    shape: state::Shape,
+) -> Result<Saving, (String, bool)> {
+    use serde_json::json;
+    use std::io::Seek;
+    let t = Instant::now();
+    let deadline = t + SAVE_LIMIT;
+    let mon = monitor.ok_or(("no monitor".to_string(), true))?;
+    let mut q = qmp::Qmp::connect(mon, deadline).map_err(|e| (e.to_string(), true))?;
+    // qemu writes at the descriptor's offset, which it shares with this one.
+    writer
+        .file()
+        .seek(io::SeekFrom::Start(state::HEADER_LEN))
+        .map_err(|e| (e.to_string(), true))?;
+    let setup = |q: &mut qmp::Qmp| -> io::Result<()> {
+        q.execute(
+            "migrate-set-capabilities",
+            json!({"capabilities": [{"capability": "events", "state": true}]}),
+            None,
+            deadline,
+        )?;
+        // The default (32 MiB/s) is for networks; this is a local file.
+        q.execute(
+            "migrate-set-parameters",
+            json!({"max-bandwidth": 1u64 << 40}),
+            None,
+            deadline,
+        )?;
+        q.execute(
+            "getfd",
+            json!({"fdname": "kiln-state"}),
+            Some(writer.file().as_fd()),
+            deadline,
+        )?;
+        q.execute("migrate", json!({"uri": "fd:kiln-state"}), None, deadline)?;
+        Ok(())
+    };
+    if let Err(e) = setup(&mut q) {
+        return Err((e.to_string(), true));
+    }
+    let end = q.wait_event(
+        |e| {
+            e["event"] == "MIGRATION"
+                && matches!(
+                    e["data"]["status"].as_str(),
+                    Some("completed" | "failed" | "cancelled")
+                )
+        },
+        deadline,
+    );
+    if fault("kill-while-saving") {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+    let paused = t.elapsed();
+    // After a completed migration qemu leaves the VM paused; after a failed one it
+    // runs again. Either way it must run now. qemu announces the completion a moment
+    // before its migration thread leaves the finishing state, in which it refuses
+    // `cont`, and sends no event when it does: ask until it has (each answer waits for
+    // qemu's main loop, so this is not a busy wait on kiln's side).
+    while q
+        .execute("query-status", json!({}), None, deadline)
+        .is_ok_and(|s| s["status"] == "finish-migrate")
+    {}
+    let resumed = q.execute("cont", json!({}), None, deadline);
+    let status = match end {
+        Ok(e) => e["data"]["status"].as_str().unwrap_or("").to_string(),
+        Err(e) => {
+            return Err((
+                format!("waiting for qemu's migration: {e}"),
+                resumed.is_ok(),
+            ));
+        }
+    };
+    if let Err(e) = resumed {
+        return Err((format!("the VM did not resume: {e}"), false));
+    }
+    if status != "completed" {
+        return Err((format!("qemu's migration {status}"), true));
+    }
+    Ok(std::thread::spawn(move || {
+        let bytes = state::seal(writer.file(), &shape)?;
+        writer.publish().map_err(|e| e.to_string())?;
+        Ok((bytes, t.elapsed(), paused))
+    }))
+}
+
 impl Attempt<'_> {
-    fn run(&self, accel: &'static str, watchdog: Option<Duration>) -> Result<Outcome, RunError> {
+    /// One start with `accel`: from the saved state when there is a usable one (and
+    /// booting if the VM cannot start from it), else a boot that saves it.
+    fn start(&self, accel: &'static str, watchdog: Option<Duration>) -> Result<Outcome, RunError> {
+        let mut mode = self.mode(accel);
+        // At most: from the state, then a boot that saves it, then a plain boot.
+        for _ in 0..2 {
+            let warm = matches!(mode, Mode::Warm { .. });
+            match self.run(accel, watchdog, mode)? {
+                Outcome::StateFailed(why) if warm => {
+                    tracing::info!("booting: the VM could not start from its saved state: {why}");
+                    mode = match (self.opts.states.as_ref(), self.shape(accel)) {
+                        (Some(states), Some(shape)) => self.saver(states, shape),
+                        _ => Mode::Cold,
+                    };
+                }
+                Outcome::StateFailed(why) => {
+                    tracing::info!("booting again without saving: {why}");
+                    mode = Mode::Cold;
+                }
+                o => return Ok(o),
+            }
+        }
+        self.run(accel, watchdog, mode)
+    }
+
+    fn shape(&self, accel: &str) -> Option<state::Shape> {
+        let o = self.opts;
+        state::Shape::new(
+            &o.qemu,
+            accel,
+            o.memory_mib,
+            o.cpus,
+            &o.kernel,
+            &o.initrd,
+            &o.root,
+            self.cmdline,
+        )
+        .map_err(|e| tracing::info!("booting without a saved state: {e}"))
+        .ok()
+    }
+
+    /// How to start: the saved state if it is usable, else boot (saving one when
+    /// this run may); one `-v` line says why it boots.
+    fn mode(&self, accel: &str) -> Mode {
+        let Some(states) = self.opts.states.as_ref() else {
+            return Mode::Cold;
+        };
+        if self.spec.shares.len() > state::SHARE_SLOTS {
+            tracing::info!(
+                "booting: {} shares, a saved VM start state has room for {}",
+                self.spec.shares.len(),
+                state::SHARE_SLOTS
+            );
+            return Mode::Cold;
+        }
+        let Some(shape) = self.shape(accel) else {
+            return Mode::Cold;
+        };
+        let path = states.path(&shape.name);
+        match states.open(&shape.name) {
+            Ok(Some(file)) => match state::check(&file, &shape) {
+                Ok(header) => {
+                    return Mode::Warm { file, header };
+                }
+                Err(why) => tracing::info!(
+                    "booting: the saved VM start state {} is not used: {why}",
+                    path.display()
+                ),
+            },
+            Ok(None) => tracing::info!("booting: no saved VM start state yet ({})", path.display()),
+            Err(e) => tracing::info!("booting: the saved VM start state is not used: {e}"),
+        }
+        self.saver(states, shape)
+    }
+
+    /// Boot and save the state, unless another process is saving it right now.
+    fn saver(&self, states: &kiln_cache::States, shape: state::Shape) -> Mode {
+        match states.begin_save(&shape.name) {
+            Ok(Some(writer)) => Mode::Save { writer, shape },
+            Ok(None) => {
+                tracing::info!("another kiln is saving this VM's start state; not saving it twice");
+                Mode::Cold
+            }
+            Err(e) => {
+                tracing::info!("the VM's start state will not be saved: {e}");
+                Mode::Cold
+            }
+        }
+    }
+
+    /// The spec as sent now: with the host's clock and fresh random bytes.
+    fn spec_now(&self) -> ToGuest {
+        let mut m = self.spec_msg.clone();
+        if let ToGuest::Spec(s) = &mut m {
+            if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+                s.time = Some((d.as_secs().min(i64::MAX as u64) as i64, d.subsec_nanos()));
+            }
+            let mut r = vec![0u8; 64];
+            if rustix::rand::getrandom(&mut r, rustix::rand::GetRandomFlags::empty())
+                .is_ok_and(|n| n == r.len())
+            {
+                s.entropy = r;
+            }
+        }
+        m
+    }
+
+    fn run(
+        &self,
+        accel: &'static str,
+        watchdog: Option<Duration>,
+        mode: Mode,
+    ) -> Result<Outcome, RunError> {
         let opts = self.opts;
+        let warm = matches!(mode, Mode::Warm { .. });
+        // A VM started from a state printed its boot long ago: no console to watch.
+        let watchdog = if warm { None } else { watchdog };
         let pair = || UnixStream::pair().map_err(RunError::Io);
         let (ctl, g0) = pair()?;
         let (stdin, g1) = pair()?;
         let (stdout, g2) = pair()?;
         let (stderr, g3) = pair()?;
-        let guest: [OwnedFd; 4] = [g0.into(), g1.into(), g2.into(), g3.into()];
+        let (monitor, g4) = pair()?;
+        let guest: [OwnedFd; 5] = [g0.into(), g1.into(), g2.into(), g3.into(), g4.into()];
         let raw = [
             guest[0].as_raw_fd(),
             guest[1].as_raw_fd(),
             guest[2].as_raw_fd(),
             guest[3].as_raw_fd(),
         ];
+        let mut inherit = raw.to_vec();
         // Everything that can fail is set up before qemu exists.
         let mut stop = Stop::new().map_err(RunError::Io)?;
         let waker = Waker::new().map_err(RunError::Io)?;
         let ctl_w = ctl.try_clone().map_err(RunError::Io)?;
         let stdin_keep = stdin.try_clone().map_err(RunError::Io)?;
-        let mut cmd = qemu_command(opts, self.spec, self.cmdline, accel, &raw);
+        let placeholder = if mode.saved_layout() {
+            Some(
+                tempfile::Builder::new()
+                    .prefix("kiln-noshare-")
+                    .tempdir()
+                    .map_err(RunError::Io)?,
+            )
+        } else {
+            None
+        };
+        let incoming = match &mode {
+            Mode::Warm { file, .. } => {
+                use std::io::Seek;
+                (&*file)
+                    .seek(io::SeekFrom::Start(state::HEADER_LEN))
+                    .map_err(RunError::Io)?;
+                Some(file.as_raw_fd())
+            }
+            _ => None,
+        };
+        let layout = placeholder.as_ref().map(|p| Layout {
+            monitor: guest[4].as_raw_fd(),
+            incoming,
+            placeholder: p.path(),
+        });
+        if layout.is_some() {
+            inherit.push(guest[4].as_raw_fd());
+        }
+        inherit.extend(incoming);
+        let mut cmd = qemu_command(opts, self.spec, self.cmdline, accel, &raw, layout.as_ref());
         tracing::debug!("running {:?}", cmd);
         let t0 = Instant::now();
         // The guard: from here every return (and unwinding) kills and reaps qemu.
-        let mut qemu = Qemu::spawn(&mut cmd, &raw).map_err(|e| RunError::Spawn {
+        let mut qemu = Qemu::spawn(&mut cmd, &inherit).map_err(|e| RunError::Spawn {
             qemu: opts.qemu.clone(),
             source: e,
         })?;
@@ -463,14 +815,44 @@ impl Attempt<'_> {
         ];
 
         let (to_guest, rx) = mpsc::channel::<ToGuest>();
+        // The spec goes when the guest waits for it (`W`), so its clock is the
+        // host's of that moment; a VM started from a state waits already.
+        let mut spec_sent = false;
+        let mut saving = None;
+        let mut monitor = Some(monitor);
         if fault("oversize-frame") {
             // A header announcing 4 GiB where the spec belongs: the init must refuse
             // it without allocating, say so and end cleanly. The socket is empty, so
             // these five bytes never block.
             let _ = (&ctl_w).write_all(b"S\xff\xff\xff\xff");
-        } else {
-            let _ = to_guest.send(self.spec_msg.clone());
+            spec_sent = true;
         }
+        let mode = match mode {
+            Mode::Warm { file, header } => {
+                let m = monitor.take();
+                match resume(m, &file, header, t0) {
+                    Ok(()) => {}
+                    Err(why) => {
+                        qemu.kill();
+                        stop.stop();
+                        join_all(readers);
+                        let said = lock(&qemu_err, |c| c.last_lines(3));
+                        let said = said.trim();
+                        return Ok(Outcome::StateFailed(if said.is_empty() {
+                            why
+                        } else {
+                            format!("{why}; qemu said: {said}")
+                        }));
+                    }
+                }
+                let _ = to_guest.send(self.spec_now());
+                spec_sent = true;
+                None
+            }
+            Mode::Save { writer, shape } => Some((writer, shape)),
+            Mode::Cold => None,
+        };
+        let mut save = mode;
         spawn_ctl_writer(ctl_w, rx);
         let out_n = Arc::new(AtomicU64::new(0));
         let err_n = Arc::new(AtomicU64::new(0));
@@ -510,6 +892,9 @@ impl Attempt<'_> {
                 }
                 soonest(t0 + BOOT_LIMIT);
             }
+            if warm && !heard.answered() {
+                soonest(t0 + WARM_LIMIT);
+            }
             if let Some(a) = acked {
                 soonest(a + POWER_OFF_WAIT);
             }
@@ -545,6 +930,36 @@ impl Attempt<'_> {
                 ctl_open = read_ctl(&ctl, &mut ctl_buf).map_err(RunError::Watch)?;
                 while let Some(m) = next_message(&mut ctl_buf).map_err(RunError::Protocol)? {
                     match m {
+                        ToHost::Waiting { pristine } => {
+                            heard.any = true;
+                            if spec_sent {
+                                continue;
+                            }
+                            if let Some((writer, shape)) = save.take() {
+                                if pristine {
+                                    match save_state(monitor.take(), writer, shape) {
+                                        Ok(s) => saving = Some(s),
+                                        Err((why, true)) => tracing::info!(
+                                            "the VM's start state was not saved: {why}"
+                                        ),
+                                        Err((why, false)) => {
+                                            qemu.kill();
+                                            stop.stop();
+                                            join_all(readers);
+                                            return Ok(Outcome::StateFailed(format!(
+                                                "saving its start state stopped the VM: {why}"
+                                            )));
+                                        }
+                                    }
+                                } else {
+                                    tracing::info!(
+                                        "the VM's start state is not saved: the appliance has no /proc, /sys or /dev, so the guest wrote to its root before the ready point"
+                                    );
+                                }
+                            }
+                            let _ = to_guest.send(self.spec_now());
+                            spec_sent = true;
+                        }
                         ToHost::Ready => {
                             heard.any = true;
                             heard.ready = Some(t0.elapsed());
@@ -601,7 +1016,7 @@ impl Attempt<'_> {
                             heard.error = Some(String::from_utf8_lossy(&m).into_owned());
                         }
                         ToHost::Exit(x) => heard.exit = Some(x),
-                        ToHost::Ready => heard.any = true,
+                        ToHost::Ready | ToHost::Waiting { .. } => heard.any = true,
                     }
                 }
                 break Some(st);
@@ -623,6 +1038,15 @@ impl Attempt<'_> {
                 // (stdin is read only after `R`), so TCG can start over.
                 qemu.kill();
                 return Ok(Outcome::KvmFailed(accel::stalled(w)));
+            }
+            if warm && !heard.answered() && now >= t0 + WARM_LIMIT {
+                qemu.kill();
+                stop.stop();
+                join_all(readers);
+                return Ok(Outcome::StateFailed(format!(
+                    "the VM started from it did not answer within {} s",
+                    WARM_LIMIT.as_secs()
+                )));
             }
             if !heard.any && now >= t0 + BOOT_LIMIT {
                 qemu.kill();
@@ -649,6 +1073,18 @@ impl Attempt<'_> {
         drop(to_guest);
         join_all(readers);
 
+        if warm && !heard.answered() {
+            let said = lock(&qemu_err, |c| c.last_lines(3));
+            let said = said.trim();
+            return Ok(Outcome::StateFailed(if said.is_empty() {
+                format!(
+                    "qemu stopped before the guest answered ({})",
+                    status_words(status)
+                )
+            } else {
+                format!("qemu could not start from it: {said}")
+            }));
+        }
         let Some(x) = heard.exit else {
             // qemu ended by itself before the guest printed anything at all: KVM could
             // not start it (a kernel that ran and then died, e.g. a panic, printed
@@ -702,7 +1138,19 @@ impl Attempt<'_> {
                 return Err(RunError::Truncated { stream, got, sent });
             }
         }
+        if let Some(s) = saving {
+            match s.join() {
+                Ok(Ok((bytes, took, paused))) => tracing::info!(
+                    "saved the VM start state: {bytes} bytes in {:.2} s (the VM paused {:.2} s)",
+                    took.as_secs_f64(),
+                    paused.as_secs_f64()
+                ),
+                Ok(Err(why)) => tracing::info!("the VM's start state was not saved: {why}"),
+                Err(_) => tracing::info!("the VM's start state was not saved: its writer panicked"),
+            }
+        }
         Ok(Outcome::Done(RunOutcome {
+            warm,
             status: if x.signaled {
                 Status::Signaled(x.code)
             } else {

@@ -74,8 +74,10 @@ pub struct GcReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotInfo {
     pub key: Key,
-    /// Allocated bytes of its files.
+    /// Allocated bytes of its files and of its saved start states.
     pub size: u64,
+    /// Its saved VM start states (`kiln run`), one per VM shape.
+    pub states: usize,
     /// When it was last located (or built).
     pub last_use: SystemTime,
     /// Live processes that hold a pin of it.
@@ -211,6 +213,30 @@ impl Cache {
         report.slots = slots.len();
         report.bytes = bytes;
 
+        // States whose slot is gone (removed above, or before they were published),
+        // and their writers' lock files when free.
+        let has_slot = |k: &Key| {
+            names
+                .iter()
+                .any(|m| m.strip_prefix(SLOT) == Some(k.as_str()))
+                && !report.removed.contains(k)
+        };
+        let orphans: HashSet<Key> = names
+            .iter()
+            .filter_map(|n| crate::state::state_key(n))
+            .filter(|k| !has_slot(k))
+            .collect();
+        for k in &orphans {
+            report.freed += self.remove_states(&names, k);
+        }
+        for n in &names {
+            if let Some(k) = crate::state::state_lock_key(n)
+                && !has_slot(&k)
+            {
+                let _ = self.remove_lock_if_free(n);
+            }
+        }
+
         // Lock files of keys with no slot and nobody building.
         let removed: HashSet<&Key> = report.removed.iter().collect();
         for n in &names {
@@ -236,10 +262,12 @@ impl Cache {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        if file_type(&st) != FileType::Directory {
-            return fsx::remove_tree_freeing(self.fd(), name).map(Some);
-        }
-        let f = File::from(open_dir(self.fd(), name)?);
+        let f = match file_type(&st) {
+            FileType::Directory => File::from(open_dir(self.fd(), name)?),
+            // A state being written where there is no O_TMPFILE: locked by its writer.
+            FileType::RegularFile => fsx::open_file_ro(self.fd(), name)?,
+            _ => return fsx::remove_tree_freeing(self.fd(), name).map(Some),
+        };
         match f.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
@@ -280,7 +308,8 @@ impl Cache {
                 }
             })?;
         crate::cache::fault("gc-after-rename");
-        fsx::remove_tree_freeing(self.fd(), &trash).map(Some)
+        let states = self.remove_states(&names, key);
+        fsx::remove_tree_freeing(self.fd(), &trash).map(|f| Some(f + states))
     }
 
     fn remove_lock_if_free(&self, name: &str) -> io::Result<()> {
@@ -324,18 +353,24 @@ impl Cache {
     pub fn list(&self) -> Result<Vec<SlotInfo>, CacheError> {
         let names = fsx::list(self.fd()).map_err(|e| CacheError::io(&self.path, "readdir", e))?;
         let pins = self.live_pins(&names);
+        let state_sizes = self.state_sizes(&names);
         let mut out = Vec::new();
         for (n, key, st) in self.slot_dirs(&names) {
             let size = open_dir(self.fd(), n)
                 .and_then(|fd| fsx::allocated_size(fd.as_fd()))
                 .unwrap_or(0);
             let last_use = mtime_of(&st);
+            let (states, state_bytes) = state_sizes
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .fold((0, 0), |(n, b), (_, s)| (n + 1, b + s));
             let mut pinned_by = pins.get(&key).cloned().unwrap_or_default();
             pinned_by.sort_unstable();
             pinned_by.dedup();
             out.push(SlotInfo {
                 key,
-                size,
+                size: size + state_bytes,
+                states,
                 last_use,
                 pinned_by,
             });

@@ -14,6 +14,9 @@
 //! - `pin-<pid>-<start>-<n>-<key>/{kernel,initrd,root}`: hard links of one slot's files
 //!   for one process (PID and start time, so a reused PID does not keep them alive).
 //! - `trash-<key>-<pid>-<n>/`: a slot being removed.
+//! - `state-<key>-<shape>`: a saved VM start state of slot `<key>` (`kiln run`'s warm
+//!   start), written privately and published by one rename; `lock-state-<key>-<shape>`
+//!   lets one process write it. Removed with the slot (see `state`).
 //!
 //! Other names (libguestfs's own `appliance.d`, `lock`, …) are left alone.
 //!
@@ -76,7 +79,7 @@
 //! `cache` (opening, lookup, get-or-build), `security` (checks of the directory and its
 //! entries), `lock` (the build lock and what a waiter is told), `slot` (build, seal,
 //! publish, the slot record), `pin` (per-process hard links), `gc` (collection and
-//! listing), `source` (superseded slots), `fsx` (openat wrappers that never follow
+//! listing), `source` (superseded slots), `state` (saved VM start states), `fsx` (openat wrappers that never follow
 //! links), `proc` (process identity).
 
 mod cache;
@@ -92,6 +95,7 @@ mod security;
 mod slot;
 mod slot_key;
 mod source;
+mod state;
 
 pub use cache::{BuildMeta, Cache, GetOptions, default_root};
 pub use error::{BuildError, CacheError};
@@ -100,3 +104,4 @@ pub use lock::Waiting;
 pub use pin::Pinned;
 pub use proc::{ProcessId, process_start_time};
 pub use slot_key::Key;
+pub use state::{StateWriter, States};

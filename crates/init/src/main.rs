@@ -236,9 +236,17 @@ fn run() -> ! {
     }
     let dax = matches!(&root, Root::Dev(n) if n.starts_with("pmem"));
     let data = if dax { c"dax" } else { c"" };
+    // Run mode mounts the root read-only until the command's spec arrives: a VM state
+    // saved at that point then matches the root image exactly, so it can be started
+    // again over a fresh disk overlay (`run::main` remounts it read-write).
+    let flags = if run::wanted(&cmdline) {
+        MountFlags::NOATIME | MountFlags::RDONLY
+    } else {
+        MountFlags::NOATIME
+    };
     let mut res = Err(rustix::io::Errno::NODEV);
     for fstype in ["ext4", "ext2"] {
-        res = rustix::mount::mount("/dev/root", "/root", fstype, MountFlags::NOATIME, data);
+        res = rustix::mount::mount("/dev/root", "/root", fstype, flags, data);
         if res != Err(rustix::io::Errno::NODEV) {
             break;
         }

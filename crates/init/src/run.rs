@@ -288,12 +288,13 @@ fn file(fd: OwnedFd) -> fs::File {
 
 /// Run mode's entry: never returns (the VM powers off).
 pub fn main() -> ! {
+    let pristine = make_mount_points();
     mount("proc", "/proc", c"");
     mount("sysfs", "/sys", c"");
     mount("devtmpfs", "/dev", c"");
     mount("devpts", "/dev/pts", c"gid=5,mode=620,ptmxmode=666");
     mount("tmpfs", "/dev/shm", c"mode=1777");
-    let status = match setup_and_run() {
+    let status = match setup_and_run(pristine) {
         Ok(()) => 0,
         Err(e) => {
             say(&e);
@@ -308,13 +309,22 @@ pub fn main() -> ! {
 /// Kiln run's guest side, step by step: open the host's ports, take the command spec,
 /// start the command on the ports, serve the control channel while it runs, then
 /// report its status once its output is all sent.
-fn setup_and_run() -> Result<(), String> {
+fn setup_and_run(pristine: bool) -> Result<(), String> {
     let (mut ctl, streams) = open_channel()?;
+    // Loaded before the ready point, so a VM started from a saved state has them.
+    // An appliance without them fails later, and only if the host asks for shares.
+    let _ = load_modules(&["9pnet_virtio", "9p"]);
+    // The ready point: the host may save the VM's state now, before anything of the
+    // command's is here.
+    let _ = ctl.writer.write_all(&ToHost::Waiting { pristine }.encode());
     let spec = match receive_spec(&mut ctl.reader) {
         Ok(spec) => spec,
         Err(NoSpec::Closed) => return Err("the host closed the control channel".into()),
         Err(NoSpec::Bad(m)) => return ctl.fail(m, 125),
     };
+    if let Err(e) = fresh_start(&spec) {
+        return ctl.fail(e, 125);
+    }
     if let Err(e) = mount_shares(&spec) {
         return ctl.fail(e, 125);
     }
@@ -352,6 +362,71 @@ fn setup_and_run() -> Result<(), String> {
     // ending (channel lost) ends this wait too.
     let _ = acks.recv();
     Ok(())
+}
+
+/// The mount points run mode needs on the root, made if the appliance lacks them.
+/// The root is read-only until the spec comes; making one writes to it, so the VM is
+/// then no longer pristine (its state must not be saved). True when nothing was made.
+fn make_mount_points() -> bool {
+    let missing: Vec<&str> = ["/proc", "/sys", "/dev"]
+        .into_iter()
+        .filter(|p| !Path::new(p).is_dir())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    remount_rw();
+    for p in missing {
+        if let Err(e) = fs::create_dir_all(p) {
+            say(&format!("mkdir {p}: {e}"));
+        }
+    }
+    false
+}
+
+/// The root read-write again (with `noatime`, as it was mounted).
+fn remount_rw() {
+    if let Err(e) = rustix::mount::mount_remount("/", MountFlags::NOATIME, c"") {
+        say(&format!("remounting the root read-write: {e}"));
+    }
+}
+
+/// What makes this start of the VM its own, whether it booted or was started from a
+/// saved state: the host's clock, the host's random bytes mixed into the entropy pool
+/// and the random generator reseeded from it (qemu's vmgenid device also tells the
+/// kernel of the new start), and the root writable (over the host's fresh overlay).
+fn fresh_start(spec: &Spec) -> Result<(), String> {
+    if let Some((secs, nanos)) = spec.time {
+        let t = rustix::time::Timespec {
+            tv_sec: secs,
+            tv_nsec: nanos.into(),
+        };
+        rustix::time::clock_settime(rustix::time::ClockId::Realtime, t)
+            .map_err(|e| format!("setting the clock from the host's: {e}"))?;
+    }
+    if !spec.entropy.is_empty() {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/urandom")
+            .map_err(|e| format!("/dev/urandom: {e}"))?;
+        f.write_all(&spec.entropy)
+            .map_err(|e| format!("writing the host's entropy to /dev/urandom: {e}"))?;
+        reseed(&f).map_err(|e| format!("reseeding the random generator: {e}"))?;
+    }
+    remount_rw();
+    Ok(())
+}
+
+/// `RNDRESEEDCRNG`: reseed the kernel's random generator from its input pool now,
+/// which holds the host's bytes just written (otherwise they wait for the next
+/// scheduled reseed).
+fn reseed(urandom: &fs::File) -> io::Result<()> {
+    // _IO('R', 0x07)
+    const RNDRESEEDCRNG: rustix::ioctl::Opcode = rustix::ioctl::opcode::none(b'R', 0x07);
+    // SAFETY: RNDRESEEDCRNG takes no argument, which is what `NoArg` passes, on a
+    // descriptor of /dev/urandom that stays open for the call.
+    unsafe { rustix::ioctl::ioctl(urandom, rustix::ioctl::NoArg::<RNDRESEEDCRNG>::new()) }
+        .map_err(io::Error::from)
 }
 
 /// The control port (`kiln.ctl`) before the command runs: read inline, no thread yet.

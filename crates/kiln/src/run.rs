@@ -21,6 +21,8 @@
 //!   names, is ever run on the host.
 //! - A relative command path (`./prog`) also puts the current directory in the
 //!   appliance, so that with `--no-cwd` the command can start there.
+//! - The directories `/proc`, `/sys` and `/dev` (not their contents): the init's run
+//!   mode mounts on them with the root still read-only (see `kiln_boot::run`).
 //! - `--packages` must name installed packages; `--include` paths must exist
 //!   (directories are listed recursively, symlinks not followed).
 //! - The `hostfiles` list holds glob(3) patterns (matched with `GLOB_NOESCAPE`, where a
@@ -70,6 +72,7 @@
 //!         append: Vec::new(),
 //!         echo_console: false,
 //!         interrupt: None,
+//!         states: None,
 //!     },
 //!     &kiln_boot::run::RunSpec {
 //!         argv: vec!["uname".into(), "-r".into()],
@@ -311,6 +314,12 @@ pub fn supermin_d(req: &Request) -> Result<SuperminD, ApplianceError> {
     c.packages.extend(req.packages.iter().cloned());
     for p in &req.include {
         include(&mut c.hostfiles, root, p)?;
+    }
+    // The mount points of the init's run mode (the directories only): with them the
+    // guest reaches its ready point without writing to the root, so `kiln run` can
+    // save the VM's state there and start later runs from it.
+    for p in ["/proc", "/sys", "/dev"] {
+        c.hostfiles.insert(PathBuf::from(p));
     }
 
     let (dir, cleanup) = write(&c.packages, &c.hostfiles)?;

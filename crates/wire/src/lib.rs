@@ -11,7 +11,8 @@
 //! - `S` the command spec ([`Spec`]): a sequence of fields `[tag: u8][len: u32 LE][bytes]`:
 //!   `a` one argv word, `e` one `NAME=VALUE`, `c` the working directory, `m` a 9p mount
 //!   `TAG\0GUEST_PATH`, `t` terminal mode (`rows: u16, cols: u16`), `2` stderr goes to
-//!   the terminal too (empty);
+//!   the terminal too (empty), `T` the host's clock (`secs: i64, nanos: u32`), `r`
+//!   random bytes for the guest's entropy pool;
 //! - `W` window size (`rows: u16, cols: u16`);
 //! - `K` a signal for the command's process group (`u32`);
 //! - `P` an output stream's consumer is gone (`u8`: 1 stdout, 2 stderr): the guest closes
@@ -20,6 +21,8 @@
 //! - `A` the host has every byte the guest counted: power off (empty).
 //!
 //! Guest → host ([`ToHost`]):
+//! - `W` the guest waits for the spec (`u8`: 1 when the root disk is still untouched,
+//!   the ready point at which `kiln run` saves a VM's start state);
 //! - `R` the command started (empty);
 //! - `F` what failed before the command could run (text);
 //! - `X` the command's end ([`Exit`]): `kind: u8` (0 exited, 1 killed by a signal),
@@ -61,6 +64,13 @@ pub struct Spec {
     pub tty: Option<(u16, u16)>,
     /// In terminal mode, stderr goes to the pty too.
     pub stderr_tty: bool,
+    /// The host's wall-clock time (seconds and nanoseconds since the epoch) when it
+    /// sent the spec: a guest started from a saved state has the clock of the moment
+    /// it was saved.
+    pub time: Option<(i64, u32)>,
+    /// Random bytes from the host, mixed into the guest's entropy pool before the
+    /// command starts: two VMs started from one saved state must not share a stream.
+    pub entropy: Vec<u8>,
 }
 
 /// One of the command's output streams.
@@ -102,6 +112,12 @@ pub enum ToGuest {
 /// A message from the guest to the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToHost {
+    /// The guest is at its ready point: root mounted (read-only), modules loaded,
+    /// waiting for the spec. `pristine`: nothing was written to the root disk so far,
+    /// so the VM's state may be saved and started again over a fresh disk overlay.
+    Waiting {
+        pristine: bool,
+    },
     Ready,
     Fail(Vec<u8>),
     Exit(Exit),
@@ -319,6 +335,14 @@ impl Spec {
                 field(&mut p, b'2', &[])?;
             }
         }
+        if let Some((secs, nanos)) = self.time {
+            let mut v = secs.to_le_bytes().to_vec();
+            v.extend_from_slice(&nanos.to_le_bytes());
+            field(&mut p, b'T', &v)?;
+        }
+        if !self.entropy.is_empty() {
+            field(&mut p, b'r', &self.entropy)?;
+        }
         Ok(p)
     }
 
@@ -357,6 +381,18 @@ impl Spec {
                     s.tty = Some((u16::from_le_bytes([a, b]), u16::from_le_bytes([c, d])));
                 }
                 b'2' => s.stderr_tty = true,
+                b'T' => {
+                    let t = <[u8; 12]>::try_from(v)
+                        .map_err(|_| format!("time field of {len} bytes, not 12"))?;
+                    let (secs, nanos) = t.split_at(8);
+                    let secs = i64::from_le_bytes(secs.try_into().map_err(|_| "time")?);
+                    let nanos = u32::from_le_bytes(nanos.try_into().map_err(|_| "time")?);
+                    if nanos >= 1_000_000_000 {
+                        return Err(format!("time field with {nanos} nanoseconds"));
+                    }
+                    s.time = Some((secs, nanos));
+                }
+                b'r' => s.entropy = v.to_vec(),
                 _ => return Err(format!("unknown field {}", name(tag))),
             }
         }
@@ -431,6 +467,7 @@ impl ToHost {
     pub fn encode(&self) -> Vec<u8> {
         let (kind, p) = match self {
             ToHost::Ready => (b'R', Vec::new()),
+            ToHost::Waiting { pristine } => (b'W', vec![u8::from(*pristine)]),
             ToHost::Fail(m) => (b'F', m[..m.len().min(MAX_PAYLOAD)].to_vec()),
             ToHost::Exit(x) => {
                 let mut p = Vec::with_capacity(21);
@@ -455,6 +492,13 @@ impl ToHost {
                 empty(kind, p)?;
                 ToHost::Ready
             }
+            b'W' => ToHost::Waiting {
+                pristine: match exactly::<1>(kind, p)? {
+                    [0] => false,
+                    [1] => true,
+                    [n] => return Err(malformed(kind, format!("pristine flag {n}, not 0 or 1"))),
+                },
+            },
             b'F' => ToHost::Fail(p.to_vec()),
             b'X' => {
                 let b = exactly::<21>(kind, p)?;

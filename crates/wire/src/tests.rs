@@ -14,6 +14,8 @@ fn spec() -> Spec {
         }],
         tty: Some((24, 80)),
         stderr_tty: true,
+        time: None,
+        entropy: Vec::new(),
     }
 }
 
@@ -23,6 +25,28 @@ fn spec_layout_is_the_documented_one() {
     assert_eq!(&p[..7], b"a\x02\0\0\0sh");
     assert!(p.ends_with(b"t\x04\0\0\0\x18\0\x50\0\x32\0\0\0\0"));
     assert_eq!(Spec::decode(&p).unwrap(), spec());
+}
+
+#[test]
+fn the_clock_and_entropy_fields_round_trip_and_bad_times_are_refused() {
+    let mut s = spec();
+    s.time = Some((1_796_000_000, 999_999_999));
+    s.entropy = vec![0xa5; 64];
+    let p = s.encode().unwrap();
+    assert_eq!(Spec::decode(&p).unwrap(), s);
+    let mut bad = spec().encode().unwrap();
+    bad.extend_from_slice(b"T\x0c\0\0\0");
+    bad.extend_from_slice(&0i64.to_le_bytes());
+    bad.extend_from_slice(&1_000_000_000u32.to_le_bytes());
+    assert!(Spec::decode(&bad).unwrap_err().contains("nanoseconds"));
+    let w = ToHost::Waiting { pristine: true }.encode();
+    assert_eq!(w, b"W\x01\0\0\0\x01");
+    let (k, p, _) = split_frame(&w).unwrap().unwrap();
+    assert_eq!(
+        ToHost::decode(k, p).unwrap(),
+        ToHost::Waiting { pristine: true }
+    );
+    assert!(ToHost::decode(b'W', &[2]).is_err());
 }
 
 #[test]
@@ -136,8 +160,10 @@ fn any_spec() -> impl Strategy<Value = Spec> {
         ),
         proptest::option::of(any::<(u16, u16)>()),
         any::<bool>(),
+        proptest::option::of((any::<i64>(), 0u32..1_000_000_000)),
+        bytes(64),
     )
-        .prop_map(|(argv, env, cwd, mounts, tty, e)| Spec {
+        .prop_map(|(argv, env, cwd, mounts, tty, e, time, entropy)| Spec {
             argv,
             env,
             cwd,
@@ -147,6 +173,8 @@ fn any_spec() -> impl Strategy<Value = Spec> {
                 .collect(),
             tty,
             stderr_tty: e && tty.is_some(),
+            time,
+            entropy,
         })
 }
 

@@ -22,6 +22,8 @@ pub(super) fn spec(spec: &RunSpec) -> kiln_wire::Spec {
             .collect(),
         tty: spec.tty,
         stderr_tty: spec.tty.is_some() && spec.stderr_tty,
+        time: None,
+        entropy: Vec::new(),
     }
 }
 

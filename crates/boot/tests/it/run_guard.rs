@@ -58,6 +58,7 @@ impl Fake {
             append: Vec::new(),
             echo_console: false,
             interrupt: None,
+            states: None,
         }
     }
 
