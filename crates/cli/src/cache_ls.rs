@@ -19,14 +19,15 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Sub {
-    /// List cached appliances (key, size, last use, the processes pinning them) and
+    /// List cached appliances (key, size with their saved VM start states, the number
+    /// of those states, last use, the processes pinning them) and
     /// the uncompressed kernels `kiln run` extracted beside them (name, size, last use,
     /// the appliances using them).
     Ls {
         /// Cache root; the cache is DIR/.guestfs-$EUID.
         #[arg(long, value_name = "DIR")]
         cachedir: Option<PathBuf>,
-        /// Print JSON: one array of {kind, key, size, last_use, pinned_by}, kind
+        /// Print JSON: one array of {kind, key, size, states, last_use, pinned_by}, kind
         /// "appliance" (first) or "vmlinux" (an extracted kernel, key its file name,
         /// with used_by: appliance keys); last_use in seconds since the epoch.
         #[arg(long)]
@@ -71,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     "kind": "appliance",
                     "key": s.key.as_str(),
                     "size": s.size,
+                    "states": s.states,
                     "last_use": secs(s.last_use),
                     "pinned_by": s.pinned_by,
                 })
@@ -90,15 +92,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<32}  {:>10}  {:>12}  PINNED BY",
-        "KEY", "SIZE", "LAST USE"
+        "{:<32}  {:>10}  {:>6}  {:>12}  PINNED BY",
+        "KEY", "SIZE", "STATES", "LAST USE"
     );
     for s in slots {
         let pins: Vec<String> = s.pinned_by.iter().map(|p| p.to_string()).collect();
         println!(
-            "{:<32}  {:>10}  {:>12}  {}",
+            "{:<32}  {:>10}  {:>6}  {:>12}  {}",
             s.key,
             human(s.size),
+            s.states,
             kernels::ago(s.last_use),
             pins.join(",")
         );

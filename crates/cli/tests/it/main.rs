@@ -30,6 +30,7 @@ mod run;
 mod run_contents;
 mod run_stdio;
 mod run_sysroot;
+mod run_warm;
 mod supermin_compare;
 mod supermin_frontend;
 mod terminal_json;

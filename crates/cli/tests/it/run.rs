@@ -212,7 +212,7 @@ fn timeout_and_guest_panic_are_reported() {
 
 /// A pty for kiln: (master, slave). Both close on exec: the other tests of this binary
 /// start children too, and none of them may hold the terminal open.
-fn pty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
+pub(crate) fn pty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
     use rustix::pty::OpenptFlags;
     let m = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
         .unwrap();
@@ -236,7 +236,7 @@ fn pty(rows: u16, cols: u16) -> (OwnedFd, OwnedFd) {
 }
 
 /// Read from the pty master until `want` was seen (or panic after `limit`).
-fn expect(m: &mut std::fs::File, seen: &mut Vec<u8>, want: &str, limit: Duration) {
+pub(crate) fn expect(m: &mut std::fs::File, seen: &mut Vec<u8>, want: &str, limit: Duration) {
     let start = Instant::now();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(seen).contains(want) {
