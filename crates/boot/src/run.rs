@@ -16,6 +16,26 @@
 //! which lets the guest power off) only once it has copied that many bytes, however
 //! long a slow consumer takes, so qemu never exits with output still in its buffers.
 //!
+//! The guest says `W` when it reaches its ready point (root mounted read-only, modules
+//! loaded, waiting for the spec); the host sends the spec then, stamped with the host's
+//! clock and 64 random bytes for the guest's entropy pool.
+//!
+//! Warm start ([`RunOptions::states`]): the first run of an appliance and VM shape
+//! boots in the *saved layout* (8 virtio-9p devices whose unused ones point at an
+//! empty private directory, qemu's `vmgenid`, a QMP monitor on a fifth socketpair) and,
+//! at `W`, has qemu migrate the running VM into a private file of the cache ([`qmp`]),
+//! resumes it and sends the spec; the file is sealed (header, BLAKE3, [`state`]) and
+//! published by rename in a thread while the command runs. Later runs start qemu with
+//! `-S -incoming fd:N` on that file, check its hash while qemu loads it, and only then
+//! `cont` and send the spec: the guest mounts the shares, sets the clock, reseeds its
+//! random generator (vmgenid also tells its kernel), remounts the root read-write over
+//! qemu's fresh `snapshot=on` overlay and runs the command. A state that cannot be used
+//! (missing, truncated, damaged, made for another qemu or kernel; qemu refuses it; the
+//! VM does not answer within [`WARM_LIMIT`]) makes the run boot and save a new one,
+//! said in one `-v` line; nothing of the user's was consumed by then (stdin is read
+//! only after `R`). A run holds its state open from the start, so a gc or a newer
+//! state replacing it cannot change what its qemu reads.
+//!
 //! The run loop is one poll(2) over qemu's pidfd, the control channel, the relays'
 //! wake-up pipe and the caller's [`Interrupt`], with the nearest deadline (the
 //! `--timeout` from qemu's start, the KVM watchdog, the boot limit) as its timeout: no
@@ -769,12 +789,14 @@ impl Attempt<'_> {
         let ctl_w = ctl.try_clone().map_err(RunError::Io)?;
         let stdin_keep = stdin.try_clone().map_err(RunError::Io)?;
         let placeholder = if mode.saved_layout() {
-            Some(
-                tempfile::Builder::new()
-                    .prefix("kiln-noshare-")
-                    .tempdir()
-                    .map_err(RunError::Io)?,
-            )
+            match tempfile::Builder::new().prefix("kiln-noshare-").tempdir() {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    return Ok(Outcome::StateFailed(format!(
+                        "no private empty directory for the unused shares: {e}"
+                    )));
+                }
+            }
         } else {
             None
         };

@@ -1,6 +1,16 @@
 //! Run mode (`kiln.run` on the kernel command line, used by `kiln run`): instead of
 //! exec'ing the root's `/init`, PID 1 runs one command and powers the VM off.
 //!
+//! The root comes mounted read-only (see `main`), so the guest reaches its *ready
+//! point* without writing to the disk: `/proc`, `/sys` and `/dev` mounted, the
+//! virtio-serial and 9p modules loaded, the ports open. There it tells the host `W`
+//! (with whether the root is still untouched: an appliance without those mount points
+//! had to have them made) and waits for the spec; the host may save the VM's state at
+//! that moment and start later VMs from it. With the spec come the host's clock, set
+//! at once, and random bytes, written to `/dev/urandom` with the generator reseeded
+//! (`RNDRESEEDCRNG`); then the root is remounted read-write (its writes go to qemu's
+//! throw-away overlay) and the shares are mounted.
+//!
 //! After the switch to the appliance root it mounts `/proc`, `/sys`, `/dev`, `/dev/pts`
 //! and `/dev/shm`, loads `virtio_console` from the root's `/lib/modules/RELEASE` (with its
 //! `modules.dep` dependencies), and opens four virtio-serial ports named by the host:
