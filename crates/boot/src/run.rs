@@ -21,8 +21,8 @@
 //! clock and 64 random bytes for the guest's entropy pool.
 //!
 //! Warm start ([`RunOptions::states`]): the first run of an appliance and VM shape
-//! boots in the *saved layout* (8 virtio-9p devices whose unused ones point at an
-//! empty private directory, qemu's `vmgenid`, a QMP monitor on a fifth socketpair) and,
+//! boots in the *saved layout* (the usual devices plus qemu's `vmgenid` and a QMP
+//! monitor on a fifth socketpair; the number of shares is part of the shape) and,
 //! at `W`, has qemu migrate the running VM into a private file of the cache ([`qmp`]),
 //! resumes it and sends the spec; the file is sealed (header, BLAKE3, [`state`]) and
 //! published by rename in a thread while the command runs. Later runs start qemu with
@@ -385,7 +385,7 @@ enum Mode {
 }
 
 impl Mode {
-    /// The saved layout: fixed share slots, vmgenid, a monitor.
+    /// The saved layout: vmgenid and a monitor besides the usual devices.
     fn saved_layout(&self) -> bool {
         !matches!(self, Mode::Cold)
     }
@@ -398,14 +398,12 @@ const WARM_LIMIT: Duration = Duration::from_secs(30);
 /// How long saving a VM's state may take (a few hundred MiB written to a file).
 const SAVE_LIMIT: Duration = Duration::from_secs(120);
 
-/// Descriptors and paths of the saved layout, for [`qemu_command`].
-struct Layout<'a> {
+/// Descriptors of the saved layout, for [`qemu_command`].
+struct Layout {
     /// qemu's end of the monitor socketpair.
     monitor: i32,
     /// The state to start from (`-S -incoming fd:N`, positioned at the stream).
     incoming: Option<i32>,
-    /// The empty directory unused share slots point at.
-    placeholder: &'a std::path::Path,
 }
 
 fn qemu_command(
@@ -414,7 +412,7 @@ fn qemu_command(
     cmdline: &[String],
     accel: &str,
     guest_fds: &[i32; 4],
-    layout: Option<&Layout<'_>>,
+    layout: Option<&Layout>,
 ) -> Command {
     let mut cmd = crate::qemu_base(&opts.qemu, accel, opts.memory_mib);
     cmd.args(["-smp", &opts.cpus.to_string()])
@@ -443,29 +441,18 @@ fn qemu_command(
             &format!("virtserialport,chardev=kc{i},name={name}"),
         ]);
     }
-    let Some(layout) = layout else {
-        for (i, s) in spec.shares.iter().enumerate() {
-            cmd.arg("-virtfs").arg(qemu::virtfs_arg(
-                &s.host,
-                &wire::share_tag(i),
-                &format!("kfs{i}"),
-            ));
-        }
-        return cmd;
-    };
-    // The saved layout: the same devices in every run of this shape; the shares'
-    // host paths are the only thing that changes (9p keeps no state until mounted).
-    for i in 0..state::SHARE_SLOTS {
-        let host = spec
-            .shares
-            .get(i)
-            .map_or(layout.placeholder, |s| s.host.as_path());
+    // One 9p device per share. The number is part of a saved state's shape; the host
+    // paths are not (9p keeps no state until the guest mounts it, after the start).
+    for (i, s) in spec.shares.iter().enumerate() {
         cmd.arg("-virtfs").arg(qemu::virtfs_arg(
-            host,
+            &s.host,
             &wire::share_tag(i),
             &format!("kfs{i}"),
         ));
     }
+    let Some(layout) = layout else {
+        return cmd;
+    };
     cmd.args(["-device", "vmgenid"]).args([
         "-chardev",
         &format!("socket,id=kmon,fd={}", layout.monitor),
@@ -684,6 +671,7 @@ impl Attempt<'_> {
             accel,
             o.memory_mib,
             o.cpus,
+            self.spec.shares.len(),
             &o.kernel,
             &o.initrd,
             &o.root,
@@ -699,14 +687,6 @@ impl Attempt<'_> {
         let Some(states) = self.opts.states.as_ref() else {
             return Mode::Cold;
         };
-        if self.spec.shares.len() > state::SHARE_SLOTS {
-            tracing::info!(
-                "booting: {} shares, a saved VM start state has room for {}",
-                self.spec.shares.len(),
-                state::SHARE_SLOTS
-            );
-            return Mode::Cold;
-        }
         let Some(shape) = self.shape(accel) else {
             return Mode::Cold;
         };
@@ -788,18 +768,6 @@ impl Attempt<'_> {
         let waker = Waker::new().map_err(RunError::Io)?;
         let ctl_w = ctl.try_clone().map_err(RunError::Io)?;
         let stdin_keep = stdin.try_clone().map_err(RunError::Io)?;
-        let placeholder = if mode.saved_layout() {
-            match tempfile::Builder::new().prefix("kiln-noshare-").tempdir() {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    return Ok(Outcome::StateFailed(format!(
-                        "no private empty directory for the unused shares: {e}"
-                    )));
-                }
-            }
-        } else {
-            None
-        };
         let incoming = match &mode {
             Mode::Warm { file, .. } => {
                 use std::io::Seek;
@@ -810,10 +778,9 @@ impl Attempt<'_> {
             }
             _ => None,
         };
-        let layout = placeholder.as_ref().map(|p| Layout {
+        let layout = mode.saved_layout().then(|| Layout {
             monitor: guest[4].as_raw_fd(),
             incoming,
-            placeholder: p.path(),
         });
         if layout.is_some() {
             inherit.push(guest[4].as_raw_fd());

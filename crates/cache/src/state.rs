@@ -5,7 +5,7 @@
 //! none is ever seen half-written.
 //!
 //! Invariants:
-//! - A state appears by one rename of a complete, synced file, written privately
+//! - A state appears by one rename of a complete file, written privately
 //!   (mode 0600; first as an unnamed `O_TMPFILE`, so a writer killed by SIGKILL leaves
 //!   nothing; where the file system has no `O_TMPFILE`, as a `tmp-` file locked by its
 //!   writer, which gc removes once the lock is free).
@@ -42,7 +42,8 @@ pub struct States {
 }
 
 /// A state being written: a private file, published by [`StateWriter::publish`],
-/// gone without a trace when dropped unpublished.
+/// gone without a trace when dropped unpublished. What is written must carry its own
+/// checksum (the file is not synced).
 #[derive(Debug)]
 pub struct StateWriter {
     cache: Cache,
@@ -239,13 +240,13 @@ impl StateWriter {
         self.cache.path.join(&self.name)
     }
 
-    /// Sync the file and give it its name, replacing an older state of the same shape
-    /// (a reader of that one keeps reading it).
+    /// Give the file its name, replacing an older state of the same shape (a reader of
+    /// that one keeps reading it). The file is not synced first: a state carries its
+    /// own checksum, which its reader verifies before use, so one torn by a crash of
+    /// the machine is refused and replaced, and the run that saved it does not wait for
+    /// the disk.
     pub fn publish(mut self) -> Result<()> {
         let path = self.path();
-        self.file
-            .sync_all()
-            .map_err(|e| CacheError::io(&path, "sync", e))?;
         crate::cache::fault("state-before-publish");
         let tmp = match self.tmp.take() {
             Some(t) => t,

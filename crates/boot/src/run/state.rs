@@ -37,18 +37,15 @@ const OFF_HASH: usize = 24;
 const OFF_TEXT_LEN: usize = 56;
 const OFF_TEXT: usize = 60;
 
-/// The 9p devices of a saved layout: a run with at most this many shares starts from
-/// a saved state (unused ones point at an empty directory and are never mounted).
-pub(crate) const SHARE_SLOTS: usize = 8;
-
 /// Bumped whenever the devices or the guest's ready point change meaning.
-const LAYOUT: u32 = 1;
+const LAYOUT: u32 = 2;
 
 /// Everything a saved state depends on besides the appliance's slot: a state is used
 /// only by a VM of the same shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Shape {
-    /// The state file's name part (`tcg-512m-1c`).
+    /// The state file's name part (`tcg-512m-1c-1s`: accelerator, memory, CPUs,
+    /// shares).
     pub(crate) name: String,
     /// What the header records and a start compares.
     pub(crate) text: String,
@@ -75,6 +72,7 @@ impl Shape {
         accel: &str,
         memory_mib: u32,
         cpus: u32,
+        shares: usize,
         kernel: &Path,
         initrd: &Path,
         root: &Path,
@@ -85,7 +83,7 @@ impl Shape {
             "kiln start state, layout {LAYOUT}\n\
              qemu {} ({})\n\
              machine pc, accel {accel}, cpu {}, memory {memory_mib} MiB, cpus {cpus}\n\
-             devices virtio-blk root, virtio-serial 4 ports, {SHARE_SLOTS} virtio-9p, vmgenid\n\
+             devices virtio-blk root, virtio-serial 4 ports, {shares} virtio-9p, vmgenid\n\
              kernel {}\ninitrd {}\nroot {}\ncmdline {}\n",
             qemu_abs.display(),
             identity(&qemu_abs, true)?,
@@ -96,7 +94,7 @@ impl Shape {
             cmdline.join(" "),
         );
         Ok(Shape {
-            name: format!("{accel}-{memory_mib}m-{cpus}c"),
+            name: format!("{accel}-{memory_mib}m-{cpus}c-{shares}s"),
             text,
         })
     }

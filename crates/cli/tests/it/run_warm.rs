@@ -348,7 +348,7 @@ fn a_damaged_truncated_or_foreign_state_boots_and_is_replaced() {
     };
     let first = go("first");
     assert!(first.saved() || first.started_warm(), "{}", first.log());
-    let st = states(cachedir(), "-448m-1c");
+    let st = states(cachedir(), "-448m-1c-0s");
     assert_eq!(st.len(), 1, "{st:?}");
     let state = &st[0];
     assert!(go("warm").started_warm());
@@ -403,7 +403,7 @@ fn a_damaged_truncated_or_foreign_state_boots_and_is_replaced() {
     assert!(r.log().contains("it was made for"), "{}", r.log());
     assert!(r.saved(), "not replaced:\n{}", r.log());
     assert!(go("replaced").started_warm());
-    assert_eq!(states(cachedir(), "-448m-1c").len(), 1);
+    assert_eq!(states(cachedir(), "-448m-1c-0s").len(), 1);
 }
 
 #[test]
@@ -412,7 +412,7 @@ fn a_run_killed_while_saving_leaves_nothing_half_written() {
         ("KILN_RUN_FAULT", "kill-while-saving", "384"),
         ("KILN_CACHE_CRASH_AT", "state-before-publish", "416"),
     ] {
-        let shape = format!("-{mem}m-1c");
+        let shape = format!("-{mem}m-1c-0s");
         let r = run_in(
             Path::new("/"),
             cachedir(),
@@ -449,7 +449,7 @@ fn concurrent_first_runs_save_one_state() {
         a.log(),
         b.log()
     );
-    assert_eq!(states(cachedir(), "-320m-1c").len(), 1);
+    assert_eq!(states(cachedir(), "-320m-1c-0s").len(), 1);
 }
 
 #[test]
@@ -457,7 +457,7 @@ fn gc_removes_states_with_their_appliance_and_cache_ls_counts_them() {
     let cache = tempfile::tempdir().unwrap();
     let r = run_in(Path::new("/"), cache.path(), &["--", "true"], b"", &[]);
     assert!(r.out.status.success() && r.saved(), "{}", text(&r.out));
-    assert_eq!(states(cache.path(), "-512m-1c").len(), 1);
+    assert_eq!(states(cache.path(), "-512m-1c-0s").len(), 1);
     let ls = Command::new(kiln())
         .args(["cache", "ls", "--json", "--cachedir"])
         .arg(cache.path())
