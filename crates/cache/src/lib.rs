@@ -14,6 +14,9 @@
 //! - `pin-<pid>-<start>-<n>-<key>/{kernel,initrd,root}`: hard links of one slot's files
 //!   for one process (PID and start time, so a reused PID does not keep them alive).
 //! - `trash-<key>-<pid>-<n>/`: a slot being removed.
+//! - private files (`Cache::read_private`, `Cache::publish_private`): small records a
+//!   caller derives from the host, mode 0600, published by one rename; kiln keeps its
+//!   owner index there (`owners-<root>-<fingerprint>`, one per installed system).
 //!
 //! Other names (libguestfs's own `appliance.d`, `lock`, …) are left alone.
 //!
@@ -77,7 +80,7 @@
 //! entries), `lock` (the build lock and what a waiter is told), `slot` (build, seal,
 //! publish, the slot record), `pin` (per-process hard links), `gc` (collection and
 //! listing), `source` (superseded slots), `fsx` (openat wrappers that never follow
-//! links), `proc` (process identity).
+//! links), `proc` (process identity), `private` (private files beside the slots).
 
 mod cache;
 mod error;
@@ -85,6 +88,7 @@ mod fsx;
 mod gc;
 mod lock;
 mod pin;
+mod private;
 mod proc;
 #[cfg(test)]
 mod props;
