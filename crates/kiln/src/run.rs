@@ -87,6 +87,7 @@
 mod contents;
 mod env;
 mod libs;
+mod owners;
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
@@ -284,9 +285,17 @@ pub fn supermin_d(req: &Request) -> Result<SuperminD, ApplianceError> {
     }
     let mut c = Contents::new(root.clone(), req.guest_path.clone());
     let cmd = c.find(&req.cmd, req.cwd.as_deref())?;
+    // The database's identity before it is read, so an index is only kept for what
+    // was read (see `owners`).
+    let id = owners::Identity::of(root);
     let db = crate::databases::open(root).map_err(ApplianceError::Database)?;
     let db = db.as_ref();
-    c.add_executable(db, &cmd, 0)?;
+    // Without a usable cache the run still works (locate reports the cache's error).
+    let cache = crate::locate::open_cache(req.cachedir.as_deref())
+        .inspect_err(|e| tracing::debug!("owner index: no cache: {e}"))
+        .ok();
+    let owners = owners::open(cache.as_ref(), id.as_ref(), root, db);
+    c.add_executable(&owners, &cmd, 0)?;
     if root.is_host()
         && is_relative_path(&req.cmd)
         && let Some(cwd) = &req.cwd
@@ -479,9 +488,21 @@ mod tests {
         assert_eq!(out, b"/a[*]b[?]c[[]d]e\\f");
     }
 
+    /// [`supermin_d`] for `req`, with a cache of its own when `req` names none: the
+    /// owner index is kept there, not in the cache of the user running the tests.
+    fn made(req: &Request) -> Result<SuperminD, ApplianceError> {
+        if req.cachedir.is_some() {
+            return supermin_d(req);
+        }
+        let cache = tempfile::tempdir().unwrap();
+        let mut req = req.clone();
+        req.cachedir = Some(cache.path().to_path_buf());
+        supermin_d(&req)
+    }
+
     /// The packages and hostfiles lines of the supermin.d written for `req`.
     fn written(req: &Request) -> (Vec<String>, Vec<Vec<u8>>) {
-        let t = supermin_d(req).unwrap();
+        let t = made(req).unwrap();
         let d = t.path().join("supermin.d");
         let packages = fs::read_to_string(d.join("packages")).unwrap();
         let hostfiles = fs::read(d.join("hostfiles")).unwrap_or_default();
@@ -506,7 +527,7 @@ mod tests {
 
     /// The error `supermin_d` gives for `req`, with its causes.
     fn refused(req: &Request) -> String {
-        chain(&supermin_d(req).err().unwrap())
+        chain(&made(req).err().unwrap())
     }
 
     /// The private directory is the search path of the options, the request's
@@ -622,7 +643,7 @@ mod tests {
             assert!(packages.iter().any(|x| x == p), "{p} not in {packages:?}");
         }
         executable(&s, "#!/usr/bin/env kiln-no-such-command\n");
-        let e = supermin_d(&request(s.as_os_str(), None)).err().unwrap();
+        let e = made(&request(s.as_os_str(), None)).err().unwrap();
         assert!(chain(&e).contains("kiln-no-such-command"), "{}", chain(&e));
         assert_eq!(e.command_error().map(CommandError::code), Some(127));
     }
@@ -666,7 +687,7 @@ mod tests {
             .collect();
         assert_eq!(hf, ["/etc/tool", "/etc/tool/a.conf", "/usr/local/bin/tool"]);
         // The key reads the installed system.
-        let d = supermin_d(&w).unwrap();
+        let d = made(&w).unwrap();
         assert_eq!(d.locate_options().key.sysroot.root, r);
 
         // The host's PATH is not the root's: a command only the host has is not found.

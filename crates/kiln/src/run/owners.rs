@@ -1,0 +1,602 @@
+//! The owner index of `kiln run` ([`Index`]): every path the package database of one
+//! installed system lists, with the first package (in the database's order) that lists
+//! it. Finding a command's owner by asking the database reads every package's file
+//! list (about 1000 files on a Debian host, and dpkg looks at every `/etc` path); the
+//! index is read once per database instead, and kept in the per-user cache
+//! (`kiln_cache::Cache::publish_private`) so that a run with the same database as the
+//! last one answers from it and never opens a file list.
+//!
+//! Invariants:
+//! - an index is stored under the [`Identity`] of its database: the installed system's
+//!   canonical root, the driver, and the `lstat` identity (type, mode, owner, size,
+//!   times, inode, device) of the files that date the database, the ones the cache key
+//!   reads (`Database::fingerprint`: for dpkg `status` and `diversions`). A package
+//!   installed or removed changes it, so the index is built again and the superseded
+//!   one of the same root is removed when the new one is written. Another root (a
+//!   sysroot) has indexes of its own.
+//! - an index is kept only when it is what the database says: every file list was read
+//!   and the identity was the same before and after reading them (a database that
+//!   changes meanwhile, or a list that cannot be read, gives a run that scans and keeps
+//!   nothing); a database that names no file dating it is never stored.
+//! - an index read back is trusted only whole: the magic, the identity it was made for
+//!   and a BLAKE3 checksum over everything must match, and its table must be in bounds,
+//!   sorted and name known packages; anything else (corrupt, truncated, another
+//!   version, a link or a file of another user, which the cache refuses) is ignored
+//!   and built again.
+//! - lookups give what the scan of the database gives: the first package listing the
+//!   path (`candidates` and their ranking stay in the `contents` module).
+//!
+//! The file (little-endian): `kilnown1`, the 32-byte identity, the number of packages
+//! (u32) and of paths (u64); each package name (u32 length, bytes); the table, one u64
+//! offset per path in byte order; the paths (u32 package, u32 length, bytes); the
+//! BLAKE3 hash of all that.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Instant;
+
+use kiln_cache::Cache;
+use kiln_packages::Database;
+
+use crate::Sysroot;
+
+const MAGIC: &[u8; 8] = b"kilnown1";
+/// The checksum at the end.
+const SUM: usize = 32;
+/// Magic, identity, package count, path count.
+const HEADER: usize = 8 + 32 + 4 + 8;
+/// More than any index kiln writes (a Debian host's is about 10 MB).
+const MAX_LEN: u64 = 1 << 31;
+
+/// What an index is stored under: the database of one installed system, as it is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Identity {
+    /// The installed system (its canonical root): the family superseded indexes share.
+    root: [u8; 32],
+    /// The root, the driver and the `lstat` identity of the files dating the database.
+    state: [u8; 32],
+    /// One of the dating files exists: otherwise a changed database could not be told
+    /// from this one, and no index is stored.
+    dated: bool,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Length-prefixed fields, so that no two different inputs hash the same.
+fn field(h: &mut blake3::Hasher, b: &[u8]) {
+    h.update(&(b.len() as u64).to_le_bytes());
+    h.update(b);
+}
+
+fn meta(h: &mut blake3::Hasher, m: &fs::Metadata) {
+    for v in [
+        m.mode() as u64,
+        m.uid() as u64,
+        m.gid() as u64,
+        m.size(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+        m.ctime() as u64,
+        m.ctime_nsec() as u64,
+        m.ino(),
+        m.dev(),
+    ] {
+        h.update(&v.to_le_bytes());
+    }
+}
+
+impl Identity {
+    /// The identity of the database below `root` now; `None` when there is none.
+    pub(super) fn of(root: &Sysroot) -> Option<Identity> {
+        let (driver, paths) = kiln_packages::fingerprint(root)?;
+        let canonical = fs::canonicalize(&root.root).unwrap_or_else(|_| root.root.clone());
+        let mut r = blake3::Hasher::new_derive_key("kiln owner index root v1");
+        field(&mut r, canonical.as_os_str().as_bytes());
+        let mut s = blake3::Hasher::new_derive_key("kiln owner index v1");
+        field(&mut s, canonical.as_os_str().as_bytes());
+        field(&mut s, driver.as_bytes());
+        let mut dated = false;
+        for p in &paths {
+            field(&mut s, p.as_os_str().as_bytes());
+            match fs::symlink_metadata(p) {
+                Ok(m) => {
+                    dated = true;
+                    meta(&mut s, &m);
+                    if m.file_type().is_symlink() {
+                        if let Ok(t) = fs::read_link(p) {
+                            field(&mut s, t.as_os_str().as_bytes());
+                        }
+                        if let Ok(m) = fs::metadata(p) {
+                            meta(&mut s, &m);
+                        }
+                    }
+                }
+                Err(e) => field(&mut s, e.kind().to_string().as_bytes()),
+            }
+        }
+        Some(Identity {
+            root: *r.finalize().as_bytes(),
+            state: *s.finalize().as_bytes(),
+            dated,
+        })
+    }
+
+    /// The private file of the cache the index is kept in.
+    pub(super) fn name(&self) -> String {
+        format!("{}{}", self.family(), hex(&self.state[..16]))
+    }
+
+    /// The names of this root's indexes, whatever the database's state.
+    fn family(&self) -> String {
+        format!("owners-{}-", hex(&self.root[..8]))
+    }
+}
+
+/// Who lists which path: the index of one database (see the module doc).
+#[derive(Debug)]
+pub(super) struct Index {
+    data: Vec<u8>,
+    names: Vec<String>,
+    /// Where the table of path offsets starts, and how many paths there are.
+    table: usize,
+    count: usize,
+}
+
+/// Why a stored index is not used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Corrupt(&'static str);
+
+const MALFORMED: Corrupt = Corrupt("malformed");
+
+fn u32_at(d: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(
+        d.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+fn u64_at(d: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(
+        d.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
+}
+
+impl Index {
+    /// The index of `db` read from its file lists; the flag says whether every list was
+    /// read (an index missing a list is not kept).
+    pub(super) fn scan(db: &dyn Database, state: &[u8; 32]) -> (Index, bool) {
+        let mut paths: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
+        let mut complete = true;
+        let packages = db.packages();
+        for (i, pkg) in packages.iter().enumerate() {
+            let listed = match db.paths(i) {
+                Ok(p) => p,
+                // A package without a file list owns nothing we can use (as the scan
+                // has always had it), but the index is not kept.
+                Err(e) => {
+                    tracing::debug!("owner index: the files of {}: {e}", pkg.name);
+                    complete = false;
+                    continue;
+                }
+            };
+            for p in listed {
+                let b = key(&p);
+                // Lengths are u32 in the file; no path is that long.
+                if u32::try_from(b.len()).is_ok() {
+                    paths.entry(b).or_insert(i as u32);
+                }
+            }
+        }
+        let names: Vec<&str> = packages.iter().map(|p| p.name.as_str()).collect();
+        let data = encode(state, &names, &paths);
+        match Index::decode(data, state) {
+            Ok(ix) => (ix, complete),
+            // Only a bug gets here: the bytes were just made. Nothing is kept, and the
+            // run finds no owner rather than a wrong one.
+            Err(Corrupt(why)) => {
+                tracing::warn!("kiln's owner index is inconsistent ({why}); please report it");
+                (Index::empty(), false)
+            }
+        }
+    }
+
+    fn empty() -> Index {
+        Index {
+            data: Vec::new(),
+            names: Vec::new(),
+            table: 0,
+            count: 0,
+        }
+    }
+
+    /// The index in `data`, made for the database in `state`, after checking all of it.
+    pub(super) fn decode(data: Vec<u8>, state: &[u8; 32]) -> Result<Index, Corrupt> {
+        if data.len() < HEADER + SUM {
+            return Err(Corrupt("too short"));
+        }
+        let body = data.len() - SUM;
+        if blake3::hash(&data[..body]).as_bytes() != &data[body..] {
+            return Err(Corrupt("checksum mismatch"));
+        }
+        if &data[..8] != MAGIC {
+            return Err(Corrupt("not an owner index of this kiln"));
+        }
+        if &data[8..40] != state {
+            return Err(Corrupt("made for another database"));
+        }
+        let d = &data[..body];
+        let npkgs = u32_at(d, 40).ok_or(MALFORMED)? as usize;
+        let count = usize::try_from(u64_at(d, 44).ok_or(MALFORMED)?).map_err(|_| MALFORMED)?;
+        let mut at = HEADER;
+        let mut names = Vec::with_capacity(npkgs.min(1 << 16));
+        for _ in 0..npkgs {
+            let len = u32_at(d, at).ok_or(MALFORMED)? as usize;
+            at += 4;
+            let end = at.checked_add(len).ok_or(MALFORMED)?;
+            let name = d.get(at..end).ok_or(MALFORMED)?;
+            names.push(std::str::from_utf8(name).map_err(|_| MALFORMED)?.to_owned());
+            at = end;
+        }
+        let table = at;
+        let paths = count
+            .checked_mul(8)
+            .and_then(|n| table.checked_add(n))
+            .filter(|&end| end <= body)
+            .ok_or(MALFORMED)?;
+        let ix = Index {
+            names,
+            table,
+            count,
+            data: Vec::new(),
+        };
+        // Every entry in bounds, after the table, naming a package, in strictly
+        // increasing order: lookups can then trust the table.
+        let mut prev: Option<&[u8]> = None;
+        for i in 0..count {
+            let off = u64_at(d, table + 8 * i).ok_or(MALFORMED)?;
+            let off = usize::try_from(off).map_err(|_| MALFORMED)?;
+            if off < paths {
+                return Err(MALFORMED);
+            }
+            let (pkg, path) = entry(d, off).ok_or(MALFORMED)?;
+            if pkg as usize >= ix.names.len() {
+                return Err(Corrupt("names a package it does not hold"));
+            }
+            if prev.is_some_and(|p| p >= path) {
+                return Err(Corrupt("not sorted"));
+            }
+            prev = Some(path);
+        }
+        Ok(Index { data, ..ix })
+    }
+
+    /// How many paths the index holds.
+    pub(super) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The package that lists `path` first in the database's order.
+    pub(super) fn get(&self, path: &Path) -> Option<&str> {
+        let want = key(path);
+        let want = want.as_slice();
+        let (mut lo, mut hi) = (0, self.count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let off = usize::try_from(u64_at(&self.data, self.table + 8 * mid)?).ok()?;
+            let (pkg, p) = entry(&self.data, off)?;
+            match p.cmp(want) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return self.names.get(pkg as usize).map(|s| &**s),
+            }
+        }
+        None
+    }
+
+    /// The bytes of the file.
+    fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+/// `p` as the index holds it: its components joined by single `/`, so that paths that
+/// are equal as [`Path`]s (`/usr//bin/`, `/usr/./bin` and `/usr/bin`) are one key, as
+/// they were one path to the scan the index replaces.
+fn key(p: &Path) -> Vec<u8> {
+    p.components()
+        .collect::<std::path::PathBuf>()
+        .into_os_string()
+        .into_vec()
+}
+
+/// The entry at `off`: its package and path.
+fn entry(d: &[u8], off: usize) -> Option<(u32, &[u8])> {
+    let pkg = u32_at(d, off)?;
+    let len = u32_at(d, off.checked_add(4)?)? as usize;
+    let start = off.checked_add(8)?;
+    Some((pkg, d.get(start..start.checked_add(len)?)?))
+}
+
+/// The file of an index (see the module doc).
+fn encode(state: &[u8; 32], names: &[&str], paths: &BTreeMap<Vec<u8>, u32>) -> Vec<u8> {
+    let mut d = Vec::new();
+    d.extend_from_slice(MAGIC);
+    d.extend_from_slice(state);
+    d.extend_from_slice(&(names.len() as u32).to_le_bytes());
+    d.extend_from_slice(&(paths.len() as u64).to_le_bytes());
+    for n in names {
+        d.extend_from_slice(&(n.len() as u32).to_le_bytes());
+        d.extend_from_slice(n.as_bytes());
+    }
+    let table = d.len();
+    d.resize(table + 8 * paths.len(), 0);
+    for (i, (p, pkg)) in paths.iter().enumerate() {
+        let off = d.len() as u64;
+        d[table + 8 * i..table + 8 * i + 8].copy_from_slice(&off.to_le_bytes());
+        d.extend_from_slice(&pkg.to_le_bytes());
+        d.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        d.extend_from_slice(p);
+    }
+    let sum = blake3::hash(&d);
+    d.extend_from_slice(sum.as_bytes());
+    d
+}
+
+/// The index of `db` (the database below `root`, whose identity was `id` before it
+/// was opened): the one kept in `cache` when it is there and sound, else read from the
+/// file lists and, when it can be trusted, kept there for the next run.
+pub(super) fn open(
+    cache: Option<&Cache>,
+    id: Option<&Identity>,
+    root: &Sysroot,
+    db: &dyn Database,
+) -> Index {
+    let stored = match (cache, id) {
+        (Some(c), Some(id)) if id.dated => Some((c, id)),
+        _ => None,
+    };
+    if let Some((c, id)) = stored {
+        let name = id.name();
+        let t = Instant::now();
+        match c.read_private(&name, MAX_LEN) {
+            Ok(Some(data)) => match Index::decode(data, &id.state) {
+                Ok(ix) => {
+                    tracing::debug!(
+                        "owner index {}: {} paths, read in {:.1} ms",
+                        c.path().join(&name).display(),
+                        ix.len(),
+                        t.elapsed().as_secs_f64() * 1e3
+                    );
+                    return ix;
+                }
+                Err(Corrupt(why)) => tracing::debug!(
+                    "owner index {}: {why}; reading the file lists again",
+                    c.path().join(&name).display()
+                ),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::debug!("owner index: {e}; reading the file lists again"),
+        }
+    }
+    let t = Instant::now();
+    let state = id.map_or([0; 32], |id| id.state);
+    let (ix, complete) = Index::scan(db, &state);
+    tracing::debug!(
+        "owner index: read the file lists of {} packages ({} paths) in {:.1} ms",
+        db.packages().len(),
+        ix.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let Some((c, id)) = stored else {
+        return ix;
+    };
+    if !complete {
+        tracing::debug!("owner index: not every file list could be read; not kept");
+    } else if Identity::of(root).as_ref() != Some(id) {
+        tracing::debug!("owner index: the package database changed while kiln read it; not kept");
+    } else if let Err(e) = c.publish_private(&id.name(), &id.family(), ix.bytes()) {
+        tracing::debug!("owner index: not kept: {e}");
+    }
+    ix
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (BTreeMap<Vec<u8>, u32>, Vec<&'static str>) {
+        let mut m = BTreeMap::new();
+        for (p, i) in [
+            ("/usr/bin/a", 0),
+            ("/usr/bin", 1),
+            ("/etc/b.conf", 1),
+            ("/", 0),
+        ] {
+            m.insert(p.as_bytes().to_vec(), i);
+        }
+        (m, vec!["a", "b"])
+    }
+
+    #[test]
+    fn an_index_reads_back_what_was_written() {
+        let (m, names) = sample();
+        let state = [7; 32];
+        let ix = Index::decode(encode(&state, &names, &m), &state).unwrap();
+        assert_eq!(ix.len(), 4);
+        assert_eq!(ix.get(Path::new("/usr/bin/a")), Some("a"));
+        assert_eq!(ix.get(Path::new("/usr/bin")), Some("b"));
+        assert_eq!(ix.get(Path::new("/etc/b.conf")), Some("b"));
+        assert_eq!(ix.get(Path::new("/")), Some("a"));
+        // Equal as paths, equal as keys.
+        assert_eq!(ix.get(Path::new("/usr//bin/./a")), Some("a"));
+        assert_eq!(ix.get(Path::new("/usr/bin/")), Some("b"));
+        for absent in ["/usr/bin/b", "/usr/bin/../bin/a", "/etc", "", "/zzz"] {
+            assert_eq!(ix.get(Path::new(absent)), None, "{absent}");
+        }
+        let empty = Index::decode(encode(&state, &[], &BTreeMap::new()), &state).unwrap();
+        assert_eq!(empty.get(Path::new("/")), None);
+    }
+
+    /// Every truncation and every flipped byte is refused, as is the index of another
+    /// database; a well-checksummed file whose table lies is refused too.
+    #[test]
+    fn corrupt_truncated_and_foreign_indexes_are_refused() {
+        let (m, names) = sample();
+        let state = [7; 32];
+        let good = encode(&state, &names, &m);
+        for n in 0..good.len() {
+            assert!(
+                Index::decode(good[..n].to_vec(), &state).is_err(),
+                "cut at {n}"
+            );
+        }
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x20;
+            assert!(Index::decode(bad, &state).is_err(), "byte {i} flipped");
+        }
+        assert_eq!(
+            Index::decode(good.clone(), &[8; 32]).unwrap_err(),
+            Corrupt("made for another database")
+        );
+        // The table points before itself, with a valid checksum.
+        let resum = |mut d: Vec<u8>| {
+            let body = d.len() - SUM;
+            let s = *blake3::hash(&d[..body]).as_bytes();
+            d[body..].copy_from_slice(&s);
+            d
+        };
+        let table = HEADER + 4 + 1 + 4 + 1;
+        let mut lie = good.clone();
+        lie[table..table + 8].copy_from_slice(&0u64.to_le_bytes());
+        assert!(Index::decode(resum(lie), &state).is_err());
+        // Two entries swapped: not sorted.
+        let mut swap = good.clone();
+        let (a, b) = (table, table + 8);
+        let ta: [u8; 8] = swap[a..a + 8].try_into().unwrap();
+        let tb: [u8; 8] = swap[b..b + 8].try_into().unwrap();
+        swap[a..a + 8].copy_from_slice(&tb);
+        swap[b..b + 8].copy_from_slice(&ta);
+        assert_eq!(
+            Index::decode(resum(swap), &state).unwrap_err(),
+            Corrupt("not sorted")
+        );
+        // A package index beyond the names.
+        let mut pkg = good.clone();
+        let off = u64_at(&good, table).unwrap() as usize;
+        pkg[off..off + 4].copy_from_slice(&9u32.to_le_bytes());
+        assert_eq!(
+            Index::decode(resum(pkg), &state).unwrap_err(),
+            Corrupt("names a package it does not hold")
+        );
+    }
+
+    /// A dpkg root of `(package, files)`.
+    fn dpkg_root(dir: &Path, packages: &[(&str, &[&str])]) {
+        let admin = dir.join("var/lib/dpkg");
+        fs::create_dir_all(admin.join("info")).unwrap();
+        let mut status = String::new();
+        for (name, files) in packages {
+            status.push_str(&format!(
+                "Package: {name}\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n\n"
+            ));
+            let mut list = String::from("/.\n");
+            for f in *files {
+                list.push_str(f);
+                list.push('\n');
+            }
+            fs::write(admin.join(format!("info/{name}.list")), list).unwrap();
+        }
+        // A new file, as dpkg writes it: a changed identity even within one tick.
+        let tmp = admin.join("status-new");
+        fs::write(&tmp, status).unwrap();
+        fs::rename(&tmp, admin.join("status")).unwrap();
+    }
+
+    fn index_names(cache: &Cache) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("owners-"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// An index is kept, used while the database is unchanged (even with its file
+    /// lists gone), rebuilt (the old one removed) when a package is installed, and
+    /// rebuilt when its file is damaged; another root keeps an index of its own.
+    #[test]
+    fn the_kept_index_follows_the_database() {
+        let t = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(t.path()).unwrap().join("sys");
+        let other = fs::canonicalize(t.path()).unwrap().join("other");
+        let cache = Cache::open(t.path()).unwrap();
+        let sys = Sysroot::new(&root);
+        let open_here = |sys: &Sysroot| {
+            let id = Identity::of(sys).unwrap();
+            let db = kiln_packages::open(sys).unwrap();
+            (open(Some(&cache), Some(&id), sys, db.as_ref()), id)
+        };
+        dpkg_root(&root, &[("a", &["/usr", "/usr/bin", "/usr/bin/a"])]);
+        let (ix, id) = open_here(&sys);
+        assert_eq!(ix.get(Path::new("/usr/bin/a")), Some("a"));
+        assert_eq!(index_names(&cache), [id.name()]);
+
+        // Unchanged database, file lists unreadable: the kept index answers.
+        let info = root.join("var/lib/dpkg/info");
+        fs::rename(&info, root.join("var/lib/dpkg/info-away")).unwrap();
+        let (ix, _) = open_here(&sys);
+        assert_eq!(ix.get(Path::new("/usr/bin/a")), Some("a"));
+        fs::rename(root.join("var/lib/dpkg/info-away"), &info).unwrap();
+
+        // A package installed: a new identity, a new index, the old one gone.
+        dpkg_root(
+            &root,
+            &[
+                ("a", &["/usr", "/usr/bin", "/usr/bin/a"]),
+                ("b", &["/usr", "/usr/bin", "/usr/bin/b"]),
+            ],
+        );
+        let (ix, id2) = open_here(&sys);
+        assert_ne!(id2, id);
+        assert_eq!(ix.get(Path::new("/usr/bin/b")), Some("b"));
+        // The first package listing a shared directory owns it, as in the scan.
+        assert_eq!(ix.get(Path::new("/usr/bin")), Some("a"));
+        assert_eq!(index_names(&cache), [id2.name()]);
+
+        // Truncated on disk: ignored, read from the lists again and rewritten.
+        let file = cache.path().join(id2.name());
+        let len = fs::metadata(&file).unwrap().len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        let (ix, _) = open_here(&sys);
+        assert_eq!(ix.get(Path::new("/usr/bin/b")), Some("b"));
+        assert_eq!(fs::metadata(&file).unwrap().len(), len);
+
+        // Another root: its own index, beside this one.
+        dpkg_root(&other, &[("c", &["/usr/bin/c"])]);
+        let (ix, id3) = open_here(&Sysroot::new(&other));
+        assert_eq!(ix.get(Path::new("/usr/bin/c")), Some("c"));
+        assert_eq!(ix.get(Path::new("/usr/bin/a")), None);
+        let mut both = vec![id2.name(), id3.name()];
+        both.sort();
+        assert_eq!(index_names(&cache), both);
+
+        // A list that cannot be read: answered from what was read, nothing kept.
+        fs::remove_file(cache.path().join(id2.name())).unwrap();
+        fs::remove_file(info.join("b.list")).unwrap();
+        let (ix, _) = open_here(&sys);
+        assert_eq!(ix.get(Path::new("/usr/bin/a")), Some("a"));
+        assert_eq!(ix.get(Path::new("/usr/bin/b")), None);
+        assert_eq!(index_names(&cache), [id3.name()]);
+    }
+}
