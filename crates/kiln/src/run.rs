@@ -12,7 +12,11 @@
 //! - Its owner is found in the package database as `dpkg -S` would, trying the path as
 //!   given, with its directory symlinks resolved and fully resolved, each also in its
 //!   merged-`/usr` alias (`/bin/x` ↔ `/usr/bin/x`), because packages list the paths they
-//!   shipped, not the ones `PATH` finds today.
+//!   shipped, not the ones `PATH` finds today. The database's file lists are read once
+//!   into an index (the `owners` submodule) kept privately in the per-user cache under
+//!   the database's fingerprint: a run with the same database as the last one (a
+//!   package installed or removed changes it) answers from the index and never opens a
+//!   file list; a damaged or foreign index is ignored and built again.
 //! - A command no package owns is copied from the host together with what it needs:
 //!   for a script its `#!` interpreter (recursively; for `#!/usr/bin/env [OPTIONS] CMD`
 //!   also CMD, looked up as the command is), for a dynamic ELF file its program
