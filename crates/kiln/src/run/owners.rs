@@ -31,11 +31,12 @@
 //! offset per path in byte order; the paths (u32 package, u32 length, bytes); the
 //! BLAKE3 hash of all that.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kiln_cache::Cache;
@@ -169,7 +170,7 @@ impl Index {
     /// The index of `db` read from its file lists; the flag says whether every list was
     /// read (an index missing a list is not kept).
     pub(super) fn scan(db: &dyn Database, state: &[u8; 32]) -> (Index, bool) {
-        let mut paths: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
+        let mut paths: Vec<(Vec<u8>, u32)> = Vec::new();
         let mut complete = true;
         let packages = db.packages();
         for (i, pkg) in packages.iter().enumerate() {
@@ -184,13 +185,21 @@ impl Index {
                 }
             };
             for p in listed {
-                let b = key(&p);
+                let b = p.into_os_string().into_vec();
+                let b = match key(&b) {
+                    Cow::Borrowed(_) => b,
+                    Cow::Owned(k) => k,
+                };
                 // Lengths are u32 in the file; no path is that long.
                 if u32::try_from(b.len()).is_ok() {
-                    paths.entry(b).or_insert(i as u32);
+                    paths.push((b, i as u32));
                 }
             }
         }
+        // Stable: of the packages listing one path, the first in the database's order
+        // comes first, and is the one kept.
+        paths.sort_by(|a, b| a.0.cmp(&b.0));
+        paths.dedup_by(|later, first| later.0 == first.0);
         let names: Vec<&str> = packages.iter().map(|p| p.name.as_str()).collect();
         let data = encode(state, &names, &paths);
         match Index::decode(data, state) {
@@ -281,8 +290,8 @@ impl Index {
 
     /// The package that lists `path` first in the database's order.
     pub(super) fn get(&self, path: &Path) -> Option<&str> {
-        let want = key(path);
-        let want = want.as_slice();
+        let want = key(path.as_os_str().as_bytes());
+        let want = &*want;
         let (mut lo, mut hi) = (0, self.count);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -306,11 +315,24 @@ impl Index {
 /// `p` as the index holds it: its components joined by single `/`, so that paths that
 /// are equal as [`Path`]s (`/usr//bin/`, `/usr/./bin` and `/usr/bin`) are one key, as
 /// they were one path to the scan the index replaces.
-fn key(p: &Path) -> Vec<u8> {
-    p.components()
-        .collect::<std::path::PathBuf>()
-        .into_os_string()
-        .into_vec()
+fn key(p: &[u8]) -> Cow<'_, [u8]> {
+    // Most paths are already so (every one a database lists): an absolute path without
+    // empty or `.` components, or `/` itself.
+    let normal = p == b"/"
+        || (p.first() == Some(&b'/')
+            && p[1..]
+                .split(|&b| b == b'/')
+                .all(|c| !c.is_empty() && c != b"."));
+    if normal {
+        return Cow::Borrowed(p);
+    }
+    Cow::Owned(
+        Path::new(OsStr::from_bytes(p))
+            .components()
+            .collect::<PathBuf>()
+            .into_os_string()
+            .into_vec(),
+    )
 }
 
 /// The entry at `off`: its package and path.
@@ -322,8 +344,12 @@ fn entry(d: &[u8], off: usize) -> Option<(u32, &[u8])> {
 }
 
 /// The file of an index (see the module doc).
-fn encode(state: &[u8; 32], names: &[&str], paths: &BTreeMap<Vec<u8>, u32>) -> Vec<u8> {
-    let mut d = Vec::new();
+fn encode(state: &[u8; 32], names: &[&str], paths: &[(Vec<u8>, u32)]) -> Vec<u8> {
+    let len = HEADER
+        + names.iter().map(|n| 4 + n.len()).sum::<usize>()
+        + paths.iter().map(|(p, _)| 16 + p.len()).sum::<usize>()
+        + SUM;
+    let mut d = Vec::with_capacity(len);
     d.extend_from_slice(MAGIC);
     d.extend_from_slice(state);
     d.extend_from_slice(&(names.len() as u32).to_le_bytes());
@@ -408,17 +434,39 @@ pub(super) fn open(
 mod tests {
     use super::*;
 
-    fn sample() -> (BTreeMap<Vec<u8>, u32>, Vec<&'static str>) {
-        let mut m = BTreeMap::new();
-        for (p, i) in [
+    fn sample() -> (Vec<(Vec<u8>, u32)>, Vec<&'static str>) {
+        let mut m: Vec<(Vec<u8>, u32)> = [
             ("/usr/bin/a", 0),
             ("/usr/bin", 1),
             ("/etc/b.conf", 1),
             ("/", 0),
-        ] {
-            m.insert(p.as_bytes().to_vec(), i);
-        }
+        ]
+        .iter()
+        .map(|(p, i)| (p.as_bytes().to_vec(), *i))
+        .collect();
+        m.sort();
         (m, vec!["a", "b"])
+    }
+
+    #[test]
+    fn keys_are_paths_as_components() {
+        for (p, k) in [
+            ("/", "/"),
+            ("/usr/bin", "/usr/bin"),
+            ("/usr//bin/", "/usr/bin"),
+            ("/./usr/./bin/.", "/usr/bin"),
+            ("/usr/../bin", "/usr/../bin"),
+            ("//", "/"),
+            ("usr/bin", "usr/bin"),
+            ("./usr", "./usr"),
+            ("", ""),
+        ] {
+            assert_eq!(&*key(p.as_bytes()), k.as_bytes(), "{p}");
+            // What Path's equality says, the key says.
+            let via: PathBuf = Path::new(p).components().collect();
+            assert_eq!(via.as_os_str().as_bytes(), k.as_bytes(), "{p}");
+        }
+        assert!(matches!(key(b"/usr/bin/a"), Cow::Borrowed(_)));
     }
 
     #[test]
@@ -437,7 +485,7 @@ mod tests {
         for absent in ["/usr/bin/b", "/usr/bin/../bin/a", "/etc", "", "/zzz"] {
             assert_eq!(ix.get(Path::new(absent)), None, "{absent}");
         }
-        let empty = Index::decode(encode(&state, &[], &BTreeMap::new()), &state).unwrap();
+        let empty = Index::decode(encode(&state, &[], &[]), &state).unwrap();
         assert_eq!(empty.get(Path::new("/")), None);
     }
 
