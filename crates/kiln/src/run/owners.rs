@@ -647,4 +647,47 @@ mod tests {
         assert_eq!(ix.get(Path::new("/usr/bin/b")), None);
         assert_eq!(index_names(&cache), [id3.name()]);
     }
+
+    /// A kept index that is not a file this user made is not trusted, however sound
+    /// its bytes: a link (to a good index) and, as root, a file of another user are
+    /// ignored, the lists read again, and the entry replaced by this user's own file.
+    fn replaced_when_not_ours(spoil: impl Fn(&Path)) {
+        let t = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(t.path()).unwrap().join("sys");
+        dpkg_root(&root, &[("a", &["/usr/bin/a"])]);
+        let cache = Cache::open(t.path()).unwrap();
+        let sys = Sysroot::new(&root);
+        let id = Identity::of(&sys).unwrap();
+        let db = kiln_packages::open(&sys).unwrap();
+        open(Some(&cache), Some(&id), &sys, db.as_ref());
+        let file = cache.path().join(id.name());
+        spoil(&file);
+        let ix = open(Some(&cache), Some(&id), &sys, db.as_ref());
+        assert_eq!(ix.get(Path::new("/usr/bin/a")), Some("a"));
+        let m = fs::symlink_metadata(&file).unwrap();
+        assert!(m.is_file());
+        assert_eq!(m.uid(), rustix::process::geteuid().as_raw());
+        assert_eq!(m.mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_linked_index_is_replaced() {
+        replaced_when_not_ours(|file| {
+            let good = file.with_extension("elsewhere");
+            fs::rename(file, &good).unwrap();
+            std::os::unix::fs::symlink(&good, file).unwrap();
+        });
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn a_foreign_index_is_replaced() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "chown needs root: run as root"
+        );
+        replaced_when_not_ours(|file| {
+            std::os::unix::fs::chown(file, Some(65534), Some(65534)).unwrap();
+        });
+    }
 }
