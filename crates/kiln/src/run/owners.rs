@@ -24,12 +24,13 @@
 //!   version, a link or a file of another user, which the cache refuses) is ignored
 //!   and built again.
 //! - lookups give what the scan of the database gives: the first package listing the
-//!   path (`candidates` and their ranking stay in the `contents` module).
+//!   path, paths compared as [`Path`]s are (component by component, so `/usr//bin/` is
+//!   `/usr/bin`); the candidates and their ranking stay in the `contents` module.
 //!
 //! The file (little-endian): `kilnown1`, the 32-byte identity, the number of packages
 //! (u32) and of paths (u64); each package name (u32 length, bytes); the table, one u64
-//! offset per path in byte order; the paths (u32 package, u32 length, bytes); the
-//! BLAKE3 hash of all that.
+//! offset per path, in the paths' byte order; the paths (u32 package, u32 length,
+//! bytes); the BLAKE3 hash of all that. A lookup is a binary search of the table.
 
 use std::borrow::Cow;
 use std::ffi::OsStr;
