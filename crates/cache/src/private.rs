@@ -1,7 +1,7 @@
 //! Private files: small records a user of the cache derives from the host and keeps
 //! beside the slots, so that later runs need not derive them again (kiln's owner
 //! index, `owners-<root>-<fingerprint>`). The cache does not know what they mean; it
-//! only stores and hands them out safely.
+//! only stores, hands out, lists and removes them safely.
 //!
 //! Invariants:
 //! - a private file is a regular file owned by the effective UID, mode 0600, written
@@ -21,6 +21,7 @@
 //! just derived again.
 
 use rustix::fs::{AtFlags, FileType};
+use std::fs::File;
 use std::io::{self, Read, Write};
 
 use crate::cache::{LOCK, PIN, Result, SLOT, TMP, TRASH, next_seq};
@@ -51,15 +52,15 @@ fn bad_name(name: &str) -> CacheError {
 }
 
 impl Cache {
-    /// The private file `name`, read whole; `None` when there is none. Refused with a
-    /// `security:` error when the entry is not a regular file this user made (see the
-    /// module doc) or is larger than `max_len` bytes.
-    pub fn read_private(&self, name: &str, max_len: u64) -> Result<Option<Vec<u8>>> {
+    /// The private file `name`, opened for reading; `None` when there is none. Refused
+    /// with a `security:` error when the entry is not a regular file this user made
+    /// (see the module doc).
+    pub fn open_private(&self, name: &str) -> Result<Option<File>> {
         if !valid_name(name) {
             return Err(bad_name(name));
         }
         let path = self.path.join(name);
-        let mut f = match fsx::open_file_ro(self.fd(), name) {
+        let f = match fsx::open_file_ro(self.fd(), name) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
@@ -80,7 +81,20 @@ impl Cache {
             )));
         }
         self.check_owned(&path, &st)?;
-        let len = st.st_size as u64;
+        Ok(Some(f))
+    }
+
+    /// The private file `name`, read whole; `None` when there is none. Refused as
+    /// [`Cache::open_private`] refuses, and when larger than `max_len` bytes.
+    pub fn read_private(&self, name: &str, max_len: u64) -> Result<Option<Vec<u8>>> {
+        let Some(mut f) = self.open_private(name)? else {
+            return Ok(None);
+        };
+        let path = self.path.join(name);
+        let len = f
+            .metadata()
+            .map_err(|e| CacheError::io(&path, "fstat", e))?
+            .len();
         if len > max_len {
             return Err(CacheError::Security(format!(
                 "cache entry {} is {len} bytes, more than kiln ever writes there ({max_len}); \
@@ -101,6 +115,33 @@ impl Cache {
             )));
         }
         Ok(Some(data))
+    }
+
+    /// The names of the private files starting with `prefix` (temporaries excluded).
+    pub fn private_names(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut names =
+            fsx::list(self.fd()).map_err(|e| CacheError::io(&self.path, "readdir", e))?;
+        names.retain(|n| n.starts_with(prefix) && valid_name(n));
+        names.sort();
+        Ok(names)
+    }
+
+    /// Remove the private file `name` (whatever it is, but a directory, which is left
+    /// alone); gone already is fine.
+    pub fn remove_private(&self, name: &str) -> Result<()> {
+        if !valid_name(name) {
+            return Err(bad_name(name));
+        }
+        let path = self.path.join(name);
+        match fsx::lstat_at(self.fd(), name) {
+            Ok(st) if file_type(&st) == FileType::Directory => Ok(()),
+            Ok(_) => match rustix::fs::unlinkat(self.fd(), name, AtFlags::empty()) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                Err(e) => Err(CacheError::io(&path, "unlink", e)),
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CacheError::io(&path, "lstat", e)),
+        }
     }
 
     /// Publish `data` as the private file `name` (mode 0600, by one rename over any
@@ -191,6 +232,21 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["owners-a-2", "owners-b-1"]);
+        assert_eq!(
+            c.private_names("owners-").unwrap(),
+            ["owners-a-2", "owners-b-1"]
+        );
+        assert_eq!(c.private_names("owners-b").unwrap(), ["owners-b-1"]);
+        let mut head = [0u8; 2];
+        c.open_private("owners-a-2")
+            .unwrap()
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
+        assert_eq!(&head, b"tw");
+        c.remove_private("owners-b-1").unwrap();
+        c.remove_private("owners-b-1").unwrap();
+        assert_eq!(c.private_names("owners-").unwrap(), ["owners-a-2"]);
         // Republishing replaces.
         c.publish_private("owners-a-2", "owners-a-", b"again")
             .unwrap();

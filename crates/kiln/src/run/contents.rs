@@ -505,7 +505,7 @@ mod tests {
     #[test]
     fn host_shell_has_an_owner() {
         let db = crate::databases::open(&Sysroot::default()).unwrap();
-        let (owners, _) = Index::scan(db.as_ref(), &[0; 32]);
+        let (owners, _) = Index::scan(db.as_ref(), &[0; 32], Path::new("/"));
         let sh = find_command(OsStr::new("sh"), None, None).unwrap();
         assert_eq!(owner(&owners, &sh).as_deref(), Some("dash"));
         assert!(find_command(OsStr::new("kiln-no-such-command"), None, None).is_err());

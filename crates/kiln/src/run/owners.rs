@@ -13,7 +13,8 @@
 //!   reads (`Database::fingerprint`: for dpkg `status` and `diversions`). A package
 //!   installed or removed changes it, so the index is built again and the superseded
 //!   one of the same root is removed when the new one is written. Another root (a
-//!   sysroot) has indexes of its own.
+//!   sysroot) has indexes of its own; writing an index also removes those of roots
+//!   that have no package database any more, so deleted sysroots leave nothing.
 //! - an index is kept only when it is what the database says: every file list was read
 //!   and the identity was the same before and after reading them (a database that
 //!   changes meanwhile, or a list that cannot be read, gives a run that scans and keeps
@@ -27,8 +28,8 @@
 //!   path, paths compared as [`Path`]s are (component by component, so `/usr//bin/` is
 //!   `/usr/bin`); the candidates and their ranking stay in the `contents` module.
 //!
-//! The file (little-endian): `kilnown1`, the 32-byte identity, the number of packages
-//! (u32) and of paths (u64); each package name (u32 length, bytes); the table, one u64
+//! The file (little-endian): `kilnown1`, the 32-byte identity, the canonical root
+//! (u32 length, bytes), the number of packages (u32) and of paths (u64); each package name (u32 length, bytes); the table, one u64
 //! offset per path, in the paths' byte order; the paths (u32 package, u32 length,
 //! bytes); the BLAKE3 hash of all that. A lookup is a binary search of the table.
 
@@ -48,8 +49,10 @@ use crate::Sysroot;
 const MAGIC: &[u8; 8] = b"kilnown1";
 /// The checksum at the end.
 const SUM: usize = 32;
-/// Magic, identity, package count, path count.
-const HEADER: usize = 8 + 32 + 4 + 8;
+/// Magic and identity; then the root's length.
+const HEADER: usize = 8 + 32;
+/// The longest root path an index records (`PATH_MAX`).
+const MAX_ROOT: usize = 4096;
 /// More than any index kiln writes (a Debian host's is about 10 MB).
 const MAX_LEN: u64 = 1 << 31;
 
@@ -60,6 +63,9 @@ pub(super) struct Identity {
     root: [u8; 32],
     /// The root, the driver and the `lstat` identity of the files dating the database.
     state: [u8; 32],
+    /// The canonical root, recorded in the index so that the index of a system that is
+    /// gone can be told (see [`forget_vanished`]).
+    path: PathBuf,
     /// One of the dating files exists: otherwise a changed database could not be told
     /// from this one, and no index is stored.
     dated: bool,
@@ -124,6 +130,7 @@ impl Identity {
         Some(Identity {
             root: *r.finalize().as_bytes(),
             state: *s.finalize().as_bytes(),
+            path: canonical,
             dated,
         })
     }
@@ -170,7 +177,7 @@ fn u64_at(d: &[u8], at: usize) -> Option<u64> {
 impl Index {
     /// The index of `db` read from its file lists; the flag says whether every list was
     /// read (an index missing a list is not kept).
-    pub(super) fn scan(db: &dyn Database, state: &[u8; 32]) -> (Index, bool) {
+    pub(super) fn scan(db: &dyn Database, state: &[u8; 32], root: &Path) -> (Index, bool) {
         let mut paths: Vec<(Vec<u8>, u32)> = Vec::new();
         let mut complete = true;
         let packages = db.packages();
@@ -202,7 +209,7 @@ impl Index {
         paths.sort_by(|a, b| a.0.cmp(&b.0));
         paths.dedup_by(|later, first| later.0 == first.0);
         let names: Vec<&str> = packages.iter().map(|p| p.name.as_str()).collect();
-        let data = encode(state, &names, &paths);
+        let data = encode(state, root.as_os_str().as_bytes(), &names, &paths);
         match Index::decode(data, state) {
             Ok(ix) => (ix, complete),
             // Only a bug gets here: the bytes were just made. Nothing is kept, and the
@@ -239,9 +246,14 @@ impl Index {
             return Err(Corrupt("made for another database"));
         }
         let d = &data[..body];
-        let npkgs = u32_at(d, 40).ok_or(MALFORMED)? as usize;
-        let count = usize::try_from(u64_at(d, 44).ok_or(MALFORMED)?).map_err(|_| MALFORMED)?;
-        let mut at = HEADER;
+        let root_len = u32_at(d, HEADER).ok_or(MALFORMED)? as usize;
+        if root_len > MAX_ROOT {
+            return Err(MALFORMED);
+        }
+        let at = HEADER + 4 + root_len;
+        let npkgs = u32_at(d, at).ok_or(MALFORMED)? as usize;
+        let count = usize::try_from(u64_at(d, at + 4).ok_or(MALFORMED)?).map_err(|_| MALFORMED)?;
+        let mut at = at + 12;
         let mut names = Vec::with_capacity(npkgs.min(1 << 16));
         for _ in 0..npkgs {
             let len = u32_at(d, at).ok_or(MALFORMED)? as usize;
@@ -345,14 +357,22 @@ fn entry(d: &[u8], off: usize) -> Option<(u32, &[u8])> {
 }
 
 /// The file of an index (see the module doc).
-fn encode(state: &[u8; 32], names: &[&str], paths: &[(Vec<u8>, u32)]) -> Vec<u8> {
+fn encode(state: &[u8; 32], root: &[u8], names: &[&str], paths: &[(Vec<u8>, u32)]) -> Vec<u8> {
     let len = HEADER
+        + 4
+        + root.len()
+        + 12
         + names.iter().map(|n| 4 + n.len()).sum::<usize>()
         + paths.iter().map(|(p, _)| 16 + p.len()).sum::<usize>()
         + SUM;
     let mut d = Vec::with_capacity(len);
     d.extend_from_slice(MAGIC);
     d.extend_from_slice(state);
+    // A root longer than any path is recorded as none (its index is then forgotten
+    // once another system's is written).
+    let root = if root.len() <= MAX_ROOT { root } else { &[] };
+    d.extend_from_slice(&(root.len() as u32).to_le_bytes());
+    d.extend_from_slice(root);
     d.extend_from_slice(&(names.len() as u32).to_le_bytes());
     d.extend_from_slice(&(paths.len() as u64).to_le_bytes());
     for n in names {
@@ -411,7 +431,7 @@ pub(super) fn open(
     }
     let t = Instant::now();
     let state = id.map_or([0; 32], |id| id.state);
-    let (ix, complete) = Index::scan(db, &state);
+    let (ix, complete) = Index::scan(db, &state, id.map_or(&root.root, |id| &id.path));
     tracing::debug!(
         "owner index: read the file lists of {} packages ({} paths) in {:.1} ms",
         db.packages().len(),
@@ -427,8 +447,53 @@ pub(super) fn open(
         tracing::debug!("owner index: the package database changed while kiln read it; not kept");
     } else if let Err(e) = c.publish_private(&id.name(), &id.family(), ix.bytes()) {
         tracing::debug!("owner index: not kept: {e}");
+    } else {
+        forget_vanished(c, id);
     }
     ix
+}
+
+/// The root recorded in an index file, from its first bytes.
+fn stored_root(f: std::fs::File) -> Option<PathBuf> {
+    use std::io::Read;
+    let mut head = [0u8; HEADER + 4];
+    let mut f = f;
+    f.read_exact(&mut head).ok()?;
+    if &head[..8] != MAGIC {
+        return None;
+    }
+    let len = u32_at(&head, HEADER)? as usize;
+    if len == 0 || len > MAX_ROOT {
+        return None;
+    }
+    let mut root = vec![0u8; len];
+    f.read_exact(&mut root).ok()?;
+    Some(PathBuf::from(std::ffi::OsString::from_vec(root)))
+}
+
+/// Remove the indexes of the other installed systems that have no package database
+/// any more (a sysroot deleted since): nothing would read or supersede them again.
+/// An index whose root cannot be read from it goes too; a system that is back later
+/// just has its index built again. Runs after an index is written, so a warm run
+/// never pays for it.
+fn forget_vanished(c: &Cache, id: &Identity) {
+    let names = match c.private_names("owners-") {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::debug!("owner index: listing the others: {e}");
+            return;
+        }
+    };
+    for n in names.iter().filter(|n| !n.starts_with(&id.family())) {
+        let root = c.open_private(n).ok().flatten().and_then(stored_root);
+        if root.is_some_and(|r| kiln_packages::choose(&Sysroot::new(r)).is_some()) {
+            continue;
+        }
+        tracing::debug!("owner index {n}: its system has no package database now; removed");
+        if let Err(e) = c.remove_private(n) {
+            tracing::debug!("owner index: {e}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -474,7 +539,7 @@ mod tests {
     fn an_index_reads_back_what_was_written() {
         let (m, names) = sample();
         let state = [7; 32];
-        let ix = Index::decode(encode(&state, &names, &m), &state).unwrap();
+        let ix = Index::decode(encode(&state, b"/r", &names, &m), &state).unwrap();
         assert_eq!(ix.len(), 4);
         assert_eq!(ix.get(Path::new("/usr/bin/a")), Some("a"));
         assert_eq!(ix.get(Path::new("/usr/bin")), Some("b"));
@@ -486,7 +551,7 @@ mod tests {
         for absent in ["/usr/bin/b", "/usr/bin/../bin/a", "/etc", "", "/zzz"] {
             assert_eq!(ix.get(Path::new(absent)), None, "{absent}");
         }
-        let empty = Index::decode(encode(&state, &[], &[]), &state).unwrap();
+        let empty = Index::decode(encode(&state, b"/", &[], &[]), &state).unwrap();
         assert_eq!(empty.get(Path::new("/")), None);
     }
 
@@ -496,7 +561,7 @@ mod tests {
     fn corrupt_truncated_and_foreign_indexes_are_refused() {
         let (m, names) = sample();
         let state = [7; 32];
-        let good = encode(&state, &names, &m);
+        let good = encode(&state, b"/r", &names, &m);
         for n in 0..good.len() {
             assert!(
                 Index::decode(good[..n].to_vec(), &state).is_err(),
@@ -519,7 +584,7 @@ mod tests {
             d[body..].copy_from_slice(&s);
             d
         };
-        let table = HEADER + 4 + 1 + 4 + 1;
+        let table = HEADER + 4 + 2 + 12 + 4 + 1 + 4 + 1;
         let mut lie = good.clone();
         lie[table..table + 8].copy_from_slice(&0u64.to_le_bytes());
         assert!(Index::decode(resum(lie), &state).is_err());
@@ -640,13 +705,19 @@ mod tests {
         both.sort();
         assert_eq!(index_names(&cache), both);
 
+        // That root deleted: the next index written removes its index.
+        fs::remove_dir_all(&other).unwrap();
+        fs::remove_file(cache.path().join(id2.name())).unwrap();
+        open_here(&sys);
+        assert_eq!(index_names(&cache), [id2.name()]);
+
         // A list that cannot be read: answered from what was read, nothing kept.
         fs::remove_file(cache.path().join(id2.name())).unwrap();
         fs::remove_file(info.join("b.list")).unwrap();
         let (ix, _) = open_here(&sys);
         assert_eq!(ix.get(Path::new("/usr/bin/a")), Some("a"));
         assert_eq!(ix.get(Path::new("/usr/bin/b")), None);
-        assert_eq!(index_names(&cache), [id3.name()]);
+        assert!(index_names(&cache).is_empty());
     }
 
     /// A kept index that is not a file this user made is not trusted, however sound
