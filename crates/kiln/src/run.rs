@@ -131,7 +131,8 @@ pub struct Request {
     /// both are `None` the process environment decides, as for any supermin appliance.
     pub kernel: Option<PathBuf>,
     pub modules: Option<PathBuf>,
-    /// `--cachedir`: the cache root (`None`: [`kiln_cache::default_root`]).
+    /// `--cachedir`: the cache root (`None`: [`kiln_cache::default_root`]); the
+    /// appliance and the owner index are kept there.
     pub cachedir: Option<PathBuf>,
 }
 
@@ -281,7 +282,9 @@ pub fn appliance(req: &Request) -> Result<Pinned, ApplianceError> {
 }
 
 /// Write the supermin.d for `req` into a new private temporary directory and return
-/// it, with the options that build it.
+/// it, with the options that build it. Owners are looked up in the index kept in the
+/// request's cache (built there from the database's file lists when it is missing or
+/// out of date; without a usable cache, built for this call only).
 pub fn supermin_d(req: &Request) -> Result<SuperminD, ApplianceError> {
     let root = &req.sysroot;
     if !root.is_host() && !root.root.is_dir() {
