@@ -17,6 +17,9 @@
 //! - `state-<key>-<shape>`: a saved VM start state of slot `<key>` (`kiln run`'s warm
 //!   start), written privately and published by one rename; `lock-state-<key>-<shape>`
 //!   lets one process write it. Removed with the slot (see `state`).
+//! - private files (`Cache::read_private`, `Cache::publish_private`): small records a
+//!   caller derives from the host, mode 0600, published by one rename; kiln keeps its
+//!   owner index there (`owners-<root>-<fingerprint>`, one per installed system).
 //!
 //! Other names (libguestfs's own `appliance.d`, `lock`, …) are left alone.
 //!
@@ -79,8 +82,9 @@
 //! `cache` (opening, lookup, get-or-build), `security` (checks of the directory and its
 //! entries), `lock` (the build lock and what a waiter is told), `slot` (build, seal,
 //! publish, the slot record), `pin` (per-process hard links), `gc` (collection and
-//! listing), `source` (superseded slots), `state` (saved VM start states), `fsx` (openat wrappers that never follow
-//! links), `proc` (process identity).
+//! listing), `source` (superseded slots), `state` (saved VM start states), `fsx`
+//! (openat wrappers that never follow links), `proc` (process identity), `private`
+//! (private files beside the slots).
 
 mod cache;
 mod error;
@@ -88,6 +92,7 @@ mod fsx;
 mod gc;
 mod lock;
 mod pin;
+mod private;
 mod proc;
 #[cfg(test)]
 mod props;

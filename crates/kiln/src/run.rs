@@ -12,7 +12,11 @@
 //! - Its owner is found in the package database as `dpkg -S` would, trying the path as
 //!   given, with its directory symlinks resolved and fully resolved, each also in its
 //!   merged-`/usr` alias (`/bin/x` ↔ `/usr/bin/x`), because packages list the paths they
-//!   shipped, not the ones `PATH` finds today.
+//!   shipped, not the ones `PATH` finds today. The database's file lists are read once
+//!   into an index (the `owners` submodule) kept privately in the per-user cache under
+//!   the database's fingerprint: a run with the same database as the last one (a
+//!   package installed or removed changes it) answers from the index and never opens a
+//!   file list; a damaged or foreign index is ignored and built again.
 //! - A command no package owns is copied from the host together with what it needs:
 //!   for a script its `#!` interpreter (recursively; for `#!/usr/bin/env [OPTIONS] CMD`
 //!   also CMD, looked up as the command is), for a dynamic ELF file its program
@@ -90,6 +94,7 @@
 mod contents;
 mod env;
 mod libs;
+mod owners;
 
 use std::collections::BTreeSet;
 use std::ffi::{OsStr, OsString};
@@ -129,7 +134,8 @@ pub struct Request {
     /// both are `None` the process environment decides, as for any supermin appliance.
     pub kernel: Option<PathBuf>,
     pub modules: Option<PathBuf>,
-    /// `--cachedir`: the cache root (`None`: [`kiln_cache::default_root`]).
+    /// `--cachedir`: the cache root (`None`: [`kiln_cache::default_root`]); the
+    /// appliance and the owner index are kept there.
     pub cachedir: Option<PathBuf>,
 }
 
@@ -279,7 +285,9 @@ pub fn appliance(req: &Request) -> Result<Pinned, ApplianceError> {
 }
 
 /// Write the supermin.d for `req` into a new private temporary directory and return
-/// it, with the options that build it.
+/// it, with the options that build it. Owners are looked up in the index kept in the
+/// request's cache (built there from the database's file lists when it is missing or
+/// out of date; without a usable cache, built for this call only).
 pub fn supermin_d(req: &Request) -> Result<SuperminD, ApplianceError> {
     let root = &req.sysroot;
     if !root.is_host() && !root.root.is_dir() {
@@ -287,9 +295,17 @@ pub fn supermin_d(req: &Request) -> Result<SuperminD, ApplianceError> {
     }
     let mut c = Contents::new(root.clone(), req.guest_path.clone());
     let cmd = c.find(&req.cmd, req.cwd.as_deref())?;
+    // The database's identity before it is read, so an index is only kept for what
+    // was read (see `owners`).
+    let id = owners::Identity::of(root);
     let db = crate::databases::open(root).map_err(ApplianceError::Database)?;
     let db = db.as_ref();
-    c.add_executable(db, &cmd, 0)?;
+    // Without a usable cache the run still works (locate reports the cache's error).
+    let cache = crate::locate::open_cache(req.cachedir.as_deref())
+        .inspect_err(|e| tracing::debug!("owner index: no cache: {e}"))
+        .ok();
+    let owners = owners::open(cache.as_ref(), id.as_ref(), root, db);
+    c.add_executable(&owners, &cmd, 0)?;
     if root.is_host()
         && is_relative_path(&req.cmd)
         && let Some(cwd) = &req.cwd
@@ -488,9 +504,21 @@ mod tests {
         assert_eq!(out, b"/a[*]b[?]c[[]d]e\\f");
     }
 
+    /// [`supermin_d`] for `req`, with a cache of its own when `req` names none: the
+    /// owner index is kept there, not in the cache of the user running the tests.
+    fn made(req: &Request) -> Result<SuperminD, ApplianceError> {
+        if req.cachedir.is_some() {
+            return supermin_d(req);
+        }
+        let cache = tempfile::tempdir().unwrap();
+        let mut req = req.clone();
+        req.cachedir = Some(cache.path().to_path_buf());
+        supermin_d(&req)
+    }
+
     /// The packages and hostfiles lines of the supermin.d written for `req`.
     fn written(req: &Request) -> (Vec<String>, Vec<Vec<u8>>) {
-        let t = supermin_d(req).unwrap();
+        let t = made(req).unwrap();
         let d = t.path().join("supermin.d");
         let packages = fs::read_to_string(d.join("packages")).unwrap();
         let hostfiles = fs::read(d.join("hostfiles")).unwrap_or_default();
@@ -515,7 +543,7 @@ mod tests {
 
     /// The error `supermin_d` gives for `req`, with its causes.
     fn refused(req: &Request) -> String {
-        chain(&supermin_d(req).err().unwrap())
+        chain(&made(req).err().unwrap())
     }
 
     /// The private directory is the search path of the options, the request's
@@ -631,7 +659,7 @@ mod tests {
             assert!(packages.iter().any(|x| x == p), "{p} not in {packages:?}");
         }
         executable(&s, "#!/usr/bin/env kiln-no-such-command\n");
-        let e = supermin_d(&request(s.as_os_str(), None)).err().unwrap();
+        let e = made(&request(s.as_os_str(), None)).err().unwrap();
         assert!(chain(&e).contains("kiln-no-such-command"), "{}", chain(&e));
         assert_eq!(e.command_error().map(CommandError::code), Some(127));
     }
@@ -675,7 +703,7 @@ mod tests {
             .collect();
         assert_eq!(hf, ["/etc/tool", "/etc/tool/a.conf", "/usr/local/bin/tool"]);
         // The key reads the installed system.
-        let d = supermin_d(&w).unwrap();
+        let d = made(&w).unwrap();
         assert_eq!(d.locate_options().key.sysroot.root, r);
 
         // The host's PATH is not the root's: a command only the host has is not found.

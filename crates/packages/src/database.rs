@@ -10,7 +10,8 @@
 //! provide ([`Database::packages`]); the dependency closure of a set of names
 //! ([`Database::resolve`]: virtual provides, file requires such as `/bin/sh`, soname
 //! requires such as `libc.so.6()(64bit)`, alternatives resolved to an installed
-//! provider); each package's files with their flags ([`Database::files`]); the
+//! provider); each package's files with their flags ([`Database::files`], or only
+//! their paths, [`Database::paths`]); the
 //! configuration files `prepare` archives ([`Database::config_files`]); and what dates
 //! the database for the cache key ([`Driver::fingerprint`]).
 //!
@@ -193,6 +194,13 @@ pub trait Database: fmt::Debug + Send + Sync {
 
     /// The files of package `package` (an index into [`Database::packages`]).
     fn files(&self, package: usize) -> Result<Vec<PackageFile>, PackageError>;
+
+    /// The paths `package` lists ([`PackageFile::path`] of [`Database::files`]), for
+    /// owner lookups, which need no flags. A database whose flags cost more reads
+    /// (dpkg looks at every `/etc` path) answers this without them.
+    fn paths(&self, package: usize) -> Result<Vec<PathBuf>, PackageError> {
+        Ok(self.files(package)?.into_iter().map(|f| f.path).collect())
+    }
 
     /// The configuration files of `package`, for `prepare`.
     fn config_files(&self, package: usize) -> Result<Vec<PackageFile>, PackageError> {

@@ -531,6 +531,12 @@ impl crate::Database for DpkgDb {
             .collect())
     }
 
+    /// The listed paths as they are, without looking at `/etc` (diversions move a
+    /// file's bytes, not the path its package lists).
+    fn paths(&self, package: usize) -> Result<Vec<PathBuf>, crate::PackageError> {
+        DpkgDb::files(self, package).map_err(io_to_package)
+    }
+
     fn fingerprint(&self) -> Vec<PathBuf> {
         fingerprint_paths(&self.root)
     }

@@ -28,6 +28,7 @@ mod package_rpm_pacman;
 mod prepare_boot;
 mod run;
 mod run_contents;
+mod run_owners;
 mod run_stdio;
 mod run_sysroot;
 mod run_warm;

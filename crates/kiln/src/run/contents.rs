@@ -14,10 +14,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
-use kiln_packages::Database;
-
 use super::ApplianceError;
 use super::libs;
+use super::owners::Index;
 use crate::Sysroot;
 
 /// Interpreters followed from one command (a script run by a script…).
@@ -143,11 +142,11 @@ impl Contents {
     /// its package, or the file and what it needs to run.
     pub(super) fn add_executable(
         &mut self,
-        db: &dyn Database,
+        owners: &Index,
         path: &Path,
         depth: u32,
     ) -> Result<(), ApplianceError> {
-        if let Some(pkg) = owner_in(db, &self.root, path) {
+        if let Some(pkg) = owner_in(owners, &self.root, path) {
             tracing::info!("{}: from package {pkg}", path.display());
             self.packages.insert(pkg);
             return Ok(());
@@ -158,7 +157,7 @@ impl Contents {
         );
         self.add_host_file(path);
         if !self.root.is_host() {
-            return self.add_unowned_in_root(db, path, depth);
+            return self.add_unowned_in_root(owners, path, depth);
         }
         let mut head = [0u8; 256];
         let n = libs::open_regular(path)
@@ -173,7 +172,7 @@ impl Contents {
                 return Ok(());
             }
             let interp = PathBuf::from(OsStr::from_bytes(interp));
-            self.add_executable(db, &interp, depth + 1)
+            self.add_executable(owners, &interp, depth + 1)
                 .map_err(of_interpreter(path))?;
             if interp.file_name() == Some(OsStr::new("env"))
                 && let Some(target) = env_command(args)
@@ -185,7 +184,7 @@ impl Contents {
                             source: Box::new(source.into()),
                         })
                         .map_err(of_interpreter(path))?;
-                self.add_executable(db, &target, depth + 1)
+                self.add_executable(owners, &target, depth + 1)
                     .map_err(of_interpreter(path))?;
             }
         } else if let Some(needs) = libs::needs(path, &self.search)? {
@@ -199,14 +198,14 @@ impl Contents {
                         interp,
                     });
                 }
-                self.add_executable(db, &interp, depth + 1)
+                self.add_executable(owners, &interp, depth + 1)
                     .map_err(|source| ApplianceError::ProgramInterpreter {
                         path: path.to_path_buf(),
                         source: Box::new(source),
                     })?;
             }
             for lib in needs.libs {
-                match owner(db, &lib) {
+                match owner(owners, &lib) {
                     Some(pkg) => {
                         self.packages.insert(pkg);
                     }
@@ -241,7 +240,7 @@ impl Contents {
     /// program is refused, since its libraries are found through packages only there.
     fn add_unowned_in_root(
         &mut self,
-        db: &dyn Database,
+        owners: &Index,
         path: &Path,
         depth: u32,
     ) -> Result<(), ApplianceError> {
@@ -255,7 +254,7 @@ impl Contents {
                 return Ok(());
             }
             let interp = PathBuf::from(OsStr::from_bytes(interp));
-            self.add_executable(db, &interp, depth + 1)
+            self.add_executable(owners, &interp, depth + 1)
                 .map_err(of_interpreter(path))?;
             if interp.file_name() == Some(OsStr::new("env"))
                 && let Some(target) = env_command(args)
@@ -263,7 +262,7 @@ impl Contents {
                 let target = self
                     .find(OsStr::from_bytes(target), None)
                     .map_err(of_interpreter(path))?;
-                self.add_executable(db, &target, depth + 1)
+                self.add_executable(owners, &target, depth + 1)
                     .map_err(of_interpreter(path))?;
             }
             return Ok(());
@@ -433,25 +432,52 @@ fn candidates_in(root: &Sysroot, p: &Path) -> Vec<PathBuf> {
 }
 
 /// The package owning `p` (under any of its [`candidates_in`]), as `dpkg -S` finds it.
-fn owner(db: &dyn Database, p: &Path) -> Option<String> {
-    owner_in(db, &Sysroot::default(), p)
+fn owner(owners: &Index, p: &Path) -> Option<String> {
+    owner_in(owners, &Sysroot::default(), p)
 }
 
-/// [`owner`] in the database of `root`, `p` resolved inside it.
-fn owner_in(db: &dyn Database, root: &Sysroot, p: &Path) -> Option<String> {
+/// [`owner`] in the database of `root` (whose index `owners` is), `p` resolved inside
+/// it: the first candidate any package lists, and of the packages listing it the first
+/// in the database's order, which is what the index holds.
+fn owner_in(owners: &Index, root: &Sysroot, p: &Path) -> Option<String> {
+    candidates_in(root, p)
+        .iter()
+        .find_map(|c| owners.get(c))
+        .map(str::to_owned)
+}
+
+/// Every package's name and listed paths, read through [`Database::files`] as kiln
+/// did before the index.
+///
+/// [`Database::files`]: kiln_packages::Database::files
+#[cfg(test)]
+fn file_lists(db: &dyn kiln_packages::Database) -> Vec<(String, Vec<PathBuf>)> {
+    db.packages()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, pkg)| {
+            // A package without a file list owns nothing we can use.
+            let files = db.files(i).ok()?;
+            Some((
+                pkg.name.clone(),
+                files.into_iter().map(|f| f.path).collect(),
+            ))
+        })
+        .collect()
+}
+
+/// [`owner_in`] by scanning the file lists (what kiln did before the index): the
+/// reference the index is compared with.
+#[cfg(test)]
+fn owner_by_scan(lists: &[(String, Vec<PathBuf>)], root: &Sysroot, p: &Path) -> Option<String> {
     let cands = candidates_in(root, p);
     let mut best: Option<(usize, String)> = None;
-    for (i, pkg) in db.packages().iter().enumerate() {
-        let files = match db.files(i) {
-            Ok(f) => f,
-            // A package without a file list owns nothing we can use.
-            Err(_) => continue,
-        };
+    for (name, files) in lists {
         for f in files {
-            if let Some(rank) = cands.iter().position(|c| *c == f.path)
+            if let Some(rank) = cands.iter().position(|c| c == f)
                 && best.as_ref().is_none_or(|(r, _)| rank < *r)
             {
-                best = Some((rank, pkg.name.clone()));
+                best = Some((rank, name.clone()));
             }
         }
     }
@@ -479,9 +505,9 @@ mod tests {
     #[test]
     fn host_shell_has_an_owner() {
         let db = crate::databases::open(&Sysroot::default()).unwrap();
-        let db = db.as_ref();
+        let (owners, _) = Index::scan(db.as_ref(), &[0; 32], Path::new("/"));
         let sh = find_command(OsStr::new("sh"), None, None).unwrap();
-        assert_eq!(owner(db, &sh).as_deref(), Some("dash"));
+        assert_eq!(owner(&owners, &sh).as_deref(), Some("dash"));
         assert!(find_command(OsStr::new("kiln-no-such-command"), None, None).is_err());
         // The VM's PATH comes first: what the VM will run is what the appliance holds.
         let t = tempfile::tempdir().unwrap();
@@ -489,6 +515,91 @@ mod tests {
         executable(&d.join("sh"), "#!/bin/sh\n");
         let g = find_command(OsStr::new("sh"), None, Some(d.as_os_str())).unwrap();
         assert_eq!(g, d.join("sh"));
+    }
+
+    /// The index, as a warm run reads it back from the cache, answers as the scan of
+    /// the host's dpkg database does: commands (and the interpreter and libraries of
+    /// one), merged-/usr aliases both ways (dpkg lists `/bin/uname`, `PATH` finds
+    /// `/usr/bin/uname`), a directory many packages list, a link through `/lib64`,
+    /// paths no package owns; then every entry of the host's command and library
+    /// directories.
+    #[test]
+    fn the_index_answers_as_the_scan_of_the_host_database() {
+        let host = Sysroot::default();
+        let t = tempfile::tempdir().unwrap();
+        let cache = kiln_cache::Cache::open(t.path()).unwrap();
+        let id = super::super::owners::Identity::of(&host).unwrap();
+        let db = crate::databases::open(&host).unwrap();
+        let db = db.as_ref();
+        let open = || super::super::owners::open(Some(&cache), Some(&id), &host, db);
+        let built = open();
+        assert!(cache.path().join(id.name()).is_file(), "no index kept");
+        let owners = open();
+        assert_eq!(owners.len(), built.len());
+        let lists = file_lists(db);
+
+        let unowned = fs::canonicalize(t.path()).unwrap().join("file");
+        fs::write(&unowned, "").unwrap();
+        let mut paths: Vec<PathBuf> = ["sh", "uname", "env", "perl", "ls", "dpkg"]
+            .iter()
+            .map(|c| find_command(OsStr::new(c), None, None).unwrap())
+            .collect();
+        paths.extend(
+            [
+                "/bin/uname",
+                "/usr/bin/uname",
+                "/bin/sh",
+                "/usr/bin/sh",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2",
+                "/usr/bin",
+                "/usr/bin/../bin/ls",
+                "/etc/hostname",
+                "/nonexistent-kiln/bin/x",
+            ]
+            .map(PathBuf::from),
+        );
+        paths.push(unowned.clone());
+        for p in &paths {
+            assert_eq!(
+                owner(&owners, p),
+                owner_by_scan(&lists, &host, p),
+                "{}",
+                p.display()
+            );
+        }
+        let want = |p: &str| owner(&owners, Path::new(p));
+        assert_eq!(want("/usr/bin/uname").as_deref(), Some("coreutils"));
+        assert_eq!(want("/bin/sh").as_deref(), Some("dash"));
+        assert_eq!(
+            want("/usr/lib/x86_64-linux-gnu/libc.so.6").as_deref(),
+            Some("libc6")
+        );
+        assert_eq!(want("/etc/hostname"), None);
+        assert_eq!(want("/nonexistent-kiln/bin/x"), None);
+        assert_eq!(owner(&owners, &unowned), None);
+
+        // A spread of each directory (about 40 entries: a scan costs tens of ms).
+        let mut swept = 0;
+        for dir in ["/usr/bin", "/usr/sbin", "/usr/lib/x86_64-linux-gnu"] {
+            let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            entries.sort();
+            let step = (entries.len() / 40).max(1);
+            for p in entries.into_iter().step_by(step) {
+                assert_eq!(
+                    owner(&owners, &p),
+                    owner_by_scan(&lists, &host, &p),
+                    "{}",
+                    p.display()
+                );
+                swept += 1;
+            }
+        }
+        assert!(swept >= 100, "only {swept} host paths compared");
     }
 
     #[test]

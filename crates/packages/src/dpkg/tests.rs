@@ -280,6 +280,9 @@ fn interface_flags_config_files_and_applies_diversions() {
         Some(Path::new("/lib/libc.so.6.real"))
     );
     assert_eq!(Database::config_files(&db, i).unwrap().len(), 2);
+    // The paths alone are the files' paths, diverted or not.
+    let paths: Vec<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+    assert_eq!(Database::paths(&db, i).unwrap(), paths);
     assert_eq!(Database::packages(&db)[i].display, "libc6_2.36_amd64");
     assert_eq!(
         Database::fingerprint(&db),
