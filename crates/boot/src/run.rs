@@ -555,17 +555,23 @@ fn save_state(
     shape: state::Shape,
 ) -> Result<Saving, (String, bool)> {
     use serde_json::json;
-    use std::io::Seek;
     let t = Instant::now();
     let deadline = t + SAVE_LIMIT;
     let mon = monitor.ok_or(("no monitor".to_string(), true))?;
     let mut q = qmp::Qmp::connect(mon, deadline).map_err(|e| (e.to_string(), true))?;
-    // qemu writes at the descriptor's offset, which it shares with this one.
-    writer
-        .file()
-        .seek(io::SeekFrom::Start(state::HEADER_LEN))
+    // qemu writes into a pipe; a thread copies it into the file and hashes it on the
+    // way. The pipe's only write end is qemu's (ours goes once qemu has it), so the
+    // copy ends when qemu closes it: at the end of the migration or of qemu.
+    let (from, to) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| (e.to_string(), true))?;
-    let setup = |q: &mut qmp::Qmp| -> io::Result<()> {
+    let _ = rustix::pipe::fcntl_setpipe_size(&to, 1 << 20);
+    let file = writer
+        .file()
+        .try_clone()
+        .map_err(|e| (e.to_string(), true))?;
+    let copier = std::thread::spawn(move || state::copy_in(from, &file));
+    let mut to = Some(to);
+    let setup = |q: &mut qmp::Qmp, to: &mut Option<OwnedFd>| -> io::Result<()> {
         q.execute(
             "migrate-set-capabilities",
             json!({"capabilities": [{"capability": "events", "state": true}]}),
@@ -579,16 +585,21 @@ fn save_state(
             None,
             deadline,
         )?;
-        q.execute(
-            "getfd",
-            json!({"fdname": "kiln-state"}),
-            Some(writer.file().as_fd()),
-            deadline,
-        )?;
+        if let Some(w) = to.as_ref() {
+            q.execute(
+                "getfd",
+                json!({"fdname": "kiln-state"}),
+                Some(w.as_fd()),
+                deadline,
+            )?;
+        }
+        *to = None;
         q.execute("migrate", json!({"uri": "fd:kiln-state"}), None, deadline)?;
         Ok(())
     };
-    if let Err(e) = setup(&mut q) {
+    if let Err(e) = setup(&mut q, &mut to) {
+        // qemu may hold the pipe's end until it exits: the copier is left to end then.
+        drop(to);
         return Err((e.to_string(), true));
     }
     let end = q.wait_event(
@@ -632,7 +643,11 @@ fn save_state(
         return Err((format!("qemu's migration {status}"), true));
     }
     Ok(std::thread::spawn(move || {
-        let bytes = state::seal(writer.file(), &shape)?;
+        let (len, hash) = copier
+            .join()
+            .map_err(|_| "its copier panicked".to_string())?
+            .map_err(|e| format!("writing {}: {e}", writer.path().display()))?;
+        let bytes = state::seal(writer.file(), &shape, len, hash)?;
         writer.publish().map_err(|e| e.to_string())?;
         Ok((bytes, t.elapsed(), paused))
     }))

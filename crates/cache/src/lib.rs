@@ -25,7 +25,8 @@
 //!
 //! For the crash tests, `KILN_CACHE_CRASH_AT=<step>` makes the process SIGKILL itself at
 //! that step of a build, publish or gc (`after-build`, `before-pin`, `pin-partial`,
-//! `before-publish`, `after-publish`, `after-exchange`, `gc-after-rename`). The hook
+//! `before-publish`, `after-publish`, `after-exchange`, `gc-after-rename`, and for a
+//! saved VM state `state-before-publish`). The hook
 //! exists only with the `test-hooks` cargo feature, which this crate's and kiln-cli's
 //! tests turn on (as dev-dependencies); the shipped kiln binary does not contain it.
 //!

@@ -19,7 +19,8 @@
 //! text equals the running VM's byte for byte (another qemu, kernel, machine or device
 //! layout is refused with the difference named) and, before the VM may run, the
 //! stream's BLAKE3 matches (read in parallel with qemu's loading; qemu is started
-//! paused and only continued after the check).
+//! paused and only continued after the check). A save hashes the stream as qemu
+//! writes it (through a pipe, [`copy_in`]), so sealing needs no second read.
 
 use std::fs::File;
 use std::io;
@@ -226,16 +227,35 @@ pub(crate) fn stream_hash(file: &File, len: u64) -> io::Result<[u8; 32]> {
     Ok(*h.finalize().as_bytes())
 }
 
-/// After qemu wrote its stream after the header: hash it and write the header.
-pub(crate) fn seal(file: &File, shape: &Shape) -> Result<u64, String> {
-    let len = file
-        .metadata()
-        .map_err(|e| e.to_string())?
-        .len()
-        .checked_sub(HEADER_LEN)
-        .filter(|&l| l > 0)
-        .ok_or("qemu wrote no state")?;
-    let hash = stream_hash(file, len).map_err(|e| e.to_string())?;
+/// Copy qemu's migration stream from `from` (the read end of the pipe qemu writes
+/// to) into `file` after the header, hashing it on the way, until qemu closes the
+/// pipe: the state can be sealed the moment qemu is done, with no second read of it.
+pub(crate) fn copy_in(from: std::os::fd::OwnedFd, file: &File) -> io::Result<(u64, [u8; 32])> {
+    use std::io::Read;
+    let mut from = File::from(from);
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        file.write_all_at(&buf[..n], HEADER_LEN + len)?;
+        len += n as u64;
+    }
+    Ok((len, *h.finalize().as_bytes()))
+}
+
+/// Write the header of a state whose stream (`len` bytes hashing to `hash`) is in
+/// `file`; its whole size.
+pub(crate) fn seal(file: &File, shape: &Shape, len: u64, hash: [u8; 32]) -> Result<u64, String> {
+    if len == 0 {
+        return Err("qemu wrote no state".into());
+    }
     let h = encode_header(
         &Header {
             stream_len: len,
@@ -251,7 +271,7 @@ pub(crate) fn seal(file: &File, shape: &Shape) -> Result<u64, String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use std::io::{Seek, SeekFrom, Write};
+    use std::io::Write;
 
     fn shape(t: &str) -> Shape {
         Shape {
@@ -260,12 +280,17 @@ mod tests {
         }
     }
 
+    /// A state sealed as a save does: the stream through a pipe into the file.
     fn sealed(stream: &[u8]) -> (tempfile::NamedTempFile, Shape) {
-        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let f = tempfile::NamedTempFile::new().unwrap();
         let s = shape("/usr/bin/qemu-system-x86_64 (1:2)");
-        f.as_file_mut().seek(SeekFrom::Start(HEADER_LEN)).unwrap();
-        f.write_all(stream).unwrap();
-        seal(f.as_file(), &s).unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let data = stream.to_vec();
+        let writer = std::thread::spawn(move || File::from(w).write_all(&data).unwrap());
+        let (len, hash) = copy_in(r, f.as_file()).unwrap();
+        writer.join().unwrap();
+        assert_eq!(len, stream.len() as u64);
+        seal(f.as_file(), &s, len, hash).unwrap();
         (f, s)
     }
 
@@ -279,6 +304,8 @@ mod tests {
 
     #[test]
     fn truncated_damaged_and_foreign_states_are_refused() {
+        let (f, s) = sealed(&[5u8; 300_000]);
+        assert_eq!(check(f.as_file(), &s).unwrap().stream_len, 300_000);
         let (f, s) = sealed(&[5u8; 10000]);
         // Another qemu: the line that differs is named.
         let e = check(f.as_file(), &shape("/opt/qemu (3:4)")).unwrap_err();
