@@ -522,14 +522,22 @@ mod tests {
         let d = t.path().join("supermin.d");
         let packages = fs::read_to_string(d.join("packages")).unwrap();
         let hostfiles = fs::read(d.join("hostfiles")).unwrap_or_default();
-        (
-            packages.lines().map(String::from).collect(),
-            hostfiles
-                .split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect(),
-        )
+        let mut lines: Vec<Vec<u8>> = hostfiles
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        // Every appliance has the run mode's mount points; the tests look at the rest.
+        let mount_points: [&[u8]; 3] = [b"/proc", b"/sys", b"/dev"];
+        for m in mount_points {
+            assert!(
+                lines.iter().any(|l| l == m),
+                "{} is not in the hostfiles",
+                String::from_utf8_lossy(m)
+            );
+        }
+        lines.retain(|l| !mount_points.contains(&l.as_slice()));
+        (packages.lines().map(String::from).collect(), lines)
     }
 
     fn request(cmd: impl Into<OsString>, cwd: Option<&Path>) -> Request {

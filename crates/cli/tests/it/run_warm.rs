@@ -105,7 +105,7 @@ fn run(args: &[&str], stdin: &[u8]) -> Ran {
 fn saved() {
     static SAVED: OnceLock<()> = OnceLock::new();
     SAVED.get_or_init(|| {
-        let r = run(&["--", "true"], b"");
+        let r = run(&["--", "sh", "-c", "true"], b"");
         assert!(r.out.status.success(), "{}", text(&r.out));
         assert!(
             r.saved() || r.started_warm(),
@@ -123,6 +123,7 @@ fn warm(args: &[&str], script: &str, stdin: &[u8]) -> (Ran, String) {
 
 fn warm_in(dir: &Path, args: &[&str], script: &str, stdin: &[u8]) -> (Ran, String) {
     saved();
+    // (A test with shares saved their shape's state itself.)
     let full = format!("read up idle < /proc/uptime; echo \"uptime $up\"; {script}");
     let mut a: Vec<&str> = args.to_vec();
     a.extend(["--", "sh", "-c", &full]);
@@ -220,6 +221,11 @@ fn stdio_status_env_and_signals_behave_as_on_a_boot() {
 
 #[test]
 fn shares_and_the_cwd_are_mounted_at_start() {
+    // The number of shares is part of a state's shape: one share's state first.
+    let prime = tempfile::tempdir().unwrap();
+    let spec = format!("{}:/mnt/prime", prime.path().display());
+    let r = run(&["--share", &spec, "--", "sh", "-c", "true"], b"");
+    assert!(r.out.status.success(), "{}", text(&r.out));
     let share = tempfile::tempdir().unwrap();
     std::fs::write(share.path().join("in.txt"), "from the host\n").unwrap();
     let spec = format!("{}:/mnt/warm", share.path().display());
