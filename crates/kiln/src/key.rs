@@ -134,18 +134,7 @@ impl H {
         }
     }
     fn meta_of(&mut self, m: &fs::Metadata) {
-        for v in [
-            m.mode() as u64,
-            m.uid() as u64,
-            m.gid() as u64,
-            m.size(),
-            m.mtime() as u64,
-            m.mtime_nsec() as u64,
-            m.ctime() as u64,
-            m.ctime_nsec() as u64,
-            m.ino(),
-            m.dev(),
-        ] {
+        for v in stat_words(m) {
             self.u64("m", v);
         }
     }
@@ -311,6 +300,23 @@ fn list_sorted(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     v.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
     v
+}
+
+/// What of a file's status says it changed: mode, owner, size, modification and change
+/// times, inode and device (the cache key and `kiln run`'s owner index hash these).
+pub(crate) fn stat_words(m: &fs::Metadata) -> [u64; 10] {
+    [
+        m.mode() as u64,
+        m.uid() as u64,
+        m.gid() as u64,
+        m.size(),
+        m.mtime() as u64,
+        m.mtime_nsec() as u64,
+        m.ctime() as u64,
+        m.ctime_nsec() as u64,
+        m.ino(),
+        m.dev(),
+    ]
 }
 
 #[cfg(test)]

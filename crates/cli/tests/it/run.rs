@@ -265,14 +265,20 @@ pub(crate) fn expect(m: &mut std::fs::File, seen: &mut Vec<u8>, want: &str, limi
     }
 }
 
-#[test]
-fn interactive_shell_on_a_pty() {
-    let (master, slave) = pty(33, 77);
+/// `kiln run ARGS` (in /, `TERM=dumb`) with a new pty of `rows` x `cols` as its
+/// controlling terminal and stdin, stdout and stderr: the process and the master.
+pub(crate) fn spawn_on_pty(
+    cache: &Path,
+    args: &[&str],
+    rows: u16,
+    cols: u16,
+) -> (std::process::Child, std::fs::File) {
+    let (master, slave) = pty(rows, cols);
     let mut c = Command::new(kiln());
     c.arg("run")
         .arg("--cachedir")
-        .arg(cachedir())
-        .args(["--timeout", "600", "--packages", "coreutils", "--", "sh"])
+        .arg(cache)
+        .args(args)
         .current_dir("/")
         .env("TERM", "dumb")
         .stdin(Stdio::from(slave.try_clone().unwrap()))
@@ -287,9 +293,20 @@ fn interactive_shell_on_a_pty() {
             Ok(())
         });
     }
-    let mut child = c.spawn().unwrap();
+    let child = c.spawn().unwrap();
+    // The slave's last copies go with the Command: EOF and EIO reach the master.
     drop(c);
-    let mut m = std::fs::File::from(master);
+    (child, std::fs::File::from(master))
+}
+
+#[test]
+fn interactive_shell_on_a_pty() {
+    let (mut child, mut m) = spawn_on_pty(
+        cachedir(),
+        &["--timeout", "600", "--packages", "coreutils", "--", "sh"],
+        33,
+        77,
+    );
     let mut seen = Vec::new();
     let long = Duration::from_secs(600);
     let short = Duration::from_secs(60);

@@ -288,31 +288,10 @@ fn every_warm_run_is_fresh_and_its_own() {
 
 /// `sh -c 'tty; stty size; echo pty-ok'` on a 31x97 pty: success and what it showed.
 fn on_a_pty() -> (bool, String) {
-    let (master, slave) = crate::run::pty(31, 97);
-    let mut c = Command::new(kiln());
-    c.arg("run")
-        .arg("--cachedir")
-        .arg(cachedir())
-        .args(["-v", "--timeout", "600"])
-        .args(APPLIANCE)
-        .args(["--", "sh", "-c", "tty; stty size; echo pty-ok"])
-        .current_dir("/")
-        .env("TERM", "dumb")
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave));
-    // SAFETY: setsid and TIOCSCTTY are async-signal-safe; nothing is allocated.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        c.pre_exec(|| {
-            rustix::process::setsid()?;
-            rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
-            Ok(())
-        });
-    }
-    let mut child = c.spawn().unwrap();
-    drop(c);
-    let mut m = std::fs::File::from(master);
+    let mut args = vec!["-v", "--timeout", "600"];
+    args.extend(APPLIANCE);
+    args.extend(["--", "sh", "-c", "tty; stty size; echo pty-ok"]);
+    let (mut child, mut m) = crate::run::spawn_on_pty(cachedir(), &args, 31, 97);
     let mut seen = Vec::new();
     crate::run::expect(&mut m, &mut seen, "pty-ok", Duration::from_secs(600));
     // kiln's last -v line comes once the VM is gone.

@@ -37,7 +37,6 @@ use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -82,18 +81,7 @@ fn field(h: &mut blake3::Hasher, b: &[u8]) {
 }
 
 fn meta(h: &mut blake3::Hasher, m: &fs::Metadata) {
-    for v in [
-        m.mode() as u64,
-        m.uid() as u64,
-        m.gid() as u64,
-        m.size(),
-        m.mtime() as u64,
-        m.mtime_nsec() as u64,
-        m.ctime() as u64,
-        m.ctime_nsec() as u64,
-        m.ino(),
-        m.dev(),
-    ] {
+    for v in crate::key::stat_words(m) {
         h.update(&v.to_le_bytes());
     }
 }
@@ -499,6 +487,7 @@ fn forget_vanished(c: &Cache, id: &Identity) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     fn sample() -> (Vec<(Vec<u8>, u32)>, Vec<&'static str>) {
         let mut m: Vec<(Vec<u8>, u32)> = [
