@@ -236,6 +236,7 @@ pub(crate) fn copy_in(from: std::os::fd::OwnedFd, file: &File) -> io::Result<(u6
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut len = 0u64;
+    let mut failed = None;
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) => break,
@@ -243,11 +244,21 @@ pub(crate) fn copy_in(from: std::os::fd::OwnedFd, file: &File) -> io::Result<(u6
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
+        if failed.is_some() {
+            // Keep reading: qemu's migration (and the paused VM) waits on this pipe.
+            continue;
+        }
         h.update(&buf[..n]);
-        file.write_all_at(&buf[..n], HEADER_LEN + len)?;
+        if let Err(e) = file.write_all_at(&buf[..n], HEADER_LEN + len) {
+            failed = Some(e);
+        }
         len += n as u64;
     }
-    Ok((len, *h.finalize().as_bytes()))
+    match failed {
+        // A full disk: the state is not kept, the run goes on.
+        Some(e) => Err(e),
+        None => Ok((len, *h.finalize().as_bytes())),
+    }
 }
 
 /// Write the header of a state whose stream (`len` bytes hashing to `hash`) is in
@@ -292,6 +303,23 @@ mod tests {
         assert_eq!(len, stream.len() as u64);
         seal(f.as_file(), &s, len, hash).unwrap();
         (f, s)
+    }
+
+    /// A write error (here /dev/full's ENOSPC) is reported only after the whole
+    /// stream was read: qemu, writing it, never waits on a copier that gave up.
+    #[test]
+    fn a_full_disk_still_drains_the_stream() {
+        let full = File::options().write(true).open("/dev/full").unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut w = File::from(w);
+            for _ in 0..64 {
+                w.write_all(&[1u8; 65536]).unwrap();
+            }
+        });
+        let e = copy_in(r, &full).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(28), "{e}");
+        writer.join().unwrap();
     }
 
     #[test]
