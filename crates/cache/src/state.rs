@@ -199,10 +199,9 @@ impl States {
             | Err(rustix::io::Errno::ISDIR)
             | Err(rustix::io::Errno::INVAL) => {
                 let tmp = format!("{TMP}{}-{}-{}", self.key, std::process::id(), next_seq());
+                // Write-only is enough: the writer hashes what it writes, never reads.
                 let f = fsx::create_file(self.cache.fd(), &tmp, 0o600)
                     .map_err(|e| CacheError::io(dir_path.join(&tmp), "create", e))?;
-                let f =
-                    reopen_rw(&f).map_err(|e| CacheError::io(dir_path.join(&tmp), "open", e))?;
                 f.try_lock().map_err(|e| {
                     CacheError::io(dir_path.join(&tmp), "lock", io::Error::other(e))
                 })?;
@@ -221,12 +220,6 @@ impl States {
             _lock: lock,
         }))
     }
-}
-
-/// A read-write descriptor of `f` (made write-only by `create_file`).
-fn reopen_rw(f: &File) -> io::Result<File> {
-    let p = format!("/proc/self/fd/{}", f.as_raw_fd());
-    std::fs::OpenOptions::new().read(true).write(true).open(p)
 }
 
 impl StateWriter {
